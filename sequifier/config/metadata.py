@@ -1,0 +1,67 @@
+"""The metadata file that `preprocess` writes and `train`/`infer` read.
+
+`configs/metadata_configs/NAME.json` records everything needed to turn windows back
+into the user's terms: the id map of each categorical column (original value, as a
+string, -> id; ids PAD_ID and UNKNOWN_ID are reserved), the mean/std used to
+standardise each real column, column types and the paths of the splits.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List
+
+from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_write_text
+
+COLUMN_TYPES = ("categorical", "real")
+
+
+@dataclass
+class Metadata:
+    name: str
+    seq_length: int
+    write_format: str
+    column_types: Dict[str, str]
+    # categorical column -> {str(original value): id}; ids start after the reserved ones
+    id_maps: Dict[str, Dict[str, int]]
+    # categorical column -> number of ids including the reserved ones (embedding size)
+    n_classes: Dict[str, int]
+    # real column -> {"mean": m, "std": s}; stored values are (x - m) / s
+    selected_columns_statistics: Dict[str, Dict[str, float]]
+    # categorical column -> "int64" or "str": how to turn id_maps keys back into values
+    original_dtypes: Dict[str, str]
+    # split index -> path relative to project_root (a file, or a folder of .pt shards)
+    split_paths: List[str]
+    split_ratios: List[float] = field(default_factory=list)
+    stride_by_split: List[int] = field(default_factory=list)
+
+    @property
+    def columns(self) -> List[str]:
+        return list(self.column_types)
+
+    def inverse_id_map(self, column: str) -> Dict[int, object]:
+        """id -> original value (ints restored for integer columns)."""
+        cast = int if self.original_dtypes.get(column) == "int64" else str
+        return {i: cast(v) for v, i in self.id_maps[column].items()}
+
+
+def write_metadata(metadata: Metadata, path: str) -> None:
+    atomic_write_text(path, json.dumps(asdict(metadata), indent=2, sort_keys=False))
+
+
+def read_metadata(path: str) -> Metadata:
+    if not os.path.isfile(path):
+        raise SequifierError(
+            f"metadata_config_path: file '{path}' not found; run `sequifier preprocess` "
+            "first or point metadata_config_path at its JSON output"
+        )
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        return Metadata(**raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise SequifierError(
+            f"metadata_config_path: '{path}' is not a sequifier metadata file ({e}); "
+            "re-run `sequifier preprocess` to regenerate it"
+        ) from None

@@ -1,0 +1,156 @@
+"""Typed schema of every command's configuration.
+
+One dataclass per config group. They are registered in Hydra's ConfigStore (see
+`compose.py`), so composition type-checks values and `???` marks mandatory fields.
+OmegaConf 2.3 rejects `Literal` and unions of containers, so enumerations are plain
+`str` fields checked in `validate.py`, and per-column maps are dicts.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+# Reserved categorical ids, shared by preprocess, train and infer.
+PAD_ID = 0
+UNKNOWN_ID = 1
+
+
+@dataclass
+class PreprocessConfig:
+    project_root: str = MISSING
+    data_path: str = MISSING
+    read_format: str = "csv"
+    write_format: str = "parquet"
+    merge_output: bool = True
+    selected_columns: Optional[List[str]] = None
+    max_rows: Optional[int] = None
+    seq_length: int = MISSING
+    split_ratios: List[float] = MISSING
+    stride_by_split: Optional[List[int]] = None
+    subsequence_start_mode: str = "distribute"
+    seed: int = 1010
+    n_cores: Optional[int] = None
+    batches_per_file: int = 1024
+    continue_preprocessing: bool = False
+    # Not in the original field list: name of the outputs (default: data_path's stem)
+    # and an explicit switch to replace existing outputs.
+    dataset_name: Optional[str] = None
+    overwrite: bool = False
+
+
+@dataclass
+class ModelSpec:
+    dim_model: int = MISSING
+    n_head: int = MISSING
+    num_layers: int = MISSING
+    dim_feedforward: int = MISSING
+    initial_embedding_dim: int = MISSING
+    joint_embedding_dim: Optional[int] = None
+    feature_embedding_dims: Optional[Dict[str, int]] = None
+    activation_fn: str = "swiglu"
+    attention_type: str = "mha"
+    n_kv_heads: Optional[int] = None
+    positional_encoding: str = "learned"
+    rope_theta: float = 10000.0
+    normalization: str = "rmsnorm"
+    norm_first: bool = True
+
+
+def _default_optimizer() -> Dict[str, Any]:
+    return {"name": "Adam"}
+
+
+def _default_scheduler() -> Dict[str, Any]:
+    return {"name": "StepLR", "step_size": 1, "gamma": 0.99}
+
+
+@dataclass
+class TrainingSpec:
+    device: str = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    learning_rate: float = MISSING
+    # Short name of learning_rate; folded into it by validation (both set and different: error).
+    lr: Optional[float] = None
+    dropout: float = 0.0
+    optimizer: Dict[str, Any] = field(default_factory=_default_optimizer)
+    scheduler: Dict[str, Any] = field(default_factory=_default_scheduler)
+    scheduler_step_on: str = "epoch"
+    criterion: Dict[str, str] = MISSING
+    loss_weights: Optional[Dict[str, float]] = None
+    # target column -> list of per-class weights (index = class id) or {class value: weight}
+    class_weights: Optional[Dict[str, Any]] = None
+    save_interval_epochs: int = MISSING
+    early_stopping_epochs: Optional[int] = None
+    log_interval: int = 10
+    class_share_log_columns: List[str] = field(default_factory=list)
+    enforce_determinism: bool = False
+    num_workers: int = 0
+    max_ram_gb: float = 16.0
+    backend: str = "nccl"
+    device_max_concat_length: int = 12
+    continue_training: bool = True
+    distributed: bool = False
+    world_size: int = 1
+    load_full_data_to_ram: bool = True
+    layer_type_dtypes: Optional[Dict[str, str]] = None
+    layer_autocast: bool = True
+    # Not in the original field list: seed for weights, shuffling and dropout, and an
+    # opt-in torch.compile of the model for speed.
+    seed: int = 1010
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    project_root: str = MISSING
+    metadata_config_path: str = MISSING
+    model_name: str = MISSING
+    training_data_path: Optional[str] = None
+    validation_data_path: Optional[str] = None
+    read_format: str = "parquet"
+    target_columns: List[str] = MISSING
+    target_column_types: Dict[str, str] = MISSING
+    input_columns: Optional[List[str]] = None
+    seq_length: int = MISSING
+    export_generative_model: bool = MISSING
+    export_embedding_model: bool = MISSING
+    inference_batch_size: int = MISSING
+    export_onnx: bool = True
+    export_pt: bool = False
+    export_with_dropout: bool = False
+    # Not in the original field list: replace models/checkpoints of an earlier run with
+    # the same model_name instead of refusing.
+    overwrite: bool = False
+    model_spec: ModelSpec = field(default_factory=ModelSpec)
+    training_spec: TrainingSpec = field(default_factory=TrainingSpec)
+
+
+@dataclass
+class InferConfig:
+    project_root: str = MISSING
+    # one path or a list of paths (OmegaConf cannot type a str-or-list union)
+    model_path: Any = MISSING
+    data_path: Optional[str] = None
+    metadata_config_path: str = MISSING
+    training_config_path: str = "configs/train.yaml"
+    read_format: str = "parquet"
+    write_format: str = "csv"
+    model_type: str = MISSING
+    input_columns: Optional[List[str]] = None
+    target_columns: Optional[List[str]] = None
+    target_column_types: Optional[Dict[str, str]] = None
+    seq_length: int = MISSING
+    inference_batch_size: int = MISSING
+    output_probabilities: bool = False
+    map_to_id: bool = True
+    autoregression: bool = False
+    autoregression_extra_steps: Optional[int] = None
+    sample_from_distribution_columns: Optional[List[str]] = None
+    infer_with_dropout: bool = False
+    device: str = "cpu"
+    seed: int = 1010
+
+
+SCHEMAS = {"preprocess": PreprocessConfig, "train": TrainConfig, "infer": InferConfig}

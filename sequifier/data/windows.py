@@ -1,0 +1,199 @@
+"""The window format: what `preprocess` writes and `train`/`infer` read.
+
+A window is `seq_length + 1` consecutive items of one sequence (inputs plus the item
+shifted by one that the model learns to predict). Short windows at a sequence's start
+are left-padded; `padding` counts the pad slots (categorical PAD_ID, real 0.0,
+itemPosition -1).
+
+Tabular layout (parquet/csv, one file per split), readable with pandas:
+
+    sequenceId | subsequenceId | padding | inputCol   | "0" | "1" | ... | "L"
+    0          | 0             | 3       | itemPosition| -1 | -1  | ... | 45
+    0          | 0             | 3       | itemId     |  0  |  0  | ... | 17
+    ...
+
+One row per window and column; rows come in column blocks (all windows of the first
+column, then the next, in the same window order). The `itemPosition` block holds the
+original positions, so windows map back to the user's table exactly. Values are ids for
+categorical columns and standardised values for real ones.
+
+Sharded layout (pt): a folder of `NAME-splitK-SSSSS.pt` files, each a dict of plain
+tensors (loadable with torch.load's default weights_only=True):
+    {"sequenceId": [N], "subsequenceId": [N], "padding": [N],
+     "itemPosition": [N, L+1] int64, "columns": {col: [N, L+1]}}
+categorical columns int64, real columns float32.
+"""
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_dir, atomic_path
+
+POSITION_COLUMN = "itemPosition"
+INDEX_COLUMNS = ["sequenceId", "subsequenceId", "padding"]
+TABULAR_FORMATS = ("parquet", "csv")
+
+
+@dataclass
+class Windows:
+    """A set of windows held as arrays; `values[col]` is [N, seq_length + 1]."""
+
+    sequence_id: np.ndarray  # int64 [N]
+    subsequence_id: np.ndarray  # int64 [N]
+    padding: np.ndarray  # int64 [N]
+    item_position: np.ndarray  # int64 [N, L+1]
+    values: Dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.sequence_id)
+
+    @property
+    def window_length(self) -> int:
+        return self.item_position.shape[1]
+
+    def select(self, index: np.ndarray) -> "Windows":
+        return Windows(
+            self.sequence_id[index],
+            self.subsequence_id[index],
+            self.padding[index],
+            self.item_position[index],
+            {c: v[index] for c, v in self.values.items()},
+        )
+
+    @staticmethod
+    def concat(parts: List["Windows"]) -> "Windows":
+        cols = parts[0].values.keys()
+        return Windows(
+            np.concatenate([p.sequence_id for p in parts]),
+            np.concatenate([p.subsequence_id for p in parts]),
+            np.concatenate([p.padding for p in parts]),
+            np.concatenate([p.item_position for p in parts]),
+            {c: np.concatenate([p.values[c] for p in parts]) for c in cols},
+        )
+
+
+def _position_names(window_length: int) -> List[str]:
+    return [str(j) for j in range(window_length)]
+
+
+def windows_to_frame(windows: Windows):
+    """Column-block long frame of the tabular layout (see module docstring)."""
+    import pandas as pd
+
+    n, width = windows.item_position.shape
+    blocks = [(POSITION_COLUMN, windows.item_position)] + list(windows.values.items())
+    data = np.concatenate([b.astype(np.float64) for _, b in blocks], axis=0)
+    frame = pd.DataFrame(data, columns=_position_names(width))
+    k = len(blocks)
+    frame.insert(0, "inputCol", np.repeat([name for name, _ in blocks], n))
+    frame.insert(0, "padding", np.tile(windows.padding, k))
+    frame.insert(0, "subsequenceId", np.tile(windows.subsequence_id, k))
+    frame.insert(0, "sequenceId", np.tile(windows.sequence_id, k))
+    return frame
+
+
+def write_windows(windows: Windows, path: str, write_format: str) -> None:
+    """Write one split atomically (`path` is a file for parquet/csv)."""
+    if write_format not in TABULAR_FORMATS:
+        raise ValueError(f"write_windows: tabular format expected, got {write_format}")
+    frame = windows_to_frame(windows)
+    with atomic_path(path) as tmp:
+        if write_format == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+
+
+def shard_dict(windows: Windows, column_types: Dict[str, str]):
+    import torch
+
+    return {
+        "sequenceId": torch.from_numpy(windows.sequence_id.astype(np.int64)),
+        "subsequenceId": torch.from_numpy(windows.subsequence_id.astype(np.int64)),
+        "padding": torch.from_numpy(windows.padding.astype(np.int64)),
+        "itemPosition": torch.from_numpy(windows.item_position.astype(np.int64)),
+        "columns": {
+            c: torch.from_numpy(
+                v.astype(np.int64 if column_types[c] == "categorical" else np.float32)
+            )
+            for c, v in windows.values.items()
+        },
+    }
+
+
+def write_shards(windows: Windows, folder: str, prefix: str, per_shard: int,
+                 column_types: Dict[str, str]) -> None:
+    """Write one split as a folder of .pt shards of `per_shard` windows, atomically."""
+    import torch
+
+    with atomic_dir(folder) as tmp:
+        for k, start in enumerate(range(0, max(len(windows), 1), per_shard)):
+            part = windows.select(np.arange(start, min(start + per_shard, len(windows))))
+            torch.save(shard_dict(part, column_types), os.path.join(tmp, f"{prefix}-{k:05d}.pt"))
+
+
+def list_shards(folder: str) -> List[str]:
+    files = sorted(glob.glob(os.path.join(folder, "*.pt")))
+    if not files:
+        raise SequifierError(f"data folder '{folder}' holds no .pt shards; run preprocess with write_format: pt")
+    return files
+
+
+def read_shard(path: str, columns: Optional[List[str]] = None) -> Windows:
+    import torch
+
+    raw = torch.load(path)
+    cols = raw["columns"] if columns is None else {c: raw["columns"][c] for c in columns}
+    return Windows(
+        raw["sequenceId"].numpy(), raw["subsequenceId"].numpy(), raw["padding"].numpy(),
+        raw["itemPosition"].numpy(), {c: v.numpy() for c, v in cols.items()},
+    )
+
+
+def _frame_to_windows(frame, columns, column_types) -> Windows:
+    names = [c for c in frame.columns if c not in INDEX_COLUMNS and c != "inputCol"]
+    blocks = {}
+    input_col = frame["inputCol"].to_numpy()
+    values = frame[names].to_numpy(dtype=np.float64)
+    first = None
+    for col in [POSITION_COLUMN] + list(columns):
+        mask = input_col == col
+        if not mask.any():
+            raise SequifierError(f"column '{col}' not found in the data (inputCol values: "
+                                 f"{sorted(set(input_col.tolist()))[:10]})")
+        if first is None:
+            first = mask
+        dtype = np.float32 if column_types.get(col) == "real" else np.int64
+        blocks[col] = values[mask].astype(dtype)
+    index = frame.loc[first, INDEX_COLUMNS].to_numpy(dtype=np.int64)
+    positions = blocks.pop(POSITION_COLUMN)
+    return Windows(index[:, 0], index[:, 1], index[:, 2], positions, blocks)
+
+
+def read_windows(path: str, read_format: str, column_types: Dict[str, str],
+                 columns: Optional[List[str]] = None) -> Windows:
+    """Read one split (file or shard folder) into arrays; `columns` defaults to all."""
+    columns = list(column_types) if columns is None else columns
+    if read_format == "pt":
+        if not os.path.isdir(path):
+            raise SequifierError(f"data path '{path}' is not a folder of .pt shards")
+        return Windows.concat([read_shard(f, columns) for f in list_shards(path)])
+    if read_format not in TABULAR_FORMATS:
+        raise SequifierError(f"read_format: '{read_format}' is not one of parquet, csv, pt")
+    if not os.path.isfile(path):
+        raise SequifierError(f"data file '{path}' not found; check the path or run preprocess")
+    import pandas as pd
+
+    if read_format == "parquet":
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path)
+    missing = [c for c in INDEX_COLUMNS + ["inputCol"] if c not in frame.columns]
+    if missing:
+        raise SequifierError(f"data file '{path}' is not in sequifier's window format (missing {missing})")
+    return _frame_to_windows(frame, columns, column_types)
