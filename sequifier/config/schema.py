@@ -62,7 +62,9 @@ def _default_optimizer() -> Dict[str, Any]:
 
 
 def _default_scheduler() -> Dict[str, Any]:
-    return {"name": "StepLR", "step_size": 1, "gamma": 0.99}
+    # Only the name: a scheduler preset merged over this must not inherit StepLR's
+    # arguments. Validation fills StepLR's step_size=1, gamma=0.99 when absent.
+    return {"name": "StepLR"}
 
 
 @dataclass

@@ -1,0 +1,143 @@
+"""Command-line entry points: `sequifier <command>` and `sequifier-<command>`.
+
+Every command composes its config with Hydra (see `config/compose.py`), validates it
+once, and hands the typed dataclass to the command's runner. A `SequifierError` is
+printed as `sequifier: error: ...` lines and exits with status 1; any other exception
+is a bug and keeps its traceback.
+"""
+
+import sys
+from typing import Callable, Dict, List, Optional
+
+from sequifier.errors import SequifierError
+
+COMMANDS = ("preprocess", "train", "infer")
+
+USAGE = """usage: sequifier <command> [--config-path FILE.yaml] [key=value ...]
+
+commands:
+  preprocess   turn a long table into training windows, splits and metadata
+  train        train a causal transformer and export it (ONNX / .pt)
+  infer        run an exported model and write predictions, probabilities or embeddings
+  make NAME    create a project folder NAME with commented config templates
+
+Each command reads configs/<command>.yaml from the current folder unless --config-path
+names another YAML file. Hydra options work too: presets (+model_spec=gqa), overrides
+(training_spec.lr=3e-4), multirun sweeps (-m), --cfg job to print the composed config.
+The same commands exist as sequifier-preprocess, sequifier-train and sequifier-infer.
+"""
+
+
+def report_and_exit(error: SequifierError) -> None:
+    for line in str(error).splitlines() or ["(no message)"]:
+        print(f"sequifier: error: {line}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _run_preprocess(cfg):
+    from sequifier.data.preprocess import run_preprocess
+
+    run_preprocess(cfg)
+    return None
+
+
+def _run_train(cfg):
+    from sequifier.train.run import run_train
+
+    return run_train(cfg).best_val_loss
+
+
+def _run_infer(cfg):
+    from sequifier.infer import run_infer
+
+    run_infer(cfg)
+    return None
+
+
+RUNNERS: Dict[str, Callable] = {
+    "preprocess": _run_preprocess,
+    "train": _run_train,
+    "infer": _run_infer,
+}
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def make_task(command: str) -> Callable:
+    def task(cfg):
+        from sequifier.config.compose import to_dataclass
+        from sequifier.config.validate import validate
+
+        try:
+            config = to_dataclass(command, cfg)
+            validate(command, config)
+            return RUNNERS[command](config)
+        except SequifierError as e:
+            if _in_multirun():
+                raise  # the sweeper records the failed job and goes on (max_failure_rate)
+            report_and_exit(e)
+
+    task.__name__ = command
+    return task
+
+
+def run_command(command: str, args: List[str], prog: str) -> None:
+    import hydra
+
+    from sequifier.config import compose
+
+    try:
+        path, name, rest = compose.split_config_flags(args)
+        user_path = compose.find_user_config(command, path, name)
+        user_config = compose.load_user_config(command, user_path)
+        rest = compose.rewrite_overrides(command, rest)
+        compose.register_configs(command, user_config)
+    except SequifierError as e:
+        report_and_exit(e)
+    hydra_main = hydra.main(version_base="1.3", config_path="pkg://sequifier.conf",
+                            config_name=command)(make_task(command))
+    sys.argv = [prog] + rest
+    hydra_main()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "make":
+        from sequifier.make import make_project
+
+        try:
+            if len(rest) != 1 or rest[0].startswith("-"):
+                raise SequifierError("usage: sequifier make NAME (the new project folder)")
+            make_project(rest[0])
+        except SequifierError as e:
+            report_and_exit(e)
+        return
+    if command not in COMMANDS:
+        report_and_exit(SequifierError(
+            f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}, make"))
+    run_command(command, rest, prog=f"sequifier {command}")
+
+
+def preprocess_main() -> None:
+    run_command("preprocess", sys.argv[1:], prog="sequifier-preprocess")
+
+
+def train_main() -> None:
+    run_command("train", sys.argv[1:], prog="sequifier-train")
+
+
+def infer_main() -> None:
+    run_command("infer", sys.argv[1:], prog="sequifier-infer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Cross-field validation, run once right after composition.
+
+Each rule adds one line naming the field path and the fix; all lines are raised together
+as one SequifierError, so a user sees every problem of a config at once. Some rules
+also normalise (mqa's n_kv_heads, StepLR's default arguments) so the rest of the code
+can trust the config.
+"""
+
+import math
+import os
+from typing import List, Optional
+
+from sequifier.config.metadata import Metadata, read_metadata
+from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
+from sequifier.errors import SequifierError
+
+ACTIVATIONS = ("swiglu", "gelu", "relu")
+ATTENTION_TYPES = ("mha", "mqa", "gqa")
+POSITIONAL_ENCODINGS = ("learned", "rope")
+NORMALIZATIONS = ("rmsnorm", "layer_norm")
+DEVICES = ("cpu", "cuda", "mps")
+BACKENDS = ("nccl", "gloo", "mpi")
+COLUMN_TYPES = ("categorical", "real")
+LAYER_TYPES = ("linear", "embedding", "norm", "decoder")
+DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+STEP_LR_DEFAULTS = {"step_size": 1, "gamma": 0.99}
+NO_SCHEDULER = ("none", "None", None)
+
+
+class Problems:
+    """Collects one line per problem; `raise_if_any` raises them as one error."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.lines.append(f"{field}: {message}")
+
+    def check(self, ok: bool, field: str, message: str) -> None:
+        if not ok:
+            self.add(field, message)
+
+    def one_of(self, value, options, field: str) -> None:
+        self.check(value in options, field, f"'{value}' is not one of {', '.join(map(str, options))}")
+
+    def positive(self, value, field: str, allow_none: bool = False, minimum=1) -> None:
+        if value is None and allow_none:
+            return
+        self.check(value is not None and value >= minimum, field, f"must be >= {minimum}, got {value}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise SequifierError("\n".join(self.lines))
+
+
+def known_optimizers() -> List[str]:
+    import torch.optim
+
+    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+             and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+             and n != "Optimizer"]
+    return sorted(names + ["AdEMAMix"])
+
+
+def known_schedulers() -> List[str]:
+    import torch.optim.lr_scheduler as sched
+
+    base = sched.LRScheduler
+    names = [n for n in dir(sched) if isinstance(getattr(sched, n), type)
+             and issubclass(getattr(sched, n), base) and n not in ("LRScheduler", "_LRScheduler")]
+    return sorted(names + ["none"])
+
+
+def known_criteria() -> List[str]:
+    import torch.nn
+
+    return sorted(n for n in dir(torch.nn) if n.endswith("Loss") and isinstance(getattr(torch.nn, n), type))
+
+
+def resolve(project_root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(project_root, path)
+
+
+def validate(command: str, cfg) -> None:
+    {"preprocess": validate_preprocess, "train": validate_train, "infer": validate_infer}[command](cfg)
+
+
+# --- preprocess -------------------------------------------------------------------------
+
+def validate_preprocess(cfg: PreprocessConfig) -> None:
+    p = Problems()
+    p.one_of(cfg.read_format, ("csv", "parquet"), "read_format")
+    p.one_of(cfg.write_format, ("parquet", "csv", "pt"), "write_format")
+    if cfg.write_format == "pt" and cfg.merge_output:
+        p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
+    p.positive(cfg.seq_length, "seq_length")
+    if not cfg.split_ratios or any(r <= 0 for r in cfg.split_ratios):
+        p.add("split_ratios", f"needs one positive share per split, got {list(cfg.split_ratios or [])}")
+    elif not math.isclose(sum(cfg.split_ratios), 1.0, abs_tol=1e-6):
+        p.add("split_ratios", f"must sum to 1, got {list(cfg.split_ratios)} (sum {sum(cfg.split_ratios):g})")
+    if cfg.stride_by_split is not None:
+        p.check(len(cfg.stride_by_split) == len(cfg.split_ratios or []), "stride_by_split",
+                f"needs one stride per split ({len(cfg.split_ratios or [])}), got {list(cfg.stride_by_split)}")
+        p.check(all(s >= 1 for s in cfg.stride_by_split), "stride_by_split", "strides must be >= 1")
+    p.one_of(cfg.subsequence_start_mode, ("distribute", "exact"), "subsequence_start_mode")
+    p.positive(cfg.max_rows, "max_rows", allow_none=True)
+    p.positive(cfg.n_cores, "n_cores", allow_none=True)
+    p.positive(cfg.batches_per_file, "batches_per_file")
+    p.raise_if_any()
+
+
+# --- train ------------------------------------------------------------------------------
+
+def validate_train(cfg: TrainConfig) -> None:
+    p = Problems()
+    _check_train_fields(cfg, p)
+    _check_model_spec(cfg, p)
+    _check_training_spec(cfg, p)
+    p.raise_if_any()
+    metadata = read_metadata(resolve(cfg.project_root, cfg.metadata_config_path))
+    _check_against_metadata(cfg, metadata, p)
+    p.raise_if_any()
+
+
+def _check_train_fields(cfg: TrainConfig, p: Problems) -> None:
+    p.check(bool(cfg.model_name) and "/" not in cfg.model_name and not cfg.model_name.startswith("."),
+            "model_name", f"'{cfg.model_name}' must be a plain name usable in file names")
+    p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
+    p.check(len(cfg.target_columns) > 0, "target_columns", "name at least one column to predict")
+    for col in cfg.target_columns:
+        if col not in cfg.target_column_types:
+            p.add(f"target_column_types.{col}", "missing: give the type (categorical or real) of every target")
+    for col, kind in cfg.target_column_types.items():
+        if col not in cfg.target_columns:
+            p.add(f"target_column_types.{col}", f"'{col}' is not in target_columns {list(cfg.target_columns)}")
+        p.one_of(kind, COLUMN_TYPES, f"target_column_types.{col}")
+    p.positive(cfg.seq_length, "seq_length")
+    p.positive(cfg.inference_batch_size, "inference_batch_size")
+
+
+def _check_model_spec(cfg: TrainConfig, p: Problems) -> None:
+    m = cfg.model_spec
+    for name in ("dim_model", "n_head", "num_layers", "dim_feedforward", "initial_embedding_dim"):
+        p.positive(getattr(m, name), f"model_spec.{name}")
+    if m.n_head >= 1 and m.dim_model % m.n_head:
+        p.add("model_spec.n_head", f"dim_model ({m.dim_model}) must be divisible by n_head ({m.n_head}); "
+              f"choose n_head from {[h for h in range(1, min(m.dim_model, 64) + 1) if m.dim_model % h == 0]}")
+    p.one_of(m.activation_fn, ACTIVATIONS, "model_spec.activation_fn")
+    p.one_of(m.positional_encoding, POSITIONAL_ENCODINGS, "model_spec.positional_encoding")
+    p.one_of(m.normalization, NORMALIZATIONS, "model_spec.normalization")
+    p.check(m.rope_theta > 0, "model_spec.rope_theta", f"must be > 0, got {m.rope_theta}")
+    if m.positional_encoding == "rope" and m.n_head >= 1 and m.dim_model % m.n_head == 0:
+        p.check((m.dim_model // m.n_head) % 2 == 0, "model_spec.positional_encoding",
+                f"rope needs an even head size, but dim_model/n_head = {m.dim_model // m.n_head}")
+    if m.joint_embedding_dim is not None and m.joint_embedding_dim != m.dim_model:
+        p.add("model_spec.joint_embedding_dim",
+              f"must equal dim_model ({m.dim_model}) when set, got {m.joint_embedding_dim}; or set it to null")
+    _check_attention(m, p)
+
+
+def _check_attention(m, p: Problems) -> None:
+    p.one_of(m.attention_type, ATTENTION_TYPES, "model_spec.attention_type")
+    kv = m.n_kv_heads
+    if m.attention_type == "mqa":
+        if kv is None:
+            m.n_kv_heads = 1
+        elif kv != 1:
+            p.add("model_spec.n_kv_heads", f"attention_type mqa uses 1 key/value head, got {kv}; set n_kv_heads: 1 or null")
+    elif m.attention_type == "mha":
+        if kv is not None and kv != m.n_head:
+            p.add("model_spec.n_kv_heads", f"attention_type mha uses n_head ({m.n_head}) key/value heads, got {kv}; "
+                  "set n_kv_heads: null or use attention_type: gqa")
+    elif m.attention_type == "gqa":
+        if kv is None:
+            p.add("model_spec.n_kv_heads", "attention_type gqa needs n_kv_heads (a divisor of n_head)")
+        elif kv < 1 or m.n_head % kv:
+            p.add("model_spec.n_kv_heads", f"must divide n_head ({m.n_head}), got {kv}")
+
+
+def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
+    t = cfg.training_spec
+    device_kind = t.device.split(":")[0]
+    p.one_of(device_kind, DEVICES, "training_spec.device")
+    for name in ("epochs", "batch_size", "save_interval_epochs", "log_interval", "world_size"):
+        p.positive(getattr(t, name), f"training_spec.{name}")
+    p.positive(t.early_stopping_epochs, "training_spec.early_stopping_epochs", allow_none=True)
+    p.positive(t.num_workers, "training_spec.num_workers", minimum=0)
+    p.positive(t.device_max_concat_length, "training_spec.device_max_concat_length", minimum=2)
+    p.check(t.learning_rate > 0, "training_spec.learning_rate", f"must be > 0, got {t.learning_rate}")
+    p.check(0 <= t.dropout < 1, "training_spec.dropout", f"must be in [0, 1), got {t.dropout}")
+    p.check(t.max_ram_gb > 0, "training_spec.max_ram_gb", f"must be > 0, got {t.max_ram_gb}")
+    p.one_of(t.scheduler_step_on, ("epoch", "batch"), "training_spec.scheduler_step_on")
+    p.one_of(t.backend, BACKENDS, "training_spec.backend")
+    _check_optimizer_and_scheduler(t, p)
+    targets = list(cfg.target_columns)
+    for col in targets:
+        if col not in t.criterion:
+            p.add(f"training_spec.criterion.{col}", "missing: give a loss for every target (e.g. CrossEntropyLoss, MSELoss)")
+    criteria = known_criteria()
+    for col, name in t.criterion.items():
+        if col not in targets:
+            p.add(f"training_spec.criterion.{col}", f"'{col}' is not in target_columns {targets}")
+        elif name not in criteria:
+            p.add(f"training_spec.criterion.{col}", f"unknown loss '{name}'; known: {', '.join(criteria)}")
+    for field, keys in (("loss_weights", t.loss_weights), ("class_weights", t.class_weights)):
+        for col in keys or {}:
+            p.check(col in targets, f"training_spec.{field}.{col}", f"'{col}' is not in target_columns {targets}")
+    for col in t.class_share_log_columns:
+        p.check(cfg.target_column_types.get(col) == "categorical", "training_spec.class_share_log_columns",
+                f"'{col}' must be a categorical target column")
+    if not t.load_full_data_to_ram and cfg.read_format != "pt":
+        p.add("training_spec.load_full_data_to_ram",
+              f"false (lazy loading) requires read_format: pt, got '{cfg.read_format}'; preprocess with write_format: pt")
+    if t.distributed and cfg.read_format != "pt":
+        p.add("training_spec.distributed",
+              f"true requires read_format: pt, got '{cfg.read_format}'; preprocess with write_format: pt, merge_output: false")
+    for layer, dtype in (t.layer_type_dtypes or {}).items():
+        p.one_of(layer, LAYER_TYPES, f"training_spec.layer_type_dtypes.{layer}")
+        p.one_of(dtype, DTYPES, f"training_spec.layer_type_dtypes.{layer}")
+
+
+def _check_optimizer_and_scheduler(t, p: Problems) -> None:
+    opt_name = t.optimizer.get("name")
+    optimizers = known_optimizers()
+    if opt_name not in optimizers:
+        p.add("training_spec.optimizer.name", f"unknown optimizer '{opt_name}'; known: {', '.join(optimizers)}")
+    sched_name = t.scheduler.get("name")
+    schedulers = known_schedulers()
+    if sched_name not in NO_SCHEDULER and sched_name not in schedulers:
+        p.add("training_spec.scheduler.name", f"unknown scheduler '{sched_name}'; known: {', '.join(schedulers)}")
+    if sched_name == "StepLR":
+        for key, value in STEP_LR_DEFAULTS.items():
+            t.scheduler.setdefault(key, value)
+
+
+def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -> None:
+    p.check(cfg.seq_length == metadata.seq_length, "seq_length",
+            f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length} "
+            f"(metadata {cfg.metadata_config_path}); set seq_length: {metadata.seq_length} or re-run preprocess")
+    available = metadata.column_types
+    for col in cfg.target_columns:
+        if col not in available:
+            p.add("target_columns", f"'{col}' is not a column of the preprocessed data {sorted(available)}")
+        elif cfg.target_column_types.get(col) not in (None, available[col]):
+            p.add(f"target_column_types.{col}", f"'{cfg.target_column_types[col]}' but preprocess recorded "
+                  f"'{available[col]}' for it")
+    inputs = list(cfg.input_columns) if cfg.input_columns is not None else list(available)
+    for col in inputs:
+        p.check(col in available, "input_columns", f"'{col}' is not a column of the preprocessed data {sorted(available)}")
+    p.check(len(inputs) > 0, "input_columns", "needs at least one column")
+    _check_feature_embedding_dims(cfg, inputs, available, p)
+
+
+def _check_feature_embedding_dims(cfg: TrainConfig, inputs, available, p: Problems) -> None:
+    m = cfg.model_spec
+    dims = m.feature_embedding_dims
+    if dims is None:
+        kinds = {available.get(c) for c in inputs}
+        if len(kinds) > 1:
+            p.add("model_spec.feature_embedding_dims",
+                  "null (automatic sizes) works only when the input columns are all categorical or all real; "
+                  f"give a size per column for {inputs}")
+        elif inputs and m.initial_embedding_dim % len(inputs):
+            p.add("model_spec.feature_embedding_dims",
+                  f"null (automatic sizes) needs initial_embedding_dim ({m.initial_embedding_dim}) divisible by "
+                  f"the number of input columns ({len(inputs)}); change it or give sizes per column")
+        return
+    for col in inputs:
+        p.check(col in dims, f"model_spec.feature_embedding_dims.{col}", "missing: give a size for every input column")
+    for col, size in dims.items():
+        p.check(col in inputs, f"model_spec.feature_embedding_dims.{col}", f"'{col}' is not an input column {inputs}")
+        p.check(size >= 1, f"model_spec.feature_embedding_dims.{col}", f"must be >= 1, got {size}")
+    total = sum(dims.values())
+    p.check(total == m.initial_embedding_dim, "model_spec.feature_embedding_dims",
+            f"sizes sum to {total} but initial_embedding_dim is {m.initial_embedding_dim}; make them equal")
+
+
+# --- infer ------------------------------------------------------------------------------
+
+def validate_infer(cfg: InferConfig) -> None:
+    p = Problems()
+    paths = cfg.model_path if isinstance(cfg.model_path, list) else [cfg.model_path]
+    p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
+            f"must be a model file path or a list of them, got {cfg.model_path!r}")
+    p.one_of(cfg.model_type, ("generative", "embedding"), "model_type")
+    p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
+    p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
+    p.one_of(cfg.device.split(":")[0], DEVICES, "device")
+    p.positive(cfg.seq_length, "seq_length")
+    p.positive(cfg.inference_batch_size, "inference_batch_size")
+    if cfg.autoregression_extra_steps is not None:
+        p.check(cfg.autoregression, "autoregression_extra_steps", "is set but autoregression is false; set autoregression: true")
+        p.positive(cfg.autoregression_extra_steps, "autoregression_extra_steps", minimum=0)
+    for col, kind in (cfg.target_column_types or {}).items():
+        p.one_of(kind, COLUMN_TYPES, f"target_column_types.{col}")
+    if cfg.sample_from_distribution_columns and cfg.target_columns is not None:
+        for col in cfg.sample_from_distribution_columns:
+            p.check(col in cfg.target_columns, "sample_from_distribution_columns",
+                    f"'{col}' is not in target_columns {list(cfg.target_columns)}")
+    p.raise_if_any()
+    metadata = read_metadata(resolve(cfg.project_root, cfg.metadata_config_path))
+    p.check(cfg.seq_length == metadata.seq_length, "seq_length",
+            f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
+            f"set seq_length: {metadata.seq_length}")
+    p.raise_if_any()

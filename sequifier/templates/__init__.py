@@ -1,0 +1,1 @@
+"""Config templates that `sequifier make NAME` copies into a new project."""
