@@ -1,0 +1,1 @@
+"""The sequifier transformer (layers, model, per-layer dtypes)."""

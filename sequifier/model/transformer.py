@@ -1,0 +1,265 @@
+"""The sequifier model: column embeddings -> causal transformer -> one head per target.
+
+Input windows are LEFT-padded: a sequence shorter than seq_length has PAD_ID (categorical)
+or 0.0 (real) in its first slots. The model uses causal attention only, with no key
+padding mask: every position sees the pad slots before it as ordinary inputs (a pad
+embedding the model learns to ignore), and the training loop leaves pad positions out of
+the loss. Outputs at the last position - the one used for prediction - always see the
+whole real sequence.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from sequifier.config.metadata import Metadata
+from sequifier.config.schema import ModelSpec, TrainConfig
+from sequifier.errors import SequifierError
+from sequifier.model.dtypes import apply_layer_type_dtypes
+from sequifier.model.layers import (
+    DecoderLinear,
+    Embedding,
+    Linear,
+    RotaryEmbedding,
+    TransformerBlock,
+    concat_chunked,
+    init_weights,
+    make_norm,
+)
+
+
+@dataclass
+class ColumnLayout:
+    """Everything the model needs to know about the data."""
+
+    input_columns: List[str]  # order = ONNX input order
+    column_types: Dict[str, str]  # 'categorical' | 'real', every input and target column
+    n_classes: Dict[str, int]  # categorical columns, incl. reserved PAD_ID / UNKNOWN_ID
+    target_columns: List[str]
+    target_column_types: Dict[str, str]
+    seq_length: int
+
+    @staticmethod
+    def from_config(cfg: TrainConfig, metadata: Metadata) -> "ColumnLayout":
+        input_columns = list(cfg.input_columns) if cfg.input_columns else metadata.columns
+        target_columns = list(cfg.target_columns)
+        known = metadata.column_types
+        for field_name, columns in (("input_columns", input_columns), ("target_columns", target_columns)):
+            missing = [c for c in columns if c not in known]
+            if missing:
+                raise SequifierError(
+                    f"{field_name}: column(s) {missing} not in the metadata "
+                    f"({', '.join(known)}); use preprocessed columns only"
+                )
+        for column in target_columns:
+            given = cfg.target_column_types.get(column)
+            if given != known[column]:
+                raise SequifierError(
+                    f"target_column_types.{column}: is '{given}' but the data column is "
+                    f"'{known[column]}'; set it to '{known[column]}'"
+                )
+        used = list(dict.fromkeys(input_columns + target_columns))
+        return ColumnLayout(
+            input_columns=input_columns,
+            column_types={c: known[c] for c in used},
+            n_classes={c: int(metadata.n_classes[c]) for c in used if known[c] == "categorical"},
+            target_columns=target_columns,
+            target_column_types={c: known[c] for c in target_columns},
+            seq_length=int(cfg.seq_length),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(raw: dict) -> "ColumnLayout":
+        return ColumnLayout(**raw)
+
+
+def feature_embedding_dims(spec: ModelSpec, layout: ColumnLayout) -> Dict[str, int]:
+    """Embedding width of each input column; the widths sum to initial_embedding_dim.
+
+    With no manual map, the width is split evenly, which the spec allows only for inputs
+    that are all real or all categorical and a width divisible by the column count.
+    """
+    columns = layout.input_columns
+    total = spec.initial_embedding_dim
+    if spec.feature_embedding_dims:
+        dims = {c: int(spec.feature_embedding_dims[c]) for c in columns if c in spec.feature_embedding_dims}
+        missing = [c for c in columns if c not in dims]
+        if missing:
+            raise SequifierError(
+                f"model_spec.feature_embedding_dims: no width for input column(s) {missing}; "
+                "give every input column a width"
+            )
+        if sum(dims.values()) != total or min(dims.values()) < 1:
+            raise SequifierError(
+                f"model_spec.feature_embedding_dims: widths {dims} must be >= 1 and sum to "
+                f"initial_embedding_dim ({total})"
+            )
+        return dims
+    types = {layout.column_types[c] for c in columns}
+    if len(types) > 1 or total % len(columns):
+        raise SequifierError(
+            "model_spec.feature_embedding_dims: automatic widths need only-real or "
+            f"only-categorical inputs and initial_embedding_dim ({total}) divisible by the "
+            f"{len(columns)} input columns; set feature_embedding_dims explicitly"
+        )
+    return {c: total // len(columns) for c in columns}
+
+
+class ColumnEmbedding(nn.Module):
+    """Embeds each input column and concatenates them to [B, L, initial_embedding_dim].
+
+    categorical: a lookup table of n_classes rows; real: Linear(1, width), or the
+    standardised value itself when the width is 1.
+    """
+
+    def __init__(self, layout: ColumnLayout, dims: Dict[str, int], max_concat_length: int):
+        super().__init__()
+        self.columns = list(layout.input_columns)
+        self.max_concat_length = max_concat_length
+        self.tables = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
+        for column in self.columns:
+            if layout.column_types[column] == "categorical":
+                self.tables[column] = Embedding(layout.n_classes[column], dims[column])
+            elif dims[column] > 1:
+                self.projections[column] = Linear(1, dims[column])
+
+    def forward(self, inputs: Dict[str, Tensor]) -> Tensor:
+        parts = []
+        for column in self.columns:
+            value = inputs[column]
+            if column in self.tables:
+                part = self.tables[column](value)
+            elif column in self.projections:
+                part = self.projections[column](value.unsqueeze(-1))
+            else:
+                part = value.unsqueeze(-1)
+            # The residual stream is float32 whatever the layers' dtypes.
+            parts.append(part.float())
+        return concat_chunked(parts, dim=-1, max_length=self.max_concat_length)
+
+
+class SequifierModel(nn.Module):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        layout: ColumnLayout,
+        dropout: float = 0.0,
+        max_concat_length: int = 12,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.layout = layout
+        dim = spec.dim_model
+        n_kv_heads = _kv_heads(spec)
+
+        self.embedding = ColumnEmbedding(layout, feature_embedding_dims(spec, layout), max_concat_length)
+        if spec.joint_embedding_dim is not None and spec.joint_embedding_dim != dim:
+            raise SequifierError(
+                f"model_spec.joint_embedding_dim: must equal dim_model ({dim}), "
+                f"got {spec.joint_embedding_dim}"
+            )
+        needs_projection = spec.joint_embedding_dim is not None or spec.initial_embedding_dim != dim
+        self.projection = Linear(spec.initial_embedding_dim, dim) if needs_projection else nn.Identity()
+        if spec.positional_encoding == "learned":
+            self.position = Embedding(layout.seq_length, dim)
+            rope = None
+        elif spec.positional_encoding == "rope":
+            self.position = None
+            rope = RotaryEmbedding(dim // spec.n_head, layout.seq_length, spec.rope_theta)
+        else:
+            raise SequifierError(
+                f"model_spec.positional_encoding: '{spec.positional_encoding}' is not "
+                "supported; use learned or rope"
+            )
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                dim,
+                spec.n_head,
+                n_kv_heads,
+                spec.dim_feedforward,
+                spec.activation_fn,
+                spec.normalization,
+                spec.norm_first,
+                dropout,
+                rope,  # one table shared by all layers
+            )
+            for _ in range(spec.num_layers)
+        )
+        # Post-LN blocks already end in a norm; pre-LN needs one after the last block.
+        self.final_norm = make_norm(spec.normalization, dim) if spec.norm_first else nn.Identity()
+        self.heads = nn.ModuleDict(
+            {
+                column: DecoderLinear(
+                    dim, layout.n_classes[column] if kind == "categorical" else 1
+                )
+                for column, kind in layout.target_column_types.items()
+            }
+        )
+        self.apply(init_weights)
+
+    def hidden_states(self, inputs: Dict[str, Tensor]) -> Tensor:
+        """[B, L, dim_model] float32 hidden states after the final norm."""
+        x = self.projection(self.embedding(inputs)).float()
+        length = x.shape[1]
+        if length > self.layout.seq_length:
+            raise SequifierError(
+                f"seq_length: input has {length} positions, the model takes at most "
+                f"{self.layout.seq_length}"
+            )
+        if self.position is not None:
+            x = x + self.position(torch.arange(length, device=x.device)).float()
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x).float()
+
+    def decode(self, hidden: Tensor) -> Dict[str, Tensor]:
+        """Per target: categorical logits [..., n_classes]; real values [...] (float32)."""
+        outputs = {}
+        for column, head in self.heads.items():
+            out = head(hidden).float()
+            outputs[column] = out if self.layout.target_column_types[column] == "categorical" else out.squeeze(-1)
+        return outputs
+
+    def forward(self, inputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return self.decode(self.hidden_states(inputs))
+
+
+def _kv_heads(spec: ModelSpec) -> int:
+    if spec.attention_type == "mha":
+        if spec.n_kv_heads not in (None, spec.n_head):
+            raise SequifierError(
+                f"model_spec.n_kv_heads: mha uses n_head ({spec.n_head}) key/value heads, "
+                f"got {spec.n_kv_heads}; use attention_type gqa or drop n_kv_heads"
+            )
+        return spec.n_head
+    if spec.attention_type == "mqa":
+        if spec.n_kv_heads not in (None, 1):
+            raise SequifierError(
+                f"model_spec.n_kv_heads: mqa uses 1 key/value head, got {spec.n_kv_heads}"
+            )
+        return 1
+    if spec.attention_type == "gqa":
+        return spec.n_head if spec.n_kv_heads is None else spec.n_kv_heads
+    raise SequifierError(
+        f"model_spec.attention_type: '{spec.attention_type}' is not supported; use mha, mqa or gqa"
+    )
+
+
+def build_model(cfg: TrainConfig, metadata: Metadata) -> SequifierModel:
+    """The model for `cfg` on `metadata`'s columns, in float32 unless layer_type_dtypes says otherwise."""
+    layout = ColumnLayout.from_config(cfg, metadata)
+    model = SequifierModel(
+        cfg.model_spec,
+        layout,
+        dropout=cfg.training_spec.dropout,
+        max_concat_length=cfg.training_spec.device_max_concat_length,
+    )
+    return apply_layer_type_dtypes(model, cfg.training_spec.layer_type_dtypes)
