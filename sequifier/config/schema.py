@@ -153,6 +153,9 @@ class InferConfig:
     infer_with_dropout: bool = False
     device: str = "cpu"
     seed: int = 1010
+    # Not in the original field list: replace existing outputs/ files of the same models
+    # instead of refusing (as in preprocess and train).
+    overwrite: bool = False
 
 
 SCHEMAS = {"preprocess": PreprocessConfig, "train": TrainConfig, "infer": InferConfig}
