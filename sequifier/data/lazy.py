@@ -1,0 +1,346 @@
+"""Lazy loading of `.pt` shards: train on more windows than fit in RAM.
+
+With `load_full_data_to_ram: false` (and `read_format: pt`) the windows stay on disk in
+the shards `preprocess` wrote. This module plans each epoch from the shard sizes alone,
+loads a shard's rows only when a batch needs them, and keeps loaded rows in an LRU cache
+bounded by `max_ram_gb`.
+
+How the windows of one split are divided (all of it is index arithmetic on the
+per-shard window counts, so every rank and worker computes the same plan):
+
+* the windows, in file order, are cut into `world_size` contiguous ranges of equal size
+  (+-1): rank r's *shard group*. It is the same every epoch, so each rank reads its own
+  shards (a shard on a boundary is read by both neighbours, each its own rows);
+* a rank's range is cut the same way into one part per loader worker (`num_workers`,
+  or one part in-process when 0);
+* per epoch, a worker visits its pieces in a shuffled order, shuffles the rows of each
+  piece and cuts that stream into batches. Every window is seen exactly once per epoch.
+
+Under DDP every rank must take the same number of optimizer steps or the gradient
+all-reduce hangs; `batches_per_worker` gives all ranks the same count by splitting a
+few batches where a rank has fewer windows (the last batches of a worker may be smaller
+than `batch_size`).
+
+Shuffling is per piece, not global: a batch holds windows of one or two shards. That is
+the usual price of streaming data larger than RAM; write smaller shards in preprocess
+(`batches_per_file`) for better mixing.
+
+Memory: each worker holds at most `max_ram_gb / max(num_workers, 1)` of cached rows,
+but never fewer than the piece in use and the one a batch straddles into; DataLoader
+prefetching adds `2 * num_workers` batches.
+"""
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from sequifier.data.windows import Windows, list_shards
+from sequifier.errors import SequifierError
+
+log = logging.getLogger(__name__)
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows [start, stop) of shard number `shard` (file order)."""
+
+    shard: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _load(path: str):
+    import torch
+
+    # mmap: only the rows and columns copied out below are read from disk.
+    return torch.load(path, mmap=True)
+
+
+def count_windows(paths: Sequence[str]) -> np.ndarray:
+    """Windows per shard, read from the shard headers (no data is loaded)."""
+    return np.array([int(_load(p)["sequenceId"].shape[0]) for p in paths], dtype=np.int64)
+
+
+def read_piece(path: str, piece: Piece, columns: Sequence[str]) -> Windows:
+    """Copy one piece's rows of the wanted columns out of a memory-mapped shard."""
+    raw = _load(path)
+    missing = [c for c in columns if c not in raw["columns"]]
+    if missing:
+        raise SequifierError(
+            f"shard '{path}' has no column(s) {missing}; its columns are "
+            f"{sorted(raw['columns'])}; check input_columns/target_columns or rerun preprocess")
+    rows = slice(piece.start, piece.stop)
+
+    def take(t):
+        return np.array(t[rows].numpy(), copy=True)
+
+    return Windows(take(raw["sequenceId"]), take(raw["subsequenceId"]), take(raw["padding"]),
+                   take(raw["itemPosition"]), {c: take(raw["columns"][c]) for c in columns})
+
+
+def windows_nbytes(w: Windows) -> int:
+    arrays = [w.sequence_id, w.subsequence_id, w.padding, w.item_position, *w.values.values()]
+    return int(sum(a.nbytes for a in arrays))
+
+
+class PieceCache:
+    """Loaded pieces, least recently used evicted first once over `max_bytes`.
+
+    The piece just requested is never evicted, so a budget smaller than one piece still
+    works (holding one piece). `peak_bytes` and `loads` are kept for tests and logs.
+    """
+
+    def __init__(self, paths: Sequence[str], columns: Sequence[str], max_bytes: float):
+        self.paths = list(paths)
+        self.columns = list(columns)
+        self.max_bytes = max_bytes
+        self._entries: "OrderedDict[Piece, Windows]" = OrderedDict()
+        self._sizes: Dict[Piece, int] = {}
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.loads = 0
+        self.hits = 0
+
+    def get(self, piece: Piece) -> Windows:
+        if piece in self._entries:
+            self._entries.move_to_end(piece)
+            self.hits += 1
+            return self._entries[piece]
+        windows = read_piece(self.paths[piece.shard], piece, self.columns)
+        self.loads += 1
+        self._entries[piece] = windows
+        self._sizes[piece] = windows_nbytes(windows)
+        self.bytes += self._sizes[piece]
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        while self.bytes > self.max_bytes and len(self._entries) > 1:
+            old, _ = self._entries.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
+        return windows
+
+
+def split_range(pieces: Sequence[Piece], parts: int) -> List[List[Piece]]:
+    """Cut a sequence of pieces into `parts` contiguous runs of equal window count (+-1)."""
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    total = int(lengths.sum())
+    bounds = (np.arange(parts + 1, dtype=np.int64) * total) // parts
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(pieces) else lengths
+    out: List[List[Piece]] = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        # pieces overlapping the global range [lo, hi)
+        first = int(np.searchsorted(starts + lengths, lo, side="right"))
+        run = []
+        for k in range(first, len(pieces)):
+            s = int(starts[k])
+            if s >= hi:
+                break
+            a, b = max(lo, s) - s, min(hi, s + lengths[k]) - s
+            if b > a:
+                p = pieces[k]
+                run.append(Piece(p.shard, p.start + int(a), p.start + int(b)))
+        out.append(run)
+    return out
+
+
+def plan_pieces(counts: np.ndarray, world_size: int, workers: int) -> List[List[List[Piece]]]:
+    """pieces[rank][worker]: the fixed division of a split over ranks and loader workers."""
+    whole = [Piece(i, 0, int(n)) for i, n in enumerate(counts) if n > 0]
+    return [split_range(group, workers) for group in split_range(whole, world_size)]
+
+
+def batches_per_worker(plan: List[List[List[Piece]]], batch_size: int) -> np.ndarray:
+    """Batches each worker of each rank makes, so that all ranks make the same total.
+
+    A rank's natural count is sum(ceil(windows / batch_size)) over its workers; ranks
+    below the maximum split some batches, spread over their workers.
+    """
+    sizes = np.array([[sum(len(p) for p in w) for w in rank] for rank in plan], dtype=np.int64)
+    natural = -(-sizes // batch_size)
+    target = int(natural.sum(axis=1).max())
+    counts = natural.copy()
+    workers = sizes.shape[1]
+    for r in range(len(plan)):
+        deficit = target - int(natural[r].sum())
+        extra = deficit // workers + (np.arange(workers) < deficit % workers)
+        counts[r] += extra
+    if (counts > sizes).any():
+        raise SequifierError(
+            f"too few windows ({int(sizes.sum())}) to give each of {sizes.size} "
+            "rank/worker streams the same number of batches; lower world_size or num_workers")
+    return counts
+
+
+def batch_sizes(n_windows: int, n_batches: int, batch_size: int) -> np.ndarray:
+    """Sizes of `n_batches` batches over `n_windows`: full batches first, then a tail of
+    smaller ones (each at least 1) when there are more batches than full ones."""
+    if n_batches == 0:
+        return np.zeros(0, dtype=np.int64)
+    j = np.arange(n_batches, dtype=np.int64)
+    # Batch j gets batch_size unless the rest would leave some later batch empty.
+    reserve = n_batches - 1 - j
+    sizes = np.empty(n_batches, dtype=np.int64)
+    remaining = n_windows
+    for k in range(n_batches):  # per batch, not per window
+        sizes[k] = min(batch_size, remaining - reserve[k])
+        remaining -= sizes[k]
+    return sizes
+
+
+def _piece_rng(seed: int, epoch: int, piece: Piece) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, piece.shard, piece.start])
+
+
+def iterate_batches(pieces: Sequence[Piece], sizes: np.ndarray, cache: PieceCache,
+                    shuffle: bool, seed: int, epoch: int, stream_id: int) -> Iterator[Windows]:
+    """Cut the (shuffled) rows of `pieces` into batches of the given sizes."""
+    order = list(pieces)
+    if shuffle:
+        perm = np.random.default_rng([seed, epoch, stream_id, 7919]).permutation(len(order))
+        order = [order[i] for i in perm]
+    sizes_iter = iter(sizes.tolist())
+    size = next(sizes_iter, None)
+    parts: List[Windows] = []
+    filled = 0
+    for piece in order:
+        windows = cache.get(piece)
+        rows = (_piece_rng(seed, epoch, piece).permutation(len(piece)) if shuffle
+                else np.arange(len(piece)))
+        pos = 0
+        while pos < len(rows) and size is not None:
+            take = min(size - filled, len(rows) - pos)
+            parts.append(windows.select(rows[pos:pos + take]))
+            pos += take
+            filled += take
+            if filled == size:
+                yield parts[0] if len(parts) == 1 else Windows.concat(parts)
+                parts, filled = [], 0
+                size = next(sizes_iter, None)
+
+
+def windows_to_tensors(windows: Windows) -> Dict[str, object]:
+    """Default batch form: plain tensors (cheap to pass from worker processes)."""
+    import torch
+
+    return {
+        "sequenceId": torch.from_numpy(windows.sequence_id),
+        "subsequenceId": torch.from_numpy(windows.subsequence_id),
+        "padding": torch.from_numpy(windows.padding),
+        "itemPosition": torch.from_numpy(windows.item_position),
+        "columns": {c: torch.from_numpy(v) for c, v in windows.values.items()},
+    }
+
+
+def _shard_dataset_class():
+    import torch
+
+    class ShardBatches(torch.utils.data.IterableDataset):
+        """One rank's batches for one epoch; each DataLoader worker makes its own part."""
+
+        def __init__(self, loader: "LazyWindowLoader"):
+            self.loader = loader
+
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            worker = 0 if info is None else info.id
+            return self.loader.worker_batches(worker)
+
+    return ShardBatches
+
+
+class LazyWindowLoader:
+    """Batches of one split, read lazily from its shard folder.
+
+    Iterate it once per epoch after `set_epoch(epoch)`; `len()` is the number of batches
+    this rank yields per epoch (the same on every rank).
+    """
+
+    def __init__(self, folder: str, columns: Sequence[str], batch_size: int, *,
+                 shuffle: bool = True, seed: int = 0, max_ram_gb: float = 16.0,
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                 to_batch: Callable[[Windows], object] = windows_to_tensors):
+        if not os.path.isdir(folder):
+            raise SequifierError(f"data path '{folder}' is not a folder of .pt shards; "
+                                 "lazy loading (load_full_data_to_ram: false) needs read_format: pt")
+        if batch_size < 1:
+            raise SequifierError(f"training_spec.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise SequifierError(f"training_spec.num_workers must be >= 0, got {num_workers}")
+        if max_ram_gb <= 0:
+            raise SequifierError(f"training_spec.max_ram_gb must be > 0, got {max_ram_gb}")
+        self.paths = list_shards(folder)
+        self.counts = count_windows(self.paths)
+        self.columns = list(columns)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_workers = num_workers
+        self.rank = rank
+        self.world_size = world_size
+        self.to_batch = to_batch
+        self.streams = max(num_workers, 1)
+        self.max_bytes_per_stream = max_ram_gb * GB / self.streams
+        self.plan = plan_pieces(self.counts, world_size, self.streams)
+        self.stream_batches = batches_per_worker(self.plan, batch_size)
+        self._cache: Optional[PieceCache] = None
+        self._epoch = _shared_epoch()
+        self._dataloader = None
+
+    @property
+    def n_windows(self) -> int:
+        """Windows this rank sees per epoch."""
+        return sum(len(p) for w in self.plan[self.rank] for p in w)
+
+    def __len__(self) -> int:
+        return int(self.stream_batches[self.rank].sum())
+
+    def __getstate__(self):
+        # Worker processes get the plan, not this process's cache or DataLoader.
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        state["_dataloader"] = None
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        # A shared-memory tensor, so persistent worker processes see the new epoch too.
+        self._epoch[0] = epoch
+
+    @property
+    def cache(self) -> PieceCache:
+        """The cache of the current process (each worker process has its own)."""
+        if self._cache is None:
+            self._cache = PieceCache(self.paths, self.columns, self.max_bytes_per_stream)
+        return self._cache
+
+    def worker_batches(self, worker: int) -> Iterator[object]:
+        pieces = self.plan[self.rank][worker]
+        n = int(self.stream_batches[self.rank][worker])
+        sizes = batch_sizes(sum(len(p) for p in pieces), n, self.batch_size)
+        stream_id = self.rank * self.streams + worker
+        for windows in iterate_batches(pieces, sizes, self.cache, self.shuffle, self.seed,
+                                       int(self._epoch[0]), stream_id):
+            yield self.to_batch(windows)
+
+    def __iter__(self) -> Iterator[object]:
+        if self.num_workers == 0:
+            return self.worker_batches(0)
+        if self._dataloader is None:
+            import torch
+
+            self._dataloader = torch.utils.data.DataLoader(
+                _shard_dataset_class()(self), batch_size=None, num_workers=self.num_workers,
+                persistent_workers=True)
+        return iter(self._dataloader)
+
+
+def _shared_epoch():
+    import torch
+
+    return torch.zeros(1, dtype=torch.int64).share_memory_()
