@@ -1,0 +1,146 @@
+"""Composition through Hydra's compose API: every group option, precedence, aliases."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from sequifier.config import compose as comp
+from sequifier.config.schema import TrainConfig
+from sequifier.errors import SequifierError
+
+USER = {
+    "project_root": ".",
+    "metadata_config_path": "configs/metadata_configs/data.json",
+    "model_name": "m",
+    "target_columns": ["itemId"],
+    "target_column_types": {"itemId": "categorical"},
+    "seq_length": 8,
+    "export_generative_model": True,
+    "export_embedding_model": False,
+    "inference_batch_size": 4,
+    "model_spec": {"dim_model": 32, "n_head": 4, "num_layers": 1, "dim_feedforward": 64,
+                   "initial_embedding_dim": 32},
+    "training_spec": {"device": "cpu", "epochs": 1, "batch_size": 4, "learning_rate": 0.01,
+                      "criterion": {"itemId": "CrossEntropyLoss"}, "save_interval_epochs": 1},
+}
+
+
+def composed(overrides, user=USER, command="train"):
+    comp.register_configs(command, user)
+    with initialize_config_module(config_module="sequifier.conf", version_base="1.3"):
+        return compose(config_name=command, overrides=overrides)
+
+
+GROUP_OPTIONS = {
+    "model_spec": {"small": {"dim_model": 64}, "base": {"dim_model": 128}, "large": {"dim_model": 512},
+                   "rope": {"positional_encoding": "rope"}, "gqa": {"attention_type": "gqa", "n_kv_heads": 2},
+                   "mqa": {"attention_type": "mqa", "n_kv_heads": 1}},
+    "attention": {"mha": {"attention_type": "mha", "n_kv_heads": None},
+                  "mqa": {"attention_type": "mqa", "n_kv_heads": 1},
+                  "gqa": {"attention_type": "gqa", "n_kv_heads": 2}},
+    "training_spec": {"default": {"epochs": 10}, "fast_dev": {"epochs": 1, "batch_size": 16}},
+    "optimizer": {"adam": {"name": "Adam"}, "adamw": {"name": "AdamW"},
+                  "ademamix": {"name": "AdEMAMix"}, "sgd": {"name": "SGD"}},
+    "scheduler": {"step_lr": {"name": "StepLR"}, "cosine": {"name": "CosineAnnealingLR"},
+                  "none": {"name": "none"}},
+}
+WHERE = {"model_spec": "model_spec", "attention": "model_spec", "training_spec": "training_spec",
+         "optimizer": "training_spec.optimizer", "scheduler": "training_spec.scheduler"}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+def test_every_group_option_composes(group, option):
+    cfg = composed([f"+{group}={option}"])
+    node = OmegaConf.select(cfg, WHERE[group])
+    for key, value in GROUP_OPTIONS[group][option].items():
+        assert node[key] == value
+    assert isinstance(comp.to_dataclass("train", cfg), TrainConfig)
+
+
+def test_precedence_schema_yaml_preset_override():
+    cfg = composed(["+model_spec=small", "model_spec.n_head=2"])
+    assert cfg.model_spec.dim_model == 64          # preset beats YAML (32)
+    assert cfg.model_spec.n_head == 2              # override beats preset
+    assert cfg.model_spec.num_layers == 2          # preset
+    assert cfg.training_spec.batch_size == 4       # YAML beats schema
+    assert cfg.training_spec.log_interval == 10    # schema default
+
+
+def test_lr_alias_on_command_line_and_in_yaml():
+    cfg = composed(comp.rewrite_overrides("train", ["training_spec.lr=3e-4"]))
+    assert comp.to_dataclass("train", cfg).training_spec.learning_rate == pytest.approx(3e-4)
+    user = {**USER, "training_spec": {**USER["training_spec"]}}
+    del user["training_spec"]["learning_rate"]
+    user["training_spec"]["lr"] = 0.05
+    comp.fold_aliases(user, "train.yaml")
+    assert composed([], user=user).training_spec.learning_rate == 0.05
+
+
+def test_lr_and_learning_rate_disagreeing_is_an_error():
+    user = {"training_spec": {"lr": 0.1, "learning_rate": 0.2}}
+    with pytest.raises(SequifierError, match="training_spec.lr .* and training_spec.learning_rate .* disagree"):
+        comp.fold_aliases(user, "train.yaml")
+
+
+def test_missing_mandatory_value_names_the_field():
+    user = {k: v for k, v in USER.items() if k != "model_name"}
+    with pytest.raises(SequifierError, match="Missing mandatory value: model_name"):
+        comp.to_dataclass("train", composed([], user=user))
+
+
+def test_nested_missing_value_names_the_path():
+    user = {**USER, "model_spec": {k: v for k, v in USER["model_spec"].items() if k != "num_layers"}}
+    with pytest.raises(SequifierError, match="Missing mandatory value: model_spec.num_layers"):
+        comp.to_dataclass("train", composed([], user=user))
+
+
+def test_unknown_yaml_key_suggests_the_right_one(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model_spec:\n  dim_modle: 3\ntraining_spec:\n  epoch: 2\n")
+    with pytest.raises(SequifierError) as e:
+        comp.load_user_config("train", str(path))
+    lines = str(e.value).splitlines()
+    assert "model_spec.dim_modle: unknown field; did you mean 'dim_model'?" in lines[0]
+    assert "training_spec.epoch: unknown field; did you mean 'epochs'?" in lines[1]
+
+
+def test_unknown_override_key_suggests_the_right_one():
+    with pytest.raises(SequifierError, match="training_spec.batchsize: unknown field .* did you mean 'batch_size'"):
+        comp.rewrite_overrides("train", ["training_spec.batchsize=3"])
+
+
+def test_free_form_dicts_and_groups_pass_override_check():
+    args = ["training_spec.optimizer.weight_decay=0.1", "+model_spec=gqa", "hydra.verbose=true",
+            "+training_spec.criterion.sup1=MSELoss"]
+    assert comp.rewrite_overrides("train", args) == args
+
+
+@pytest.mark.parametrize("command", ["preprocess", "infer"])
+def test_other_commands_compose(command):
+    user = {"project_root": ".", "seq_length": 8}
+    cfg = composed(["+data_path=x.csv" if command == "preprocess" else "model_type=generative"],
+                   user=user, command=command)
+    assert cfg.seq_length == 8
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(SequifierError, match="must hold a mapping"):
+        comp.load_user_config("train", str(path))
+
+
+def test_config_path_forms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert comp.find_user_config("train", None, None) is None
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.yaml").write_text("model_name: a\n")
+    (tmp_path / "configs" / "other.yaml").write_text("model_name: b\n")
+    assert comp.find_user_config("train", None, None) == "configs/train.yaml"
+    assert comp.find_user_config("train", "configs/other.yaml", None) == "configs/other.yaml"
+    assert comp.find_user_config("train", "configs", "other") == "configs/other.yaml"
+    assert comp.find_user_config("train", None, "other") == "configs/other.yaml"
+    with pytest.raises(SequifierError, match="config file 'configs/missing.yaml' not found"):
+        comp.find_user_config("train", "configs/missing.yaml", None)
+    path, name, rest = comp.split_config_flags(["--config-path=c.yaml", "a=1", "-cn", "x"])
+    assert (path, name, rest) == ("c.yaml", "x", ["a=1"])
