@@ -1,0 +1,92 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+`checkpoints/NAME-epoch-EEEE.pt` holds the model, optimizer and scheduler states, the
+epoch, the best validation loss so far with the best model's weights, the early-stopping
+counter, the loss history and the RNG states of torch, numpy and Python. Everything is
+plain tensors and containers, so `torch.load(..., weights_only=True)` can read it, and
+files are written atomically (temp file + rename).
+"""
+
+import glob
+import os
+import random
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_path
+
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_file(folder: str, model_name: str, epoch: int) -> str:
+    return os.path.join(folder, f"{model_name}-epoch-{epoch:04d}.pt")
+
+
+def list_checkpoints(folder: str, model_name: str) -> List[Tuple[int, str]]:
+    """(epoch, path) of this model's checkpoints, oldest first."""
+    pattern = re.compile(rf"^{re.escape(model_name)}-epoch-(\d+)\.pt$")
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(folder), "*.pt")):
+        match = pattern.match(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(folder: str, model_name: str) -> Optional[str]:
+    found = list_checkpoints(folder, model_name)
+    return found[-1][1] if found else None
+
+
+def rng_states() -> Dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    state = dict(state, format=CHECKPOINT_FORMAT, rng=rng_states())
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: tell the user which one
+        raise SequifierError(
+            f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e}); delete it or set "
+            "training_spec.continue_training: false with overwrite: true"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SequifierError(f"checkpoint '{path}' is not a sequifier checkpoint of this version")
+    return state
+
+
+def cpu_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights (safe to keep while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -1,0 +1,197 @@
+"""Batches for training: one split held in RAM as tensors, sliced by a permutation.
+
+A split is loaded once into `WindowTensors` (column -> [N, L+1] tensor, plus the pad
+count of each window). A batch is a gather of B rows: inputs are slots 0..L-1, targets
+slots 1..L, and `target_mask` is False where the target slot is padding. No per-sample
+Python work happens in an epoch.
+
+The loop only needs a *batch source*: an object with `set_epoch(epoch)`, `__len__`
+(batches per epoch), `n_samples` and `__iter__` yielding `Batch`. `make_batch_sources`
+is the one place that picks the implementation (in-RAM here; lazy shard loading and
+distributed sharding plug in there).
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from sequifier.config.metadata import Metadata
+from sequifier.config.schema import TrainConfig
+from sequifier.data.windows import read_windows
+from sequifier.errors import SequifierError
+
+SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
+
+
+@dataclass
+class WindowTensors:
+    values: Dict[str, torch.Tensor]  # column -> [N, L+1]; int64 ids or float32 values
+    padding: torch.Tensor  # int64 [N]: number of leading pad slots of each window
+
+    def __len__(self) -> int:
+        return int(self.padding.shape[0])
+
+
+@dataclass
+class Batch:
+    inputs: Dict[str, torch.Tensor]  # [B, L]
+    targets: Dict[str, torch.Tensor]  # [B, L]
+    target_mask: torch.Tensor  # bool [B, L]: True where the target slot is real data
+
+    @property
+    def size(self) -> int:
+        return int(self.target_mask.shape[0])
+
+
+def resolve_path(project_root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(project_root, path)
+
+
+def split_path(cfg: TrainConfig, metadata: Metadata, split: int) -> str:
+    """The configured path of a split, else the metadata's (split 0 train, 1 validation)."""
+    field = SPLIT_FIELDS[split]
+    configured = getattr(cfg, field)
+    if configured:
+        return resolve_path(cfg.project_root, configured)
+    if len(metadata.split_paths) <= split:
+        raise SequifierError(
+            f"{field}: the metadata lists {len(metadata.split_paths)} split(s), so there is no "
+            f"split {split}; set {field} or preprocess with more split_ratios"
+        )
+    return resolve_path(cfg.project_root, metadata.split_paths[split])
+
+
+def needed_columns(cfg: TrainConfig, metadata: Metadata) -> List[str]:
+    """Model inputs plus targets, in metadata order, after checking they exist there."""
+    inputs = cfg.input_columns if cfg.input_columns is not None else metadata.columns
+    for field, cols in (("input_columns", inputs), ("target_columns", cfg.target_columns)):
+        for col in cols:
+            if col not in metadata.column_types:
+                raise SequifierError(
+                    f"{field}: column '{col}' is not in the metadata (columns: {metadata.columns})"
+                )
+    wanted = set(inputs) | set(cfg.target_columns)
+    return [c for c in metadata.columns if c in wanted]
+
+
+def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns: List[str],
+                        seq_length: int, field: str) -> WindowTensors:
+    try:
+        windows = read_windows(path, read_format, metadata.column_types, columns)
+    except KeyError as e:
+        raise SequifierError(f"{field}: column {e} not found in the data at '{path}'") from None
+    if len(windows) == 0:
+        raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
+    if windows.window_length != seq_length + 1:
+        raise SequifierError(
+            f"seq_length: the data at '{path}' has windows of {windows.window_length - 1} inputs "
+            f"+ 1 target, but seq_length is {seq_length}; use the seq_length of preprocess"
+        )
+    values = {}
+    for col in columns:
+        array = windows.values[col]
+        if metadata.column_types[col] == "categorical":
+            _check_id_range(array, col, metadata.n_classes[col], path)
+            values[col] = _tensor(array, np.int64)
+        else:
+            values[col] = _tensor(array, np.float32)
+    return WindowTensors(values, _tensor(windows.padding, np.int64))
+
+
+def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not array.flags.writeable:  # e.g. a view into an Arrow buffer
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+def _check_id_range(ids: np.ndarray, col: str, n_classes: int, path: str) -> None:
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise SequifierError(
+            f"data '{path}': column '{col}' holds id {bad}, outside 0..{n_classes - 1} of the "
+            "metadata's n_classes; the data and metadata_config_path come from different "
+            "preprocess runs"
+        )
+
+
+class InRamBatches:
+    """Batches of one in-RAM split; shuffled per epoch with a (seed, epoch) permutation.
+
+    Seeding by epoch (rather than drawing from a running generator) makes the order of
+    epoch k independent of how many epochs ran in this process, so resuming from a
+    checkpoint replays exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, data: WindowTensors, input_columns: List[str], target_columns: List[str],
+                 batch_size: int, shuffle: bool, seed: int, device: torch.device):
+        self.data = data
+        self.input_columns = list(input_columns)
+        self.target_columns = list(target_columns)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = device
+        self.epoch = 0
+        seq_length = next(iter(data.values.values())).shape[1] - 1
+        # target position j (0-based) is slot j + 1; it is padding while j + 1 < padding
+        self._target_slots = torch.arange(1, seq_length + 1)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.n_samples + self.batch_size - 1) // self.batch_size
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n_samples)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return torch.from_numpy(rng.permutation(self.n_samples))
+
+    def __iter__(self):
+        order = self.order()
+        for start in range(0, self.n_samples, self.batch_size):
+            yield self.gather(order[start:start + self.batch_size])
+
+    def gather(self, index: torch.Tensor) -> Batch:
+        rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
+        mask = self._target_slots.unsqueeze(0) >= self.data.padding.index_select(0, index).unsqueeze(1)
+        to = self.device
+        return Batch(
+            inputs={c: rows[c][:, :-1].to(to, non_blocking=True) for c in self.input_columns},
+            targets={c: rows[c][:, 1:].to(to, non_blocking=True) for c in self.target_columns},
+            target_mask=mask.to(to, non_blocking=True),
+        )
+
+
+def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: List[str],
+                       device: torch.device) -> Tuple[object, object]:
+    """Training and validation batch sources for this config.
+
+    Scale-out hook: lazy shard loading (`load_full_data_to_ram: false`) and per-rank
+    sharding under DDP are chosen here; the loop does not care which source it gets.
+    """
+    spec = cfg.training_spec
+    if not spec.load_full_data_to_ram:
+        raise SequifierError(
+            "training_spec.load_full_data_to_ram: false (lazy shard loading) is not supported yet; "
+            "set it to true"
+        )
+    columns = needed_columns(cfg, metadata)
+    sources = []
+    for split in (0, 1):
+        field = SPLIT_FIELDS[split]
+        data = load_window_tensors(split_path(cfg, metadata, split), cfg.read_format, metadata,
+                                   columns, cfg.seq_length, field)
+        sources.append(InRamBatches(data, input_columns, cfg.target_columns, spec.batch_size,
+                                    shuffle=(split == 0), seed=spec.seed, device=device))
+    return sources[0], sources[1]

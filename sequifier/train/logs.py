@@ -1,0 +1,90 @@
+"""Run logging: console, a human-readable file, TensorBoard, and a progress bar.
+
+Each run writes `logs/sequifier-NAME-TIMESTAMP.txt` and TensorBoard events under
+`logs/tensorboard/NAME/TIMESTAMP/` with the same scalars (train loss every
+`log_interval` batches and per epoch, validation loss total and per target, learning
+rate). The tqdm bar is shown only when stderr is a terminal, so redirected output and
+CI logs stay clean.
+"""
+
+import os
+import sys
+import time
+from typing import Dict, Iterable, Optional
+
+from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+
+RESERVED_LABELS = {PAD_ID: "<pad>", UNKNOWN_ID: "<unknown>"}
+
+
+class TrainLogger:
+    def __init__(self, logs_dir: str, model_name: str, enabled: bool = True,
+                 tensorboard: bool = True):
+        self.enabled = enabled
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.path = os.path.join(logs_dir, f"sequifier-{model_name}-{stamp}.txt")
+        self.tensorboard_dir = os.path.join(logs_dir, "tensorboard", model_name, stamp)
+        self._file = None
+        self._writer = None
+        if not enabled:
+            return
+        os.makedirs(logs_dir, exist_ok=True)
+        # a second run in the same second must not append to the first one's file
+        suffix = 1
+        while os.path.exists(self.path):
+            self.path = os.path.join(logs_dir, f"sequifier-{model_name}-{stamp}-{suffix}.txt")
+            self.tensorboard_dir = os.path.join(logs_dir, "tensorboard", model_name, f"{stamp}-{suffix}")
+            suffix += 1
+        self._file = open(self.path, "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        self._file.write(line + "\n")
+        print(message, flush=True)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        if self._writer is None:
+            return
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, value, step)
+
+    def progress(self, iterable: Iterable, total: int, description: str):
+        """tqdm over `iterable` on a terminal, the bare iterable otherwise."""
+        if not (self.enabled and sys.stderr.isatty()):
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def format_losses(losses: Dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.5f}" for name, value in losses.items())
+
+
+def class_share_lines(column: str, counts, inverse_id_map: Optional[Dict[int, object]],
+                      top: int = 20) -> str:
+    """'value: share' of the most often predicted classes, largest first."""
+    total = max(int(counts.sum()), 1)
+    order = counts.argsort(descending=True)[:top]
+    parts = []
+    for class_id in order.tolist():
+        if counts[class_id] == 0:
+            break
+        label = (inverse_id_map or {}).get(class_id, RESERVED_LABELS.get(class_id, class_id))
+        parts.append(f"{label}: {counts[class_id].item() / total:.4f}")
+    return f"predicted class shares for {column} (validation): " + ", ".join(parts)

@@ -1,0 +1,240 @@
+"""The training loop: epochs of optimizer steps, validation, checkpoints, early stopping.
+
+Read top to bottom: `fit` runs epochs from `state.epoch + 1`; each epoch is
+`train_epoch` (forward, masked loss, backward, step) then `validate`, then the
+bookkeeping (best model, early stopping, scheduler, checkpoint). Per-batch losses stay
+on the device and are read (`.item()`) only every `log_interval` batches, so the loop
+does not stall an accelerator once per step.
+"""
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from sequifier.config.schema import TrainingSpec
+from sequifier.errors import SequifierError
+from sequifier.train import distributed
+from sequifier.train.checkpoint import checkpoint_file, cpu_state_dict, save_checkpoint
+from sequifier.train.data import Batch
+from sequifier.train.device import autocast_context
+from sequifier.train.logs import TrainLogger, class_share_lines, format_losses
+from sequifier.train.losses import TargetLoss
+from sequifier.train.schedulers import is_plateau
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_losses: Dict[str, float]
+    learning_rate: float
+    samples_per_second: float
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries besides module states."""
+
+    epoch: int = 0  # last completed epoch
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    best_model: Optional[Dict[str, torch.Tensor]] = None
+    epochs_since_improvement: int = 0
+    history: List[EpochRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["best_model"] = self.best_model  # asdict would deep-copy the tensors
+        return out
+
+    @staticmethod
+    def from_dict(raw: dict) -> "TrainState":
+        history = [EpochRecord(**r) for r in raw["history"]]
+        return TrainState(raw["epoch"], raw["best_val_loss"], raw["best_epoch"], raw["best_model"],
+                          raw["epochs_since_improvement"], history)
+
+
+@dataclass
+class ValidationResult:
+    loss: float
+    losses: Dict[str, float]
+    class_counts: Dict[str, torch.Tensor]
+
+
+class Trainer:
+    def __init__(self, *, model, forward_model, optimizer, scheduler, scaler, losses: List[TargetLoss],
+                 train_batches, val_batches, spec: TrainingSpec, logger: TrainLogger,
+                 checkpoint_dir: str, model_name: str, device: torch.device,
+                 autocast_dtype: Optional[torch.dtype], class_share_columns: Dict[str, dict]):
+        self.model = model  # the bare module: states, export
+        self.forward_model = forward_model  # what runs batches: maybe compiled / DDP-wrapped
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.losses = losses
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+        self.spec = spec
+        self.logger = logger
+        self.checkpoint_dir = checkpoint_dir
+        self.model_name = model_name
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        # column -> inverse id map, for the columns whose predicted class shares are logged
+        self.class_share_columns = class_share_columns
+        self.last_checkpoint: Optional[str] = None
+
+    # ---- one batch -------------------------------------------------------------------
+
+    def batch_loss(self, batch: Batch, model) -> tuple:
+        """(total loss, {target: (loss sum, weight sum)}) of one batch."""
+        with autocast_context(self.device, self.autocast_dtype):
+            outputs = model(batch.inputs)
+        sums = {t.column: t.sums(outputs[t.column], batch.targets[t.column], batch.target_mask)
+                for t in self.losses}
+        total = sum(t.loss_weight * sums[t.column][0] / sums[t.column][1].clamp_min(1e-12)
+                    for t in self.losses)
+        return total, sums, outputs
+
+    # ---- epochs ----------------------------------------------------------------------
+
+    def fit(self, state: TrainState) -> TrainState:
+        spec = self.spec
+        for epoch in range(state.epoch + 1, spec.epochs + 1):
+            start = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            seconds = time.perf_counter() - start
+            validation = self.validate()
+            self._check_finite(validation.loss, f"validation loss at epoch {epoch}")
+            learning_rate = self.optimizer.param_groups[0]["lr"]
+            record = EpochRecord(epoch, train_loss, validation.loss, validation.losses,
+                                 learning_rate, self.train_batches.n_samples / max(seconds, 1e-9))
+            state.history.append(record)
+            state.epoch = epoch
+            improved = validation.loss < state.best_val_loss
+            if improved:
+                state.best_val_loss, state.best_epoch = validation.loss, epoch
+                state.best_model = cpu_state_dict(self.model)
+                state.epochs_since_improvement = 0
+            else:
+                state.epochs_since_improvement += 1
+            self._log_epoch(record, validation, improved)
+            if self.scheduler is not None and spec.scheduler_step_on == "epoch":
+                if is_plateau(self.scheduler):
+                    self.scheduler.step(validation.loss)
+                else:
+                    self.scheduler.step()
+            stop = (spec.early_stopping_epochs is not None
+                    and state.epochs_since_improvement >= spec.early_stopping_epochs)
+            if epoch % spec.save_interval_epochs == 0 or epoch == spec.epochs or stop:
+                self.save(state)
+            if stop:
+                self.logger.info(
+                    f"early stopping: no improvement for {state.epochs_since_improvement} epochs "
+                    f"(best epoch {state.best_epoch}, validation loss {state.best_val_loss:.5f})"
+                )
+                break
+        return state
+
+    def train_epoch(self, epoch: int) -> float:
+        spec = self.spec
+        self.forward_model.train()
+        self.train_batches.set_epoch(epoch)
+        n_batches = len(self.train_batches)
+        epoch_sum = torch.zeros((), device=self.device)
+        window_sum = torch.zeros((), device=self.device)
+        window_count = 0
+        batches = self.logger.progress(self.train_batches, n_batches, f"epoch {epoch}")
+        for index, batch in enumerate(batches, start=1):
+            loss, _, _ = self.batch_loss(batch, self.forward_model)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            if self.scheduler is not None and spec.scheduler_step_on == "batch":
+                self.scheduler.step()
+            detached = loss.detach()
+            epoch_sum += detached
+            window_sum += detached
+            window_count += 1
+            if index % spec.log_interval == 0 or index == n_batches:
+                mean = distributed.sum_across_ranks(window_sum).item() / window_count
+                self._check_finite(mean, f"training loss at epoch {epoch}, batch {index}")
+                if index % spec.log_interval == 0:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.logger.info(f"epoch {epoch} batch {index}/{n_batches}: train loss {mean:.5f}, lr {lr:.3g}")
+                    step = (epoch - 1) * n_batches + index
+                    self.logger.scalars({"train/loss": mean, "train/learning_rate": lr}, step)
+                window_sum.zero_()
+                window_count = 0
+        return distributed.sum_across_ranks(epoch_sum).item() / max(n_batches, 1)
+
+    @torch.no_grad()
+    def validate(self) -> ValidationResult:
+        self.forward_model.eval()
+        totals = {t.column: torch.zeros(2, device=self.device) for t in self.losses}
+        counts = {c: torch.zeros(self.model.layout.n_classes[c], dtype=torch.int64, device=self.device)
+                  for c in self.class_share_columns}
+        for batch in self.val_batches:
+            _, sums, outputs = self.batch_loss(batch, self.forward_model)
+            for column, (loss_sum, weight_sum) in sums.items():
+                totals[column] += torch.stack([loss_sum.float(), weight_sum.float()])
+            for column, count in counts.items():
+                predicted = outputs[column].argmax(dim=-1).reshape(-1)
+                count.index_add_(0, predicted, batch.target_mask.reshape(-1).to(torch.int64))
+        losses = {}
+        for t in self.losses:
+            loss_sum, weight_sum = distributed.sum_across_ranks(totals[t.column]).tolist()
+            losses[t.column] = loss_sum / weight_sum if weight_sum > 0 else 0.0
+        total = sum(t.loss_weight * losses[t.column] for t in self.losses)
+        counts = {c: distributed.sum_across_ranks(v).cpu() for c, v in counts.items()}
+        return ValidationResult(total, losses, counts)
+
+    # ---- bookkeeping -----------------------------------------------------------------
+
+    def _check_finite(self, value: float, what: str) -> None:
+        if not math.isfinite(value):
+            kept = f"; last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise SequifierError(
+                f"{what} is {value}: training stopped without saving this state{kept}; lower "
+                "training_spec.learning_rate or check the data for extreme values"
+            )
+
+    def _log_epoch(self, record: EpochRecord, validation: ValidationResult, improved: bool) -> None:
+        marker = " (best)" if improved else ""
+        per_target = f" [{format_losses(validation.losses)}]" if len(validation.losses) > 1 else ""
+        self.logger.info(
+            f"epoch {record.epoch}/{self.spec.epochs}: train loss {record.train_loss:.5f}, "
+            f"validation loss {record.val_loss:.5f}{marker}{per_target}, lr {record.learning_rate:.3g}, "
+            f"{record.samples_per_second:.0f} samples/s"
+        )
+        scalars = {"epoch/train_loss": record.train_loss, "epoch/validation_loss": record.val_loss,
+                   "epoch/learning_rate": record.learning_rate,
+                   "epoch/samples_per_second": record.samples_per_second}
+        scalars.update({f"epoch/validation_loss/{c}": v for c, v in validation.losses.items()})
+        self.logger.scalars(scalars, record.epoch)
+        for column, counts in validation.class_counts.items():
+            self.logger.info(class_share_lines(column, counts, self.class_share_columns[column]))
+
+    def save(self, state: TrainState) -> None:
+        if not distributed.is_main_process():
+            return
+        path = checkpoint_file(self.checkpoint_dir, self.model_name, state.epoch)
+        save_checkpoint(path, {
+            "model_name": self.model_name,
+            "model": cpu_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "state": state.to_dict(),
+        })
+        self.last_checkpoint = path
+        self.logger.info(f"checkpoint saved: {path}")

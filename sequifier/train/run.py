@@ -1,0 +1,209 @@
+"""`run_train(cfg)`: the `sequifier train` command.
+
+Sets up everything the loop needs from the config (device, data, model, losses,
+optimizer, scheduler, logging), resumes from the latest checkpoint when asked, trains,
+and exports the best and the last model.
+"""
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from sequifier.config.metadata import Metadata, read_metadata
+from sequifier.config.schema import TrainConfig
+from sequifier.errors import SequifierError
+from sequifier.train import distributed
+from sequifier.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    set_rng_states,
+)
+from sequifier.train.data import make_batch_sources, resolve_path
+from sequifier.train.device import (
+    autocast_dtype,
+    determinism,
+    resolve_device,
+    seed_everything,
+)
+from sequifier.train.logs import TrainLogger
+from sequifier.train.loop import EpochRecord, Trainer, TrainState
+from sequifier.train.losses import build_target_losses
+from sequifier.train.optimizers import build_optimizer
+from sequifier.train.schedulers import build_scheduler
+
+CHECKPOINTS_DIR = "checkpoints"
+MODELS_DIR = "models"
+LOGS_DIR = "logs"
+
+
+@dataclass
+class TrainResult:
+    best_val_loss: float
+    best_epoch: int
+    last_epoch: int
+    best_model_paths: List[str] = field(default_factory=list)
+    last_model_paths: List[str] = field(default_factory=list)
+    checkpoint_path: Optional[str] = None  # latest checkpoint written or resumed from
+    resumed_from: Optional[str] = None
+    log_path: Optional[str] = None
+    history: List[EpochRecord] = field(default_factory=list)
+
+
+def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
+    """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps)."""
+    spec = cfg.training_spec
+    distributed.check_supported(spec)
+    device = resolve_device(spec.device)
+    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
+    folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
+    resume_path = _resume_or_clear(cfg, folders)
+    with determinism(spec.enforce_determinism):
+        return _train(cfg, metadata, device, folders, resume_path, export)
+
+
+def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: Dict[str, str],
+           resume_path: Optional[str], export: bool) -> TrainResult:
+    from sequifier.model.transformer import ColumnLayout, build_model
+
+    spec = cfg.training_spec
+    layout = ColumnLayout.from_config(cfg, metadata)
+    class_share = _class_share_columns(cfg, metadata)
+    losses = build_target_losses(spec, layout.target_columns, layout.target_column_types, metadata, device)
+    train_batches, val_batches = make_batch_sources(cfg, metadata, layout.input_columns, device)
+
+    seed_everything(spec.seed)  # weights, dropout; shuffling is seeded per epoch
+    model = build_model(cfg, metadata).to(device)
+    optimizer = build_optimizer(model.parameters(), spec.optimizer, spec.learning_rate)
+    scheduler = build_scheduler(optimizer, spec.scheduler, spec.scheduler_step_on)
+    amp_dtype = autocast_dtype(device, spec.layer_autocast, spec.layer_type_dtypes)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 and device.type == "cuda" else None
+
+    state = TrainState()
+    if resume_path is not None:
+        state = _restore(resume_path, model, optimizer, scheduler, scaler)
+
+    forward_model = distributed.wrap_model(model, spec)
+    if spec.compile:
+        forward_model = torch.compile(forward_model)
+
+    logger = TrainLogger(folders[LOGS_DIR], cfg.model_name, enabled=distributed.is_main_process())
+    try:
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info(
+            f"training {cfg.model_name}: {n_params:,} parameters, {train_batches.n_samples} training "
+            f"and {val_batches.n_samples} validation windows, device {device}"
+            + (f", autocast {amp_dtype}" if amp_dtype else "")
+        )
+        if resume_path:
+            logger.info(f"resuming from {resume_path} (epoch {state.epoch})")
+        trainer = Trainer(
+            model=model, forward_model=forward_model, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, losses=losses, train_batches=train_batches, val_batches=val_batches,
+            spec=spec, logger=logger, checkpoint_dir=folders[CHECKPOINTS_DIR],
+            model_name=cfg.model_name, device=device, autocast_dtype=amp_dtype,
+            class_share_columns=class_share,
+        )
+        trainer.last_checkpoint = resume_path
+        state = trainer.fit(state)
+        result = TrainResult(
+            best_val_loss=state.best_val_loss, best_epoch=state.best_epoch, last_epoch=state.epoch,
+            checkpoint_path=trainer.last_checkpoint, resumed_from=resume_path, log_path=logger.path,
+            history=list(state.history),
+        )
+        if export and distributed.is_main_process():
+            _export(cfg, model, layout, state, folders[MODELS_DIR], result, logger)
+        return result
+    finally:
+        logger.close()
+
+
+def _restore(path: str, model, optimizer, scheduler, scaler) -> TrainState:
+    checkpoint = load_checkpoint(path)
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise SequifierError(
+            f"checkpoint '{path}' does not fit this model_spec/optimizer ({str(e).splitlines()[0]}); "
+            "set training_spec.continue_training: false and overwrite: true to start afresh"
+        ) from None
+    if scheduler is not None and checkpoint["scheduler"] is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler") is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    # Last, so the RNG continues exactly where the checkpointed run left it.
+    set_rng_states(checkpoint["rng"])
+    return TrainState.from_dict(checkpoint["state"])
+
+
+def _model_files(models_dir: str, model_name: str) -> List[str]:
+    pattern = re.compile(rf"^sequifier-{re.escape(model_name)}-(best|last)-\d+")
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(models_dir), "*"))
+                  if pattern.match(os.path.basename(p)))
+
+
+def _resume_or_clear(cfg: TrainConfig, folders: Dict[str, str]) -> Optional[str]:
+    """The checkpoint to resume from, if any; refuses to replace outputs unless asked.
+
+    With continue_training and a checkpoint of this model_name, training resumes. Else
+    earlier checkpoints/models of this model_name are only replaced with `overwrite: true`
+    (they are deleted now so a later resume cannot pick up a stale checkpoint).
+    """
+    spec = cfg.training_spec
+    if spec.continue_training:
+        latest = latest_checkpoint(folders[CHECKPOINTS_DIR], cfg.model_name)
+        if latest is not None:
+            return latest
+    old = [p for _, p in list_checkpoints(folders[CHECKPOINTS_DIR], cfg.model_name)]
+    old += _model_files(folders[MODELS_DIR], cfg.model_name)
+    if old and not cfg.overwrite:
+        hint = "" if spec.continue_training else "set training_spec.continue_training: true to resume, "
+        raise SequifierError(
+            f"model_name '{cfg.model_name}': outputs of an earlier run exist ({old[0]}"
+            f"{' and more' if len(old) > 1 else ''}); {hint}set overwrite: true to replace them, "
+            "or choose another model_name"
+        )
+    if old and distributed.is_main_process():
+        for path in old:
+            os.remove(path)
+    return None
+
+
+def _class_share_columns(cfg: TrainConfig, metadata: Metadata) -> Dict[str, Dict[int, Any]]:
+    columns = {}
+    for column in cfg.training_spec.class_share_log_columns or []:
+        if column not in cfg.target_columns or metadata.column_types.get(column) != "categorical":
+            raise SequifierError(
+                f"training_spec.class_share_log_columns: '{column}' is not a categorical target "
+                f"column (categorical targets: "
+                f"{[c for c in cfg.target_columns if metadata.column_types.get(c) == 'categorical']})"
+            )
+        columns[column] = metadata.inverse_id_map(column)
+    return columns
+
+
+def _export(cfg, model, layout, state: TrainState, models_dir: str, result: TrainResult,
+            logger: TrainLogger) -> None:
+    from sequifier.export import export_models
+
+    last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.eval()
+    for tag, epoch, weights in (("best", state.best_epoch, state.best_model),
+                                ("last", state.epoch, last_state)):
+        if weights is None:
+            continue
+        model.load_state_dict(weights)
+        extra = {"epoch": epoch, "best_val_loss": state.best_val_loss}
+        paths = export_models(model, layout, cfg, models_dir, tag, epoch, extra) or []
+        paths = list(paths.values()) if isinstance(paths, dict) else list(paths)
+        if tag == "best":
+            result.best_model_paths = paths
+        else:
+            result.last_model_paths = paths
+        logger.info(f"exported {tag} model (epoch {epoch}): {', '.join(map(str, paths))}")
+    model.load_state_dict(last_state)
