@@ -1,0 +1,176 @@
+"""Loading an exported model and running its forward pass, for `.onnx` and `.pt` files.
+
+Both runners expose the same thing: `info` (what the export says about itself: type,
+columns, sequence length, whether dropout was exported) and `run(inputs)`, which takes
+one `[batch, seq_length]` array per input column and returns the export's outputs as
+numpy arrays (`{target: logits [batch, n_classes] | values [batch]}` for generative
+models, `{"embedding": [batch, dim]}` for embedding models). Everything above this
+module is format-agnostic.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+
+from sequifier.errors import SequifierError
+
+FORMAT_VERSION = "1"
+MODEL_TYPES = ("generative", "embedding")
+EMBEDDING_OUTPUT = "embedding"
+
+
+@dataclass
+class ModelInfo:
+    """What an export records about itself (ONNX metadata_props / .pt export info)."""
+
+    model_type: str
+    input_columns: List[str]
+    target_columns: List[str]
+    target_column_types: Dict[str, str]
+    column_types: Dict[str, str]
+    seq_length: int
+    with_dropout: bool
+
+
+def _decode(value: str):
+    """metadata_props values are JSON strings; tolerate a bare string (e.g. model_type)."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def info_from_props(props: Dict[str, object], path: str) -> ModelInfo:
+    """Build ModelInfo from the export's key/value metadata, or say why it is not one."""
+    if str(_decode(props.get("sequifier_format", "null"))) != FORMAT_VERSION:
+        raise SequifierError(
+            f"model_path: '{path}' is not a sequifier export (no sequifier_format "
+            f"'{FORMAT_VERSION}' metadata); export it with `sequifier train`"
+        )
+    fields = ("model_type", "input_columns", "target_columns", "target_column_types",
+              "column_types", "seq_length")
+    missing = [k for k in fields if k not in props]
+    if missing:
+        raise SequifierError(
+            f"model_path: '{path}' lacks export metadata {missing}; re-export it with "
+            "`sequifier train`"
+        )
+    values = {k: _decode(props[k]) if isinstance(props[k], str) else props[k] for k in fields}
+    dropout = props.get("with_dropout", False)
+    info = ModelInfo(
+        model_type=str(values["model_type"]),
+        input_columns=list(values["input_columns"]),
+        target_columns=list(values["target_columns"]),
+        target_column_types=dict(values["target_column_types"]),
+        column_types=dict(values["column_types"]),
+        seq_length=int(values["seq_length"]),
+        with_dropout=bool(_decode(dropout) if isinstance(dropout, str) else dropout),
+    )
+    if info.model_type not in MODEL_TYPES:
+        raise SequifierError(
+            f"model_path: '{path}' has unknown model_type '{info.model_type}' in its metadata"
+        )
+    return info
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxRunner:
+    """An ONNX export run with onnxruntime."""
+
+    def __init__(self, path: str, device: str):
+        import onnxruntime as ort
+
+        providers = _onnx_providers(device, ort.get_available_providers(), path)
+        options = ort.SessionOptions()
+        # One process per run: use every core we may use for the matrix products and
+        # no inter-op pool (the graph is a chain, so inter-op threads only add overhead).
+        options.intra_op_num_threads = _usable_cores()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        except Exception as e:  # onnxruntime raises several unrelated types for bad files
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SequifierError(
+                f"model_path: '{path}' could not be loaded as an ONNX model ({first_line[:200]})"
+            ) from None
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.info = info_from_props(props, path)
+        self._check_signature(path)
+
+    def _check_signature(self, path: str) -> None:
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(inputs) != sorted(self.info.input_columns):
+            raise SequifierError(
+                f"model_path: '{path}' has inputs {inputs}, which do not match its metadata "
+                f"(input_columns {self.info.input_columns}); re-export it with `sequifier train`"
+            )
+        wanted = (
+            [EMBEDDING_OUTPUT] if self.info.model_type == "embedding" else self.info.target_columns
+        )
+        self._output_names = _match_outputs(wanted, outputs, path)
+        self._keys = wanted
+
+    def run(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        results = self.session.run(self._output_names, inputs)
+        return dict(zip(self._keys, results))
+
+
+def _match_outputs(wanted: List[str], outputs: List[str], path: str) -> List[str]:
+    """Graph output for each wanted name: by name, else by position.
+
+    An ONNX graph cannot give an output the name of an input, so a target that is also
+    an input cannot have an output named exactly after it; the export then keeps the
+    outputs in target order, which is what the positional match relies on.
+    """
+    if set(wanted) <= set(outputs):
+        return list(wanted)
+    if len(outputs) == len(wanted):
+        return list(outputs)
+    raise SequifierError(
+        f"model_path: '{path}' has outputs {outputs}, which do not match its metadata "
+        f"({wanted}); re-export it with `sequifier train`"
+    )
+
+
+def _onnx_providers(device: str, available: List[str], path: str) -> list:
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise SequifierError(
+                f"device: '{device}' asked for, but this onnxruntime has no "
+                f"CUDAExecutionProvider (available: {available}); install onnxruntime-gpu "
+                "or use device: cpu"
+            )
+        return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    raise SequifierError(
+        f"device: '{device}' is not supported for ONNX models ('{path}'); use cpu or cuda, "
+        "or a .pt export for mps"
+    )
+
+
+def load_runner(path: str, device: str, training_config_path: str, infer_with_dropout: bool):
+    """Open `path` with the runner its extension calls for."""
+    if not os.path.isfile(path):
+        raise SequifierError(f"model_path: file '{path}' not found; check the path or run train")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".onnx":
+        return OnnxRunner(path, device)
+    if ext == ".pt":
+        from sequifier.infer.torch_runner import TorchRunner
+
+        return TorchRunner(path, device, training_config_path, infer_with_dropout)
+    raise SequifierError(f"model_path: '{path}' is neither an .onnx nor a .pt export")

@@ -1,0 +1,62 @@
+"""Where infer writes, and how: pyarrow tables written atomically as csv or parquet."""
+
+import os
+from typing import Dict, List
+
+import numpy as np
+
+from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_path
+
+WRITE_FORMATS = ("csv", "parquet")
+
+
+def prediction_path(project_root: str, model: str, write_format: str) -> str:
+    return os.path.join(project_root, "outputs", "predictions", f"{model}-predictions.{write_format}")
+
+
+def probability_path(project_root: str, model: str, target: str, write_format: str) -> str:
+    return os.path.join(
+        project_root, "outputs", "probabilities", f"{model}-{target}-probabilities.{write_format}"
+    )
+
+
+def embedding_path(project_root: str, model: str, write_format: str) -> str:
+    return os.path.join(project_root, "outputs", "embeddings", f"{model}-embeddings.{write_format}")
+
+
+def refuse_to_overwrite(paths: List[str]) -> None:
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing:
+        raise SequifierError(
+            f"output '{existing[0]}' already exists; set overwrite=true to replace it "
+            "or move it away"
+        )
+
+
+def _column(values: np.ndarray):
+    import pyarrow as pa
+
+    if values.dtype == object:
+        return pa.array(values, type=pa.string())
+    return pa.array(values)
+
+
+def write_table(columns: Dict[str, np.ndarray], path: str, write_format: str) -> None:
+    """Write named 1-d arrays as one table, atomically (temp file + rename)."""
+    import pyarrow as pa
+
+    table = pa.table({name: _column(values) for name, values in columns.items()})
+    with atomic_path(path) as tmp:
+        if write_format == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        elif write_format == "csv":
+            import pyarrow.csv as pcsv
+
+            plain_header = all(not any(ch in name for ch in ',"\n\r') for name in columns)
+            options = pcsv.WriteOptions(quoting_header="none" if plain_header else "needed")
+            pcsv.write_csv(table, tmp, write_options=options)
+        else:
+            raise SequifierError(f"write_format: '{write_format}' is not one of {WRITE_FORMATS}")

@@ -1,0 +1,381 @@
+"""`sequifier infer`: exported model + preprocessed windows -> predictions in the user's terms.
+
+Flow per model: open the export and check it against the config and the metadata (all
+models before any output is written), read the windows once per set of input columns,
+run the model batch by batch (feeding predictions back in for autoregression), map ids
+and standardised values back, and write each output file atomically.
+
+Windows hold `seq_length + 1` slots; slots `0..L-1` are the model's input and the
+prediction is for slot `L`, so a prediction's `itemPosition` is the window's original
+position of slot `L` (it lines up with the held-out truth). Each autoregressive step
+drops the oldest slot, appends the prediction and predicts the next position.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from sequifier.config.metadata import Metadata, read_metadata
+from sequifier.config.schema import InferConfig
+from sequifier.data.windows import TABULAR_FORMATS, Windows, read_windows
+from sequifier.errors import SequifierError
+from sequifier.infer import outputs
+from sequifier.infer.model_runner import EMBEDDING_OUTPUT, ModelInfo, load_runner
+from sequifier.infer.values import (
+    CategoryDecoder,
+    choose_ids,
+    clamp_unknown_ids,
+    destandardise,
+    softmax,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _resolve(root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def _as_list(value) -> List[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+@dataclass
+class ModelJob:
+    """One model to run, after its export has been checked against config and metadata."""
+
+    path: str
+    name: str  # file stem, used in output names
+    runner: object
+    info: ModelInfo
+    output_paths: List[str] = field(default_factory=list)
+
+
+def run_infer(cfg: InferConfig) -> List[str]:
+    """Run every model in `cfg.model_path` on the data; return the paths written."""
+    root = cfg.project_root
+    if cfg.write_format not in outputs.WRITE_FORMATS:
+        raise SequifierError(
+            f"write_format: '{cfg.write_format}' is not one of {list(outputs.WRITE_FORMATS)}"
+        )
+    if cfg.autoregression_extra_steps is not None and not cfg.autoregression:
+        raise SequifierError(
+            "autoregression_extra_steps is set but autoregression is false; "
+            "set autoregression: true or remove autoregression_extra_steps"
+        )
+    if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
+        raise SequifierError("autoregression_extra_steps must be 0 or more")
+    metadata = read_metadata(_resolve(root, cfg.metadata_config_path))
+    data_path = _resolve(root, cfg.data_path or _last_split(metadata))
+
+    jobs = [_open_model(cfg, metadata, _resolve(root, p)) for p in _as_list(cfg.model_path)]
+    _check_distinct_names(jobs)
+    if not cfg.overwrite:
+        outputs.refuse_to_overwrite([p for job in jobs for p in job.output_paths])
+
+    written: List[str] = []
+    windows_by_columns: Dict[tuple, Windows] = {}
+    for job in jobs:
+        key = tuple(job.info.input_columns)
+        if key not in windows_by_columns:
+            windows_by_columns[key] = _read_input(cfg, metadata, data_path, job.info)
+        tables = _infer_model(cfg, metadata, job, windows_by_columns[key])
+        for path, columns in tables.items():
+            outputs.write_table(columns, path, cfg.write_format)
+            logger.info(f"wrote {path}")
+            written.append(path)
+    return written
+
+
+def _last_split(metadata: Metadata) -> str:
+    if not metadata.split_paths:
+        raise SequifierError("data_path: not set and the metadata records no splits; set data_path")
+    return metadata.split_paths[-1]
+
+
+def _check_distinct_names(jobs: List[ModelJob]) -> None:
+    names = [job.name for job in jobs]
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise SequifierError(
+            f"model_path: several models share the file name '{doubled[0]}', so their "
+            "outputs would overwrite each other; rename or run them separately"
+        )
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _open_model(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
+    runner = load_runner(
+        path, cfg.device, _resolve(cfg.project_root, cfg.training_config_path),
+        cfg.infer_with_dropout,
+    )
+    info = runner.info
+    _check_config_matches_model(cfg, info, path)
+    _check_metadata_matches_model(metadata, info, path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    job = ModelJob(path, name, runner, info)
+    job.output_paths = _output_paths(cfg, info, name)
+    return job
+
+
+def _mismatch(field_name: str, given, expected, path: str) -> SequifierError:
+    return SequifierError(
+        f"{field_name}: {given} does not match the model '{os.path.basename(path)}', which has "
+        f"{expected}; remove {field_name} from the config to use the model's"
+    )
+
+
+def _check_config_matches_model(cfg: InferConfig, info: ModelInfo, path: str) -> None:
+    if cfg.model_type != info.model_type:
+        raise _mismatch("model_type", repr(cfg.model_type), repr(info.model_type), path)
+    if cfg.seq_length != info.seq_length:
+        raise SequifierError(
+            f"seq_length: {cfg.seq_length} does not match the model "
+            f"'{os.path.basename(path)}', trained with seq_length {info.seq_length}"
+        )
+    if cfg.input_columns is not None and sorted(cfg.input_columns) != sorted(info.input_columns):
+        raise _mismatch("input_columns", list(cfg.input_columns), info.input_columns, path)
+    if cfg.target_columns is not None and sorted(cfg.target_columns) != sorted(info.target_columns):
+        raise _mismatch("target_columns", list(cfg.target_columns), info.target_columns, path)
+    if cfg.target_column_types is not None and (
+        dict(cfg.target_column_types) != info.target_column_types
+    ):
+        raise _mismatch(
+            "target_column_types", dict(cfg.target_column_types), info.target_column_types, path
+        )
+    if cfg.infer_with_dropout and not info.with_dropout:
+        raise SequifierError(
+            f"infer_with_dropout: the model '{os.path.basename(path)}' was exported without "
+            "dropout; re-train/export with export_with_dropout: true (and dropout > 0), or "
+            "set infer_with_dropout: false"
+        )
+    if info.with_dropout and not cfg.infer_with_dropout:
+        raise SequifierError(
+            f"infer_with_dropout: the model '{os.path.basename(path)}' was exported with "
+            "dropout on, so its outputs are random; set infer_with_dropout: true to use it "
+            "for Monte Carlo dropout, or use an export without dropout"
+        )
+    categorical_targets = [
+        c for c in info.target_columns if info.target_column_types.get(c) == "categorical"
+    ]
+    for column in cfg.sample_from_distribution_columns or []:
+        if info.model_type != "generative" or column not in categorical_targets:
+            raise SequifierError(
+                f"sample_from_distribution_columns: '{column}' is not a categorical target of "
+                f"the model (categorical targets: {categorical_targets})"
+            )
+    if cfg.autoregression:
+        if info.model_type != "generative":
+            raise SequifierError("autoregression: only generative models can forecast")
+        not_targets = [c for c in info.input_columns if c not in info.target_columns]
+        if not_targets:
+            raise SequifierError(
+                f"autoregression: input columns {not_targets} are not targets of the model, "
+                "so their future values cannot be forecast; train a model that predicts "
+                "every input column or set autoregression: false"
+            )
+
+
+def _check_metadata_matches_model(metadata: Metadata, info: ModelInfo, path: str) -> None:
+    for column in info.input_columns + info.target_columns:
+        model_type = info.column_types.get(column, info.target_column_types.get(column))
+        data_type = metadata.column_types.get(column)
+        if data_type is None:
+            raise SequifierError(
+                f"metadata_config_path: column '{column}' of the model "
+                f"'{os.path.basename(path)}' is not in the metadata (columns "
+                f"{metadata.columns}); use the metadata the model was trained with"
+            )
+        if model_type is not None and model_type != data_type:
+            raise SequifierError(
+                f"metadata_config_path: column '{column}' is {data_type} in the metadata but "
+                f"{model_type} in the model '{os.path.basename(path)}'; use the metadata the "
+                "model was trained with"
+            )
+
+
+def _output_paths(cfg: InferConfig, info: ModelInfo, name: str) -> List[str]:
+    root, fmt = cfg.project_root, cfg.write_format
+    if info.model_type == "embedding":
+        return [outputs.embedding_path(root, name, fmt)]
+    paths = [outputs.prediction_path(root, name, fmt)]
+    if cfg.output_probabilities:
+        paths += [
+            outputs.probability_path(root, name, c, fmt)
+            for c in info.target_columns
+            if info.target_column_types[c] == "categorical"
+        ]
+    return paths
+
+
+# ---------------------------------------------------------------- data
+
+
+def _is_empty_tabular(path: str, read_format: str) -> bool:
+    if read_format == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows == 0
+        except Exception:
+            raise SequifierError(f"data_path: '{path}' is not a readable parquet file") from None
+    with open(path) as f:  # csv: a header and nothing else
+        f.readline()
+        return not f.readline().strip()
+
+
+def _read_input(cfg: InferConfig, metadata: Metadata, path: str, info: ModelInfo) -> Windows:
+    empty = SequifierError(f"data_path: '{path}' holds no windows; nothing to infer on")
+    if cfg.read_format in TABULAR_FORMATS and os.path.isfile(path):
+        if os.path.getsize(path) == 0 or _is_empty_tabular(path, cfg.read_format):
+            raise empty
+    try:
+        windows = read_windows(path, cfg.read_format, metadata.column_types, info.input_columns)
+    except SequifierError as e:
+        raise SequifierError(f"data_path: {e}") from None
+    if len(windows) == 0:
+        raise empty
+    if windows.window_length != cfg.seq_length + 1:
+        raise SequifierError(
+            f"seq_length: the data '{path}' holds windows of seq_length "
+            f"{windows.window_length - 1}, the model expects {cfg.seq_length}; preprocess "
+            "with the model's seq_length"
+        )
+    return windows
+
+
+def _model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows) -> Dict[str, np.ndarray]:
+    """Slots 0..L-1 of each input column, typed as the export expects."""
+    length = info.seq_length
+    inputs = {}
+    for column in info.input_columns:
+        values = windows.values[column][:, :length]
+        if metadata.column_types[column] == "categorical":
+            values = clamp_unknown_ids(column, values.astype(np.int64), metadata.n_classes[column])
+        else:
+            values = values.astype(np.float32)
+        inputs[column] = values
+    return inputs
+
+
+# ---------------------------------------------------------------- running
+
+
+def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows):
+    """Run one model over all windows; return {output path: {column: 1-d array}}."""
+    _seed(cfg.seed)
+    inputs = _model_inputs(metadata, job.info, windows)
+    if job.info.model_type == "embedding":
+        return _infer_embeddings(cfg, job, windows, inputs)
+    return _infer_generative(cfg, metadata, job, windows, inputs)
+
+
+def _seed(seed: int) -> None:
+    import torch  # seeds dropout of .pt models; sampling uses its own numpy generator
+
+    torch.manual_seed(seed)
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)
+
+
+def _infer_embeddings(cfg: InferConfig, job: ModelJob, windows: Windows, inputs):
+    parts = []
+    for start, end in _batches(len(windows), cfg.inference_batch_size):
+        batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
+        parts.append(np.asarray(job.runner.run(batch)[EMBEDDING_OUTPUT], dtype=np.float32))
+    embeddings = np.concatenate(parts)
+    # the embedding summarises the window up to its last input slot (L-1)
+    columns = {
+        "sequenceId": windows.sequence_id,
+        "itemPosition": windows.item_position[:, job.info.seq_length - 1],
+    }
+    columns.update({str(j): embeddings[:, j] for j in range(embeddings.shape[1])})
+    return {outputs.embedding_path(cfg.project_root, job.name, cfg.write_format): columns}
+
+
+def _infer_generative(cfg, metadata: Metadata, job: ModelJob, windows: Windows, inputs):
+    info = job.info
+    n, steps = len(windows), 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
+    categorical = [c for c in info.target_columns if info.target_column_types[c] == "categorical"]
+    sampled = set(cfg.sample_from_distribution_columns or [])
+    rng = np.random.default_rng(cfg.seed)
+
+    predictions = {c: None for c in info.target_columns}  # [n, steps] each
+    probabilities: Dict[str, Optional[np.ndarray]] = {}
+    for start, end in _batches(n, cfg.inference_batch_size):
+        batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
+        for step in range(steps):
+            raw = job.runner.run(batch)
+            chosen = {}
+            for column in info.target_columns:
+                out = raw[column]
+                if column in categorical:
+                    _check_n_classes(metadata, column, out, job.path)
+                    chosen[column] = choose_ids(out, rng if column in sampled else None)
+                    if cfg.output_probabilities:
+                        probs = _buffer(probabilities, column, (n, steps, out.shape[1]), np.float32)
+                        probs[start:end, step] = softmax(out)
+                else:
+                    chosen[column] = np.asarray(out, dtype=np.float32).reshape(-1)
+                _buffer(predictions, column, (n, steps), chosen[column].dtype)[start:end, step] = (
+                    chosen[column]
+                )
+            if step + 1 < steps:
+                batch = {
+                    c: np.concatenate([batch[c][:, 1:], chosen[c][:, None].astype(batch[c].dtype)], 1)
+                    for c in batch
+                }
+
+    positions = (windows.item_position[:, info.seq_length][:, None] + np.arange(steps)).reshape(-1)
+    keys = {"sequenceId": np.repeat(windows.sequence_id, steps), "itemPosition": positions}
+    root, fmt = cfg.project_root, cfg.write_format
+    table = dict(keys)
+    for column in info.target_columns:
+        values = predictions[column].reshape(-1)
+        if column in categorical:
+            if cfg.map_to_id:
+                values = _decoder(metadata, column).decode(values)
+        else:
+            values = destandardise(values, metadata.selected_columns_statistics[column])
+        table[column] = values
+    tables = {outputs.prediction_path(root, job.name, fmt): table}
+    for column, probs in probabilities.items():
+        names = (
+            _decoder(metadata, column).class_names()
+            if cfg.map_to_id
+            else [str(i) for i in range(probs.shape[2])]
+        )
+        probs = probs.reshape(n * steps, -1)
+        prob_table = dict(keys)
+        prob_table.update({name: probs[:, j] for j, name in enumerate(names[: probs.shape[1]])})
+        tables[outputs.probability_path(root, job.name, column, fmt)] = prob_table
+    return tables
+
+
+def _buffer(store: dict, column: str, shape, dtype) -> np.ndarray:
+    if store.get(column) is None:
+        store[column] = np.empty(shape, dtype=dtype)
+    return store[column]
+
+
+def _decoder(metadata: Metadata, column: str) -> CategoryDecoder:
+    return CategoryDecoder(metadata, column, metadata.n_classes[column])
+
+
+def _check_n_classes(metadata: Metadata, column: str, logits: np.ndarray, path: str) -> None:
+    if logits.shape[1] != metadata.n_classes[column]:
+        raise SequifierError(
+            f"metadata_config_path: the model '{os.path.basename(path)}' predicts "
+            f"{logits.shape[1]} classes for '{column}' but the metadata has "
+            f"{metadata.n_classes[column]}; use the metadata the model was trained with"
+        )

@@ -1,0 +1,95 @@
+"""Turning model inputs and outputs into the user's terms, vectorised with numpy.
+
+Ids go back to original category values through one lookup array per column (an index
+operation, not a per-row dict lookup); real values go back through the mean/std that
+preprocess standardised them with.
+"""
+
+import logging
+from typing import Dict, Optional
+
+import numpy as np
+
+from sequifier.config.metadata import Metadata
+from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+
+logger = logging.getLogger(__name__)
+
+RESERVED_LABELS = {PAD_ID: "<pad>", UNKNOWN_ID: "<unknown>"}
+
+
+class CategoryDecoder:
+    """id -> original value for one categorical column.
+
+    Integer columns decode to int64 when no reserved id occurs in the result; when one
+    does, the whole column becomes strings so that "<pad>"/"<unknown>" can be written
+    next to the values (parquet needs one type per column).
+    """
+
+    def __init__(self, metadata: Metadata, column: str, n_classes: int):
+        inverse = metadata.inverse_id_map(column)
+        n = max([n_classes] + [i + 1 for i in inverse])
+        # ids absent from the map (gaps, if any) decode like the reserved unknown id
+        self.reserved = np.ones(n, dtype=bool)
+        labels = np.full(n, RESERVED_LABELS[UNKNOWN_ID], dtype=object)
+        for i, label in RESERVED_LABELS.items():
+            labels[i] = label
+        ids = np.fromiter(inverse.keys(), dtype=np.int64, count=len(inverse))
+        self.reserved[ids] = False
+        self.is_integer = metadata.original_dtypes.get(column) == "int64"
+        originals = list(inverse.values())
+        if self.is_integer:
+            self.int_values = np.zeros(n, dtype=np.int64)
+            self.int_values[ids] = np.asarray(originals, dtype=np.int64)
+            labels[ids] = [str(v) for v in originals]
+        else:
+            labels[ids] = originals
+        self.labels = labels
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        if self.is_integer and not self.reserved[ids].any():
+            return self.int_values[ids]
+        return self.labels[ids]
+
+    def class_names(self) -> list:
+        """One distinct name per class id, for probability column headers."""
+        return [
+            RESERVED_LABELS.get(i, f"<id {i}>") if self.reserved[i] else str(label)
+            for i, label in enumerate(self.labels)
+        ]
+
+
+def clamp_unknown_ids(column: str, ids: np.ndarray, n_classes: int) -> np.ndarray:
+    """Map ids the model has no embedding for to UNKNOWN_ID and log how many there are.
+
+    Preprocess already maps unseen categories to UNKNOWN_ID; ids outside the model's
+    vocabulary (data preprocessed with another id map) are mapped here rather than
+    indexing past the embedding table.
+    """
+    outside = (ids >= n_classes) | (ids < 0)
+    n_unknown = int(np.count_nonzero(outside) + np.count_nonzero(ids == UNKNOWN_ID))
+    if n_unknown:
+        logger.warning(f"{column}: {n_unknown} values unknown to the model mapped to <unknown>")
+    if outside.any():
+        ids = np.where(outside, UNKNOWN_ID, ids)
+    return ids
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted, dtype=np.float64)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def choose_ids(logits: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
+    """argmax of each row, or (with an rng) one draw from each row's softmax."""
+    if rng is None:
+        return logits.argmax(axis=1).astype(np.int64)
+    cumulative = np.cumsum(softmax(logits), axis=1)
+    draws = rng.random((len(logits), 1)) * cumulative[:, -1:]
+    ids = (cumulative < draws).sum(axis=1)
+    return np.minimum(ids, logits.shape[1] - 1).astype(np.int64)
+
+
+def destandardise(values: np.ndarray, statistics: Dict[str, float]) -> np.ndarray:
+    return values.astype(np.float64) * statistics["std"] + statistics["mean"]
