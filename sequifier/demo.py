@@ -1,0 +1,132 @@
+"""`python -m sequifier.demo [FOLDER]`: the whole pipeline on generated data.
+
+Makes a project folder, writes a small synthetic table with learnable structure
+(a Markov chain over items, a category that depends on the item, and an AR(1) value
+driven by the item), then runs `sequifier preprocess`, `train` and `infer` through the
+real command line, and prints where predictions, logs and models are.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from sequifier.make import make_project
+
+MARKER = ".sequifier-demo"
+
+
+def demo_table(n_sequences: int = 300, min_len: int = 60, max_len: int = 120, vocab: int = 30, seed: int = 3):
+    """A long table whose next item is predictable from the current one."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    successors = rng.integers(0, vocab, size=(vocab, 3))
+    effect = rng.normal(0.0, 1.0, size=vocab)
+    lengths = rng.integers(min_len, max_len + 1, size=n_sequences)
+    total = int(lengths.sum())
+    pick = np.searchsorted(np.cumsum([0.6, 0.25, 0.1]), rng.random(total))  # 3 = random jump
+    jumps = rng.integers(0, vocab, size=total)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    items = np.empty(total, dtype=np.int64)
+    # the chain is sequential in time but vectorised across sequences
+    state = rng.integers(0, vocab, size=n_sequences)
+    for t in range(int(lengths.max())):
+        alive = lengths > t
+        idx = starts[alive] + t
+        p = pick[idx]
+        nxt = np.where(p < 3, successors[state[alive], np.minimum(p, 2)], jumps[idx])
+        state[alive] = nxt
+        items[idx] = nxt
+    values = np.empty(total)
+    x = np.zeros(n_sequences)
+    noise = rng.normal(0.0, 0.3, size=total)
+    for t in range(int(lengths.max())):
+        alive = lengths > t
+        idx = starts[alive] + t
+        x[alive] = 0.7 * x[alive] + effect[items[idx]] + noise[idx]
+        values[idx] = x[alive]
+    seq = np.repeat(np.arange(n_sequences), lengths)
+    pos = np.arange(total) - np.repeat(starts, lengths)
+    return pd.DataFrame({
+        "sequenceId": seq,
+        "itemPosition": pos,
+        "itemId": np.char.add("item-", items.astype(str)),
+        "category": (items % 5).astype(np.int64),
+        "value": np.round(values, 4),
+    })
+
+
+PREPROCESS = {
+    "project_root": ".", "data_path": "data/data.csv", "read_format": "csv", "write_format": "parquet",
+    "seq_length": 24, "split_ratios": [0.8, 0.1, 0.1], "stride_by_split": [4, 24, 24], "overwrite": True,
+}
+TRAIN = {
+    "project_root": ".", "metadata_config_path": "configs/metadata_configs/data.json", "model_name": "demo",
+    "read_format": "parquet", "target_columns": ["itemId", "value"],
+    "target_column_types": {"itemId": "categorical", "value": "real"}, "seq_length": 24,
+    "export_generative_model": True, "export_embedding_model": True, "inference_batch_size": 64,
+    "export_pt": True, "overwrite": True,
+    "model_spec": {"dim_model": 48, "n_head": 4, "num_layers": 2, "dim_feedforward": 96,
+                   "initial_embedding_dim": 48,
+                   "feature_embedding_dims": {"itemId": 24, "category": 8, "value": 16}},
+    "training_spec": {"device": "cpu", "epochs": 4, "batch_size": 64, "learning_rate": 0.003,
+                      "optimizer": {"name": "AdamW", "weight_decay": 0.01},
+                      "criterion": {"itemId": "CrossEntropyLoss", "value": "MSELoss"},
+                      "save_interval_epochs": 1, "log_interval": 50, "continue_training": False},
+}
+INFER = {
+    "project_root": ".", "model_path": "MODEL", "metadata_config_path": "configs/metadata_configs/data.json",
+    "read_format": "parquet", "write_format": "csv", "model_type": "generative", "seq_length": 24,
+    "inference_batch_size": 256, "output_probabilities": True, "overwrite": True,
+}
+
+
+def prepare_folder(folder: str) -> None:
+    if os.path.exists(folder):
+        if not os.path.exists(os.path.join(folder, MARKER)):
+            sys.exit(f"sequifier: error: '{folder}' exists and is not a demo folder; choose another folder")
+        shutil.rmtree(folder)
+    make_project(folder)
+    open(os.path.join(folder, MARKER), "w").close()
+
+
+def run_step(args, cwd: str) -> None:
+    print(f"\n$ {' '.join(args)}", flush=True)
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "sequifier.cli"] + args, cwd=cwd)
+    if result.returncode != 0:
+        sys.exit(f"demo step failed: sequifier {' '.join(args)}")
+    print(f"  ({time.time() - started:.1f} s)", flush=True)
+
+
+def main(folder: str = "demo") -> None:
+    started = time.time()
+    prepare_folder(folder)
+    table = demo_table()
+    table.to_csv(os.path.join(folder, "data", "data.csv"), index=False)
+    print(f"demo data: {len(table)} rows, {table.sequenceId.nunique()} sequences -> {folder}/data/data.csv")
+    for name, cfg in (("preprocess", PREPROCESS), ("train", TRAIN)):
+        with open(os.path.join(folder, "configs", f"{name}.yaml"), "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+    run_step(["preprocess"], folder)
+    run_step(["train"], folder)
+    best = sorted(glob.glob(os.path.join(folder, "models", "sequifier-demo-best-*[0-9].onnx")))[-1]
+    infer = dict(INFER, model_path=os.path.relpath(best, folder))
+    with open(os.path.join(folder, "configs", "infer.yaml"), "w") as f:
+        yaml.safe_dump(infer, f, sort_keys=False)
+    run_step(["infer"], folder)
+    print(f"\ndemo finished in {time.time() - started:.0f} s")
+    for what, path in (("predictions", "outputs/predictions"), ("probabilities", "outputs/probabilities"),
+                       ("models", "models"), ("checkpoints", "checkpoints"), ("logs", "logs")):
+        files = sorted(os.listdir(os.path.join(folder, path))) if os.path.isdir(os.path.join(folder, path)) else []
+        print(f"  {what:13s} {folder}/{path}/  ({', '.join(files[:4])}{' ...' if len(files) > 4 else ''})")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
