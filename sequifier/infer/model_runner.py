@@ -11,7 +11,6 @@ module is format-agnostic.
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List
 
 import numpy as np
 
@@ -27,10 +26,10 @@ class ModelInfo:
     """What an export records about itself (ONNX metadata_props / .pt export info)."""
 
     model_type: str
-    input_columns: List[str]
-    target_columns: List[str]
-    target_column_types: Dict[str, str]
-    column_types: Dict[str, str]
+    input_columns: list[str]
+    target_columns: list[str]
+    target_column_types: dict[str, str]
+    column_types: dict[str, str]
     seq_length: int
     with_dropout: bool
 
@@ -43,7 +42,7 @@ def _decode(value: str):
         return value
 
 
-def info_from_props(props: Dict[str, object], path: str) -> ModelInfo:
+def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
     """Build ModelInfo from the export's key/value metadata, or say why it is not one."""
     if str(_decode(props.get("sequifier_format", "null"))) != FORMAT_VERSION:
         raise SequifierError(
@@ -99,7 +98,7 @@ class OnnxRunner:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
-        except Exception as e:  # onnxruntime raises several unrelated types for bad files
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises assorted types for bad files
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SequifierError(
                 f"model_path: '{path}' could not be loaded as an ONNX model ({first_line[:200]})"
@@ -122,12 +121,12 @@ class OnnxRunner:
         self._output_names = _match_outputs(wanted, outputs, path)
         self._keys = wanted
 
-    def run(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self._output_names, inputs)
         return dict(zip(self._keys, results))
 
 
-def _match_outputs(wanted: List[str], outputs: List[str], path: str) -> List[str]:
+def _match_outputs(wanted: list[str], outputs: list[str], path: str) -> list[str]:
     """Graph output for each wanted name: by name, else by position.
 
     An ONNX graph cannot give an output the name of an input, so a target that is also
@@ -144,7 +143,7 @@ def _match_outputs(wanted: List[str], outputs: List[str], path: str) -> List[str
     )
 
 
-def _onnx_providers(device: str, available: List[str], path: str) -> list:
+def _onnx_providers(device: str, available: list[str], path: str) -> list:
     kind, _, index = device.partition(":")
     if kind == "cpu":
         return ["CPUExecutionProvider"]

@@ -1,7 +1,6 @@
 """Where infer writes, and how: pyarrow tables written atomically as csv or parquet."""
 
 import os
-from typing import Dict, List
 
 import numpy as np
 
@@ -25,7 +24,7 @@ def embedding_path(project_root: str, model: str, write_format: str) -> str:
     return os.path.join(project_root, "outputs", "embeddings", f"{model}-embeddings.{write_format}")
 
 
-def refuse_to_overwrite(paths: List[str]) -> None:
+def refuse_to_overwrite(paths: list[str]) -> None:
     existing = [p for p in paths if os.path.exists(p)]
     if existing:
         raise SequifierError(
@@ -42,7 +41,7 @@ def _column(values: np.ndarray):
     return pa.array(values)
 
 
-def write_table(columns: Dict[str, np.ndarray], path: str, write_format: str) -> None:
+def write_table(columns: dict[str, np.ndarray], path: str, write_format: str) -> None:
     """Write named 1-d arrays as one table, atomically (temp file + rename)."""
     import pyarrow as pa
 

@@ -14,7 +14,6 @@ drops the oldest slot, appends the prediction and predicts the next position.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -39,7 +38,7 @@ def _resolve(root: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def _as_list(value) -> List[str]:
+def _as_list(value) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value]
@@ -53,10 +52,10 @@ class ModelJob:
     name: str  # file stem, used in output names
     runner: object
     info: ModelInfo
-    output_paths: List[str] = field(default_factory=list)
+    output_paths: list[str] = field(default_factory=list)
 
 
-def run_infer(cfg: InferConfig) -> List[str]:
+def run_infer(cfg: InferConfig) -> list[str]:
     """Run every model in `cfg.model_path` on the data; return the paths written."""
     root = cfg.project_root
     if cfg.write_format not in outputs.WRITE_FORMATS:
@@ -78,8 +77,8 @@ def run_infer(cfg: InferConfig) -> List[str]:
     if not cfg.overwrite:
         outputs.refuse_to_overwrite([p for job in jobs for p in job.output_paths])
 
-    written: List[str] = []
-    windows_by_columns: Dict[tuple, Windows] = {}
+    written: list[str] = []
+    windows_by_columns: dict[tuple, Windows] = {}
     for job in jobs:
         key = tuple(job.info.input_columns)
         if key not in windows_by_columns:
@@ -98,7 +97,7 @@ def _last_split(metadata: Metadata) -> str:
     return metadata.split_paths[-1]
 
 
-def _check_distinct_names(jobs: List[ModelJob]) -> None:
+def _check_distinct_names(jobs: list[ModelJob]) -> None:
     names = [job.name for job in jobs]
     doubled = sorted({n for n in names if names.count(n) > 1})
     if doubled:
@@ -201,7 +200,7 @@ def _check_metadata_matches_model(metadata: Metadata, info: ModelInfo, path: str
             )
 
 
-def _output_paths(cfg: InferConfig, info: ModelInfo, name: str) -> List[str]:
+def _output_paths(cfg: InferConfig, info: ModelInfo, name: str) -> list[str]:
     root, fmt = cfg.project_root, cfg.write_format
     if info.model_type == "embedding":
         return [outputs.embedding_path(root, name, fmt)]
@@ -224,7 +223,7 @@ def _is_empty_tabular(path: str, read_format: str) -> bool:
 
         try:
             return pq.ParquetFile(path).metadata.num_rows == 0
-        except Exception:
+        except (OSError, ValueError):  # pyarrow.ArrowInvalid is a ValueError
             raise SequifierError(f"data_path: '{path}' is not a readable parquet file") from None
     with open(path) as f:  # csv: a header and nothing else
         f.readline()
@@ -233,9 +232,9 @@ def _is_empty_tabular(path: str, read_format: str) -> bool:
 
 def _read_input(cfg: InferConfig, metadata: Metadata, path: str, info: ModelInfo) -> Windows:
     empty = SequifierError(f"data_path: '{path}' holds no windows; nothing to infer on")
-    if cfg.read_format in TABULAR_FORMATS and os.path.isfile(path):
-        if os.path.getsize(path) == 0 or _is_empty_tabular(path, cfg.read_format):
-            raise empty
+    is_file = cfg.read_format in TABULAR_FORMATS and os.path.isfile(path)
+    if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, cfg.read_format)):
+        raise empty
     try:
         windows = read_windows(path, cfg.read_format, metadata.column_types, info.input_columns)
     except SequifierError as e:
@@ -251,7 +250,7 @@ def _read_input(cfg: InferConfig, metadata: Metadata, path: str, info: ModelInfo
     return windows
 
 
-def _model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows) -> Dict[str, np.ndarray]:
+def _model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows) -> dict[str, np.ndarray]:
     """Slots 0..L-1 of each input column, typed as the export expects."""
     length = info.seq_length
     inputs = {}
@@ -311,7 +310,7 @@ def _infer_generative(cfg, metadata: Metadata, job: ModelJob, windows: Windows, 
     rng = np.random.default_rng(cfg.seed)
 
     predictions = {c: None for c in info.target_columns}  # [n, steps] each
-    probabilities: Dict[str, Optional[np.ndarray]] = {}
+    probabilities: dict[str, np.ndarray | None] = {}
     for start, end in _batches(n, cfg.inference_batch_size):
         batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
         for step in range(steps):

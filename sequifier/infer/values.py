@@ -6,7 +6,6 @@ preprocess standardised them with.
 """
 
 import logging
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -81,7 +80,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def choose_ids(logits: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
+def choose_ids(logits: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     """argmax of each row, or (with an rng) one draw from each row's softmax."""
     if rng is None:
         return logits.argmax(axis=1).astype(np.int64)
@@ -91,5 +90,5 @@ def choose_ids(logits: np.ndarray, rng: Optional[np.random.Generator]) -> np.nda
     return np.minimum(ids, logits.shape[1] - 1).astype(np.int64)
 
 
-def destandardise(values: np.ndarray, statistics: Dict[str, float]) -> np.ndarray:
+def destandardise(values: np.ndarray, statistics: dict[str, float]) -> np.ndarray:
     return values.astype(np.float64) * statistics["std"] + statistics["mean"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import (  # noqa: E402
+from infer_stub import (
     ITEM_VALUES,
     SEQ_LENGTH,
     VALUE_MEAN,
@@ -21,9 +21,9 @@ from infer_stub import (  # noqa: E402
     make_windows,
 )
 
-from sequifier.data.windows import write_shards, write_windows  # noqa: E402
-from sequifier.infer import run_infer  # noqa: E402
-from sequifier.infer.model_runner import OnnxRunner  # noqa: E402
+from sequifier.data.windows import write_shards, write_windows
+from sequifier.infer import run_infer
+from sequifier.infer.model_runner import OnnxRunner
 
 ID_TO_ITEM = {i + 2: v for i, v in enumerate(ITEM_VALUES)}
 
