@@ -79,10 +79,14 @@ def needed_columns(cfg: TrainConfig, metadata: Metadata) -> List[str]:
 
 def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns: List[str],
                         seq_length: int, field: str) -> WindowTensors:
+    if _is_empty_table(path, read_format):
+        raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
     try:
         windows = read_windows(path, read_format, metadata.column_types, columns)
     except KeyError as e:
         raise SequifierError(f"{field}: column {e} not found in the data at '{path}'") from None
+    except SequifierError as e:
+        raise SequifierError(f"{field}: {e}") from None
     if len(windows) == 0:
         raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
     if windows.window_length != seq_length + 1:
@@ -99,6 +103,20 @@ def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns
         else:
             values[col] = _tensor(array, np.float32)
     return WindowTensors(values, _tensor(windows.padding, np.int64))
+
+
+def _is_empty_table(path: str, read_format: str) -> bool:
+    """A tabular split without rows (read_windows would report missing columns instead)."""
+    if not os.path.isfile(path):
+        return False
+    if read_format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    if read_format == "csv":
+        with open(path) as f:
+            return sum(1 for _, line in zip(range(2), f) if line.strip()) < 2
+    return False
 
 
 def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
@@ -181,11 +199,10 @@ def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: List
     sharding under DDP are chosen here; the loop does not care which source it gets.
     """
     spec = cfg.training_spec
-    if not spec.load_full_data_to_ram:
-        raise SequifierError(
-            "training_spec.load_full_data_to_ram: false (lazy shard loading) is not supported yet; "
-            "set it to true"
-        )
+    if not spec.load_full_data_to_ram or spec.distributed:
+        from sequifier.train.shard_batches import make_shard_batch_sources
+
+        return make_shard_batch_sources(cfg, metadata, input_columns, device)
     columns = needed_columns(cfg, metadata)
     sources = []
     for split in (0, 1):

@@ -1,32 +1,239 @@
-"""Distributed-training hooks used by the loop (single process for now).
+"""Distributed data-parallel (DDP) set-up, kept out of the model and the loop.
 
-The loop calls only these functions for anything multi-process: wrapping the model,
-summing metrics across ranks, and deciding who writes files. A DDP implementation
-replaces their bodies; the loop stays as it is.
+`training_spec.distributed: true` trains in `world_size` processes, one per device:
+
+* started by `torchrun` (RANK, WORLD_SIZE and LOCAL_RANK in the environment): this
+  process joins torchrun's process group; torchrun's WORLD_SIZE wins over `world_size`;
+* otherwise `run_train` starts `world_size` processes itself (torch.multiprocessing,
+  spawn) from inside its one Hydra job: one Hydra run directory, one log file.
+
+The loop calls only the functions below for anything multi-process: `wrap_model`
+(DDP averages gradients), `sum_across_ranks` / `mean_across_ranks` (metrics), and
+`is_main_process` (only rank 0 writes logs, checkpoints and exports). Each rank reads
+its own shard group (`sequifier.data.lazy`); every rank makes the same number of steps.
+
+Backend: `nccl` (the default) needs CUDA devices. With a non-CUDA `device` it falls
+back to `gloo` and says so in the log; any other backend name is an error.
 """
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, List, Optional
 
 import torch
 
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 
+log = logging.getLogger(__name__)
+
+BACKENDS = ("nccl", "gloo")
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# A rank that dies leaves the others blocked in a collective: don't wait torch's 30 min.
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands; rank 0 of 1 without a process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None
+
+
+_SINGLE = DistContext()
+_context = _SINGLE
+
+
+def context() -> DistContext:
+    """This process's place in the process group (set while a distributed run is on)."""
+    return _context
+
+
+def is_main_process() -> bool:
+    return _context.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return all(v in os.environ for v in TORCHRUN_VARIABLES)
+
+
+# ---- checks ----------------------------------------------------------------------------
+
+def choose_backend(backend: str, device: str) -> str:
+    """The process-group backend for `device`: nccl on a non-CUDA device becomes gloo."""
+    if backend not in BACKENDS:
+        raise SequifierError(
+            f"training_spec.backend: '{backend}' is not supported; choose one of "
+            f"{', '.join(BACKENDS)} (nccl for CUDA GPUs, gloo for CPUs)")
+    if backend == "nccl" and not device.startswith("cuda"):
+        log.warning("training_spec.backend: nccl needs CUDA devices; using gloo on device '%s'",
+                    device)
+        return "gloo"
+    if backend == "nccl" and not torch.distributed.is_nccl_available():
+        raise SequifierError("training_spec.backend: nccl is not available in this torch build; "
+                             "set backend: gloo")
+    return backend
+
 
 def check_supported(spec: TrainingSpec) -> None:
-    if spec.distributed:
+    """Reject distributed settings this machine cannot run, before any process starts."""
+    if not spec.distributed:
+        return
+    if not torch.distributed.is_available():
+        raise SequifierError("training_spec.distributed: this torch build has no "
+                             "torch.distributed; set distributed: false")
+    choose_backend(spec.backend, spec.device)
+    world_size = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else spec.world_size
+    if world_size < 1:
+        raise SequifierError(f"training_spec.world_size must be >= 1, got {world_size}")
+    if spec.device.startswith("cuda") and world_size > torch.cuda.device_count():
         raise SequifierError(
-            "training_spec.distributed: true (multi-GPU DDP) is not supported yet; set it to false"
-        )
+            f"training_spec.world_size: {world_size} processes need {world_size} CUDA devices, "
+            f"{torch.cuda.device_count()} found; lower world_size or use device: cpu with gloo")
 
+
+def rank_device(device: str) -> str:
+    """Each rank drives its own GPU: `cuda` means cuda:LOCAL_RANK under DDP."""
+    if _context.enabled and device == "cuda":
+        return f"cuda:{_context.local_rank}"
+    return device
+
+
+# ---- process group ---------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join_group(ctx: DistContext) -> None:
+    global _context
+    torch.distributed.init_process_group(ctx.backend, rank=ctx.rank, world_size=ctx.world_size,
+                                         timeout=COLLECTIVE_TIMEOUT)
+    if ctx.backend == "nccl":
+        torch.cuda.set_device(ctx.local_rank)
+    _context = ctx
+
+
+def _leave_group() -> None:
+    global _context
+    _context = _SINGLE
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _share_cpu_threads(world_size: int) -> None:
+    """Split the cores between the ranks instead of each rank using all of them."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+
+
+def _spawned_rank(rank: int, fn: Callable, args: tuple, world_size: int, backend: str,
+                  port: int, results) -> None:
+    """Body of one process started by `launch`; rank 0 sends `fn`'s result back."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _share_cpu_threads(world_size)
+    try:
+        _join_group(DistContext(rank, world_size, rank, backend))
+        result = fn(*args)
+        if rank == 0:
+            results.put(("ok", result))
+    except SequifierError as e:
+        results.put(("error", str(e)))
+        raise
+    finally:
+        _leave_group()
+
+
+def needs_launch(spec: TrainingSpec) -> bool:
+    """True in the process that must start (or join) the ranks of a distributed run."""
+    return spec.distributed and not _context.enabled
+
+
+def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
+    """Run `fn(*args)` on every rank of a process group and return rank 0's result.
+
+    Under torchrun this process is one rank: it joins the group, runs and leaves.
+    Otherwise it starts `spec.world_size` processes (so `fn` must be a module-level
+    function and `args` picklable) and waits; if one fails the others are stopped and
+    its error is raised here, a SequifierError with its one-line message.
+    """
+    check_supported(spec)
+    backend = choose_backend(spec.backend, spec.device)
+    if launched_by_torchrun():
+        ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                          int(os.environ["LOCAL_RANK"]), backend)
+        if ctx.world_size != spec.world_size:
+            log.warning("torchrun started %d processes; training_spec.world_size (%d) is ignored",
+                        ctx.world_size, spec.world_size)
+        try:
+            _join_group(ctx)
+            return fn(*args)
+        finally:
+            _leave_group()
+
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.spawn(_spawned_rank,
+                 args=(fn, args, spec.world_size, backend, _free_port(), results),
+                 nprocs=spec.world_size, join=True)
+    except mp.ProcessRaisedException as e:
+        status = None if results.empty() else results.get()
+        if status is not None and status[0] == "error":
+            raise SequifierError(status[1]) from None
+        raise RuntimeError(f"a distributed training process failed:\n{e}") from None
+    if results.empty():
+        raise RuntimeError("distributed training ended without a result from rank 0")
+    return results.get()[1]
+
+
+# ---- what the loop calls ---------------------------------------------------------------
 
 def wrap_model(model: torch.nn.Module, spec: TrainingSpec) -> torch.nn.Module:
-    """The module to run forward/backward through (DDP wrapper under distribution)."""
-    return model
+    """The module to run forward/backward through: DDP-wrapped under distribution."""
+    if not _context.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [_context.local_rank] if _context.backend == "nccl" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """Element-wise sum over ranks of a metric tensor (loss sums, counts)."""
-    return values
+    if not _context.enabled:
+        return values
+    total = values.detach().clone()
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total
 
 
-def is_main_process() -> bool:
-    return True
+def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean over ranks, for per-rank means of equal weight (batch losses)."""
+    if not _context.enabled:
+        return values
+    return sum_across_ranks(values) / _context.world_size
+
+
+def hydra_overrides_for_rank() -> List[str]:
+    """Hydra overrides that keep torchrun's non-zero ranks from writing Hydra output.
+
+    Under torchrun each rank runs the CLI and so composes its own Hydra job. Rank 0
+    keeps the run directory, `.hydra/` and the job log; the others only log to the
+    console, so no two ranks write the same file.
+    """
+    if not launched_by_torchrun() or int(os.environ["RANK"]) == 0:
+        return []
+    return ["hydra.output_subdir=null", "hydra/job_logging=stdout"]

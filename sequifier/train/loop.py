@@ -166,7 +166,7 @@ class Trainer:
             window_sum += detached
             window_count += 1
             if index % spec.log_interval == 0 or index == n_batches:
-                mean = distributed.sum_across_ranks(window_sum).item() / window_count
+                mean = distributed.mean_across_ranks(window_sum).item() / window_count
                 self._check_finite(mean, f"training loss at epoch {epoch}, batch {index}")
                 if index % spec.log_interval == 0:
                     lr = self.optimizer.param_groups[0]["lr"]
@@ -175,7 +175,7 @@ class Trainer:
                     self.logger.scalars({"train/loss": mean, "train/learning_rate": lr}, step)
                 window_sum.zero_()
                 window_count = 0
-        return distributed.sum_across_ranks(epoch_sum).item() / max(n_batches, 1)
+        return distributed.mean_across_ranks(epoch_sum).item() / max(n_batches, 1)
 
     @torch.no_grad()
     def validate(self) -> ValidationResult:

@@ -58,7 +58,9 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps)."""
     spec = cfg.training_spec
     distributed.check_supported(spec)
-    device = resolve_device(spec.device)
+    if distributed.needs_launch(spec):  # start (or join, under torchrun) the DDP ranks
+        return distributed.launch(run_train, (cfg, export), spec)
+    device = resolve_device(distributed.rank_device(spec.device))
     metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
     resume_path = _resume_or_clear(cfg, folders)
