@@ -54,6 +54,24 @@ class LayerNorm(DtypeAwareLayer, nn.LayerNorm):
         return F.layer_norm(x.to(weight.dtype), self.normalized_shape, weight, bias, self.eps)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout that can be switched to an explicit random mask for ONNX export.
+
+    Exported ONNX `Dropout` nodes are not reliably random in onnxruntime: with full graph
+    optimisation, two runs on the same input gave identical outputs (checked on 1.32).
+    An explicit uniform-random mask exports to RandomUniformLike, which is sampled anew
+    on every run; `export_mask` turns it on (see sequifier/export.py).
+    """
+
+    export_mask: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.export_mask or self.p == 0.0:
+            return super().forward(x)
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        return x * keep / (1.0 - self.p)
+
+
 def make_norm(normalization: str, dim: int) -> nn.Module:
     if normalization == "rmsnorm":
         return RMSNorm(dim, eps=1e-6)
@@ -205,8 +223,8 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(dim_model, dim_feedforward, activation)
         self.norm_attention = make_norm(normalization, dim_model)
         self.norm_feed_forward = make_norm(normalization, dim_model)
-        self.dropout_attention = nn.Dropout(dropout)
-        self.dropout_feed_forward = nn.Dropout(dropout)
+        self.dropout_attention = Dropout(dropout)
+        self.dropout_feed_forward = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         # Residual additions promote to float32 (x's dtype), whatever the layers' dtypes.

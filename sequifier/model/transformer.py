@@ -20,6 +20,7 @@ from sequifier.errors import SequifierError
 from sequifier.model.dtypes import apply_layer_type_dtypes
 from sequifier.model.layers import (
     DecoderLinear,
+    Dropout,
     Embedding,
     Linear,
     RotaryEmbedding,
@@ -177,7 +178,7 @@ class SequifierModel(nn.Module):
                 f"model_spec.positional_encoding: '{spec.positional_encoding}' is not "
                 "supported; use learned or rope"
             )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 dim,

@@ -1,0 +1,398 @@
+"""Export of trained models: ONNX (onnxruntime) and .pt (PyTorch), generative and embedding.
+
+I/O contract of every export (also in docs/model.md):
+- inputs, in `input_columns` order, one per input column, named exactly as the column:
+  [batch, seq_length], int64 ids for categorical columns, float32 standardised values for
+  real ones; sequences LEFT-padded with PAD_ID / 0.0. Any batch size works.
+- generative outputs, one per target, named `output_name(target)` ("<target>_output";
+  ONNX forbids an output sharing its name with an input, and targets are usually inputs
+  too): categorical -> [batch, n_classes] logits of the last position; real -> [batch]
+  value of the last position on the standardised scale.
+- embedding output "embedding": [batch, dim_model] hidden state of the last position.
+- metadata (ONNX metadata_props, JSON-encoded strings; .pt: the saved dict's "info"):
+  sequifier_format, model_type, input_columns, target_columns, target_column_types,
+  column_types, seq_length, with_dropout, output_names, plus the caller's extra entries.
+
+Exports always compute in float32: weights trained in float16/bfloat16 are upcast
+(values unchanged) and float8-quantised weights are stored rounded to their float8 grid.
+"""
+
+import copy
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, is_dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from sequifier.config.schema import ModelSpec, TrainConfig
+from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_path
+from sequifier.model.dtypes import bake_weight_quantization, layer_type_dtype_names
+from sequifier.model.layers import Dropout
+from sequifier.model.transformer import ColumnLayout, SequifierModel
+
+FORMAT_VERSION = 1
+MODEL_TYPES = ("generative", "embedding")
+EMBEDDING_OUTPUT = "embedding"
+
+
+def output_name(target: str) -> str:
+    """Name of a generative export's output for `target`."""
+    return f"{target}_output"
+
+
+def output_names(layout: ColumnLayout, model_type: str) -> List[str]:
+    if model_type == "embedding":
+        return [EMBEDDING_OUTPUT]
+    return [output_name(t) for t in layout.target_columns]
+
+
+class GenerativeHead(nn.Module):
+    """Positional inputs in input_columns order -> one last-position output per target."""
+
+    model_type = "generative"
+
+    def __init__(self, model: SequifierModel):
+        super().__init__()
+        self.model = model
+        self.input_columns = list(model.layout.input_columns)
+        self.target_columns = list(model.layout.target_columns)
+        self.output_names = output_names(model.layout, self.model_type)
+
+    def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+        hidden = self.model.hidden_states(dict(zip(self.input_columns, inputs)))
+        outputs = self.model.decode(hidden[:, -1, :])
+        return tuple(outputs[t] for t in self.target_columns)
+
+
+class EmbeddingHead(nn.Module):
+    """Positional inputs in input_columns order -> (last-position hidden state,)."""
+
+    model_type = "embedding"
+
+    def __init__(self, model: SequifierModel):
+        super().__init__()
+        self.model = model
+        self.input_columns = list(model.layout.input_columns)
+        self.output_names = [EMBEDDING_OUTPUT]
+
+    def forward(self, *inputs: Tensor) -> Tuple[Tensor]:
+        hidden = self.model.hidden_states(dict(zip(self.input_columns, inputs)))
+        return (hidden[:, -1, :],)
+
+
+def make_head(model: SequifierModel, model_type: str) -> nn.Module:
+    if model_type == "generative":
+        return GenerativeHead(model)
+    if model_type == "embedding":
+        return EmbeddingHead(model)
+    raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
+
+
+def set_dropout_active(model: nn.Module, active: bool) -> nn.Module:
+    """Eval mode everywhere, except dropout layers, which sample when `active` (MC dropout)."""
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.train(active)
+    return model
+
+
+def unwrap(model: nn.Module) -> SequifierModel:
+    """The SequifierModel inside a DistributedDataParallel and/or torch.compile wrapper."""
+    for attribute in ("module", "_orig_mod", "module"):
+        inner = getattr(model, attribute, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+    if not isinstance(model, SequifierModel):
+        raise TypeError(f"expected a SequifierModel, got {type(model).__name__}")
+    return model
+
+
+def export_ready_copy(model: nn.Module) -> SequifierModel:
+    """A float32, CPU, eval-mode copy of the model (unwrapped from DDP / torch.compile)."""
+    clone = copy.deepcopy(unwrap(model)).cpu()
+    bake_weight_quantization(clone)
+    return clone.float().eval()
+
+
+def example_inputs(layout: ColumnLayout, batch: int) -> Tuple[Tensor, ...]:
+    """Valid dummy inputs; values do not matter for tracing, only dtypes and shapes."""
+    shape = (batch, layout.seq_length)
+    return tuple(
+        torch.zeros(shape, dtype=torch.int64)
+        if layout.column_types[c] == "categorical"
+        else torch.zeros(shape, dtype=torch.float32)
+        for c in layout.input_columns
+    )
+
+
+def export_info(
+    layout: ColumnLayout, model_type: str, with_dropout: bool, extra_metadata: Optional[dict]
+) -> Dict[str, object]:
+    """The self-description every export carries (plain JSON-able values)."""
+    info = dict(_plain(extra_metadata or {}))
+    info.update(
+        sequifier_format=FORMAT_VERSION,
+        model_type=model_type,
+        input_columns=list(layout.input_columns),
+        target_columns=list(layout.target_columns),
+        target_column_types=dict(layout.target_column_types),
+        column_types=dict(layout.column_types),
+        seq_length=int(layout.seq_length),
+        with_dropout=bool(with_dropout),
+        output_names=dict(zip(
+            [EMBEDDING_OUTPUT] if model_type == "embedding" else layout.target_columns,
+            output_names(layout, model_type),
+        )),
+    )
+    return info
+
+
+def _spec_dict(spec) -> dict:
+    if is_dataclass(spec):
+        return _plain(asdict(spec))
+    from omegaconf import OmegaConf  # a DictConfig view of ModelSpec
+
+    return _plain(OmegaConf.to_container(spec, resolve=True))
+
+
+def _plain(value):
+    """JSON round trip: plain containers only (safe for torch.load(weights_only=True))."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_names(layout: ColumnLayout, model_type: str) -> None:
+    clash = set(layout.input_columns) & set(output_names(layout, model_type))
+    if clash:
+        raise SequifierError(
+            f"input_columns: column(s) {sorted(clash)} clash with the export's output names; "
+            "rename those columns in the data"
+        )
+
+
+def export_onnx(
+    model: SequifierModel,
+    path: str,
+    model_type: str,
+    example_batch: int,
+    with_dropout: bool,
+    extra_metadata: Optional[dict] = None,
+) -> None:
+    """Write `model` as one self-contained .onnx file (atomically) with a dynamic batch axis."""
+    import onnx
+
+    clone = export_ready_copy(model)
+    layout = clone.layout
+    _check_names(layout, model_type)
+    if with_dropout:
+        for module in clone.modules():
+            if isinstance(module, Dropout):
+                module.export_mask = True
+    head = make_head(clone, model_type).eval()
+    # A batch-1 example silently fixes the batch axis at 1; trace with >= 2 and mark it dynamic.
+    inputs = example_inputs(layout, max(2, int(example_batch)))
+    batch = torch.export.Dim("batch")
+    # forward(*inputs): the varargs are one argument to torch.export
+    dynamic_shapes = (tuple({0: batch} for _ in inputs),)
+    info = export_info(layout, model_type, with_dropout, extra_metadata)
+    with warnings.catch_warnings(), _quiet_exporter_logs():
+        warnings.simplefilter("ignore")
+        # Placeholder I/O names: the exporter names internal values after their ops
+        # ("embedding", "linear", ...) and produces duplicate names when a requested
+        # I/O name equals one of them. The real names are set afterwards.
+        program = torch.onnx.export(
+            head,
+            inputs,
+            dynamo=True,
+            input_names=[f"sequifier_input_{i}" for i in range(len(inputs))],
+            output_names=[f"sequifier_output_{i}" for i in range(len(head.output_names))],
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            report=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    _set_io_names(proto.graph, list(layout.input_columns), head.output_names)
+    for key, value in info.items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = json.dumps(value)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, tmp)
+
+
+def _set_io_names(graph, input_names: List[str], output_names: List[str]) -> None:
+    """Rename the graph's placeholder inputs/outputs, moving clashing internal names aside."""
+    io_mapping = {
+        **{v.name: n for v, n in zip(graph.input, input_names)},
+        **{v.name: n for v, n in zip(graph.output, output_names)},
+    }
+    wanted = set(io_mapping.values())
+    internal = set()
+    for node in graph.node:
+        internal.update(node.output)
+    internal.update(i.name for i in graph.initializer)
+    taken = internal | set(io_mapping) | wanted
+    mapping = {}
+    for name in internal:
+        if name in wanted and name not in io_mapping:
+            new = f"{name}__internal"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            mapping[name] = new
+    mapping.update(io_mapping)
+    _rename_values(graph, mapping)
+
+
+def _rename_values(graph, mapping: Dict[str, str]) -> None:
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = mapping.get(value.name, value.name)
+    for initializer in graph.initializer:
+        initializer.name = mapping.get(initializer.name, initializer.name)
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        for attribute in node.attribute:  # control-flow subgraphs see outer names
+            for subgraph in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                _rename_values(subgraph, mapping)
+
+
+class _quiet_exporter_logs:
+    """The exporter logs warnings about optional packages (torchvision); hide them."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("torch.onnx")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+        return False
+
+
+def export_pt(
+    model: SequifierModel,
+    path: str,
+    model_type: str,
+    with_dropout: bool,
+    extra_metadata: Optional[dict] = None,
+) -> None:
+    """Write `model` as a .pt file of plain containers (loadable with weights_only=True)."""
+    if model_type not in MODEL_TYPES:
+        raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
+    clone = export_ready_copy(model)
+    _check_names(clone.layout, model_type)
+    payload = {
+        "sequifier_format": FORMAT_VERSION,
+        "model_type": model_type,
+        "state_dict": clone.state_dict(),
+        "model_spec": _spec_dict(clone.spec),
+        "layout": clone.layout.to_dict(),
+        "dropout": float(clone.dropout.p),
+        "info": export_info(clone.layout, model_type, with_dropout, extra_metadata),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_pt_model(path: str) -> Tuple[SequifierModel, ColumnLayout, dict]:
+    """Load a .pt export: (float32 eval-mode model, its layout, the export's info dict).
+
+    Wrap the model with `make_head(model, info["model_type"])` for the same outputs as
+    the ONNX export, and `set_dropout_active` for Monte Carlo dropout.
+    """
+    if not os.path.isfile(path):
+        raise SequifierError(f"model_path: file '{path}' not found; check the path or run train")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of many types for foreign files
+        raise SequifierError(
+            f"model_path: '{path}' could not be read as a sequifier .pt export "
+            f"({type(e).__name__}); point it at a file written by `sequifier train`"
+        ) from None
+    required = ("sequifier_format", "model_type", "state_dict", "model_spec", "layout", "dropout")
+    if not isinstance(payload, dict) or any(k not in payload for k in required):
+        raise SequifierError(
+            f"model_path: '{path}' is not a sequifier .pt export (a model export from "
+            "`sequifier train` with export_pt: true is needed, not a checkpoint)"
+        )
+    if payload["sequifier_format"] != FORMAT_VERSION:
+        raise SequifierError(
+            f"model_path: '{path}' has export format {payload['sequifier_format']}, this "
+            f"sequifier reads format {FORMAT_VERSION}; re-export it"
+        )
+    layout = ColumnLayout.from_dict(payload["layout"])
+    model = SequifierModel(ModelSpec(**payload["model_spec"]), layout, dropout=payload["dropout"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise SequifierError(
+            f"model_path: '{path}' weights do not fit its recorded architecture "
+            f"({str(e).splitlines()[0][:200]}); re-export it"
+        ) from None
+    info = dict(payload.get("info") or {})
+    info.setdefault("model_type", payload["model_type"])
+    info["dropout"] = payload["dropout"]
+    info["model_spec"] = payload["model_spec"]
+    return model.eval(), layout, info
+
+
+def model_file_name(model_name: str, tag: str, epoch: int, model_type: str, extension: str) -> str:
+    suffix = "-embedding" if model_type == "embedding" else ""
+    return f"sequifier-{model_name}-{tag}-{epoch}{suffix}.{extension}"
+
+
+def planned_exports(cfg: TrainConfig, models_dir: str, tag: str, epoch: int) -> List[Tuple[str, str, str]]:
+    """(path, model_type, format) of every file `export_models` writes for this config."""
+    model_types = [t for t, on in (("generative", cfg.export_generative_model),
+                                   ("embedding", cfg.export_embedding_model)) if on]
+    formats = [f for f, on in (("onnx", cfg.export_onnx), ("pt", cfg.export_pt)) if on]
+    return [
+        (os.path.join(models_dir, model_file_name(cfg.model_name, tag, epoch, t, f)), t, f)
+        for t in model_types
+        for f in formats
+    ]
+
+
+def export_models(
+    model: SequifierModel,
+    layout: ColumnLayout,
+    cfg: TrainConfig,
+    models_dir: str,
+    tag: str,
+    epoch: int,
+    extra_metadata: Optional[dict] = None,
+) -> List[str]:
+    """Write every export the config asks for; returns the paths written.
+
+    Files: models_dir/sequifier-NAME-{tag}-{epoch}[-embedding].{onnx,pt}. Nothing is
+    written if any target exists and cfg.overwrite is false.
+    """
+    model = unwrap(model)
+    if layout.to_dict() != model.layout.to_dict():
+        raise ValueError("export_models: layout differs from the model's own layout")
+    plan = planned_exports(cfg, models_dir, tag, epoch)
+    existing = [p for p, _, _ in plan if os.path.exists(p)]
+    if existing and not cfg.overwrite:
+        raise SequifierError(
+            f"overwrite: model file '{existing[0]}' already exists; set overwrite: true to "
+            "replace it, or choose another model_name"
+        )
+    with_dropout = bool(cfg.export_with_dropout and cfg.training_spec.dropout > 0)
+    extra = dict(extra_metadata or {})
+    extra.setdefault("model_name", cfg.model_name)
+    extra.setdefault("epoch", int(epoch))
+    extra.setdefault("tag", tag)
+    extra.setdefault("layer_type_dtypes", layer_type_dtype_names(model))
+    for path, model_type, file_format in plan:
+        if file_format == "onnx":
+            export_onnx(model, path, model_type, cfg.inference_batch_size, with_dropout, extra)
+        else:
+            export_pt(model, path, model_type, with_dropout, extra)
+    return [p for p, _, _ in plan]
