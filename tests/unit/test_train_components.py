@@ -23,7 +23,7 @@ from sequifier.train.device import autocast_dtype, resolve_device
 from sequifier.train.losses import build_target_losses, class_weight_vector
 from sequifier.train.optimizers import build_optimizer
 from sequifier.train.schedulers import build_scheduler
-from train_data import N_CLASSES, make_config, make_project
+from train_data import N_CLASSES, make_config, make_project, single_thread  # noqa: F401
 
 
 def params():

@@ -3,6 +3,8 @@
 import os
 
 import numpy as np
+import pytest
+import torch
 from omegaconf import OmegaConf
 
 from sequifier.config.metadata import Metadata, write_metadata
@@ -88,3 +90,12 @@ def make_config(root, **overrides) -> TrainConfig:
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)
     return OmegaConf.to_object(cfg)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run faster on one thread, and do not fight parallel test runs for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,255 @@
+"""End-to-end runs of the training loop on tiny generated data (export skipped)."""
+
+import glob
+import math
+import os
+
+import pytest
+import torch
+
+from sequifier.errors import SequifierError
+from sequifier.train import run as run_module
+from sequifier.train.data import InRamBatches
+from sequifier.train.run import run_train
+from train_data import make_config, make_project, single_thread  # noqa: F401
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_project(tmp_path)
+
+
+def train(root, **overrides):
+    return run_train(make_config(root, **overrides), export=False)
+
+
+def log_text(result):
+    with open(result.log_path) as f:
+        return f.read()
+
+
+def checkpoints(root):
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "checkpoints", "*.pt")))
+
+
+def final_weights(result):
+    return torch.load(result.checkpoint_path, weights_only=True)["model"]
+
+
+def test_loss_decreases(root):
+    result = train(root, **{"training_spec.epochs": 4})
+    losses = [r.val_loss for r in result.history]
+    assert losses[-1] < losses[0] * 0.8
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best_val_loss == min(losses) and result.last_epoch == 4
+    assert result.best_epoch == 1 + losses.index(min(losses))
+
+
+def test_seed_gives_identical_runs_and_different_seeds_differ(tmp_path):
+    runs = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        root = make_project(tmp_path / name)
+        runs[name] = train(root, **{"training_spec.epochs": 1, "training_spec.seed": seed,
+                                    "training_spec.dropout": 0.1, "training_spec.enforce_determinism": True})
+    assert runs["a"].history[0].train_loss == runs["b"].history[0].train_loss  # bit-identical
+    assert runs["a"].history[0].val_loss == runs["b"].history[0].val_loss
+    wa, wb = final_weights(runs["a"]), final_weights(runs["b"])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert runs["a"].history[0].train_loss != runs["c"].history[0].train_loss
+
+
+def test_enforce_determinism_switches_deterministic_algorithms(root, monkeypatch):
+    seen = []
+    original = InRamBatches.__iter__
+
+    def spy(self):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self)
+
+    monkeypatch.setattr(InRamBatches, "__iter__", spy)
+    train(root, model_name="on", **{"training_spec.epochs": 1, "training_spec.enforce_determinism": True})
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
+    seen.clear()
+    train(root, model_name="off", **{"training_spec.epochs": 1})
+    assert seen and not any(seen)
+
+
+def test_dropout_learning_rate_and_batch_size_take_effect(tmp_path):
+    def one(name, **overrides):
+        return train(make_project(tmp_path / name), **{"training_spec.epochs": 1, **overrides})
+
+    base = one("base")
+    assert one("dropout", **{"training_spec.dropout": 0.5}).history[0].train_loss != base.history[0].train_loss
+    fast = one("lr", **{"training_spec.learning_rate": 0.05})
+    assert fast.history[0].learning_rate == 0.05 and fast.history[0].train_loss != base.history[0].train_loss
+    big = one("bs", **{"training_spec.batch_size": 80, "training_spec.log_interval": 1})
+    assert "batch 2/2" in log_text(big) and "batch 3/" not in log_text(big)
+
+
+def test_optimizer_and_scheduler_step_on(tmp_path):
+    def one(name, **overrides):
+        return train(make_project(tmp_path / name), **{"training_spec.epochs": 2, **overrides})
+
+    step = {"name": "StepLR", "step_size": 1, "gamma": 0.5}
+    by_epoch = one("e", **{"training_spec.scheduler": step})
+    assert [r.learning_rate for r in by_epoch.history] == [0.01, 0.005]
+    by_batch = one("b", **{"training_spec.scheduler": step, "training_spec.scheduler_step_on": "batch"})
+    assert by_batch.history[0].learning_rate == pytest.approx(0.01 * 0.5**10)  # 10 batches
+    ademamix = one("a", **{"training_spec.optimizer": {"name": "AdEMAMix", "alpha": 2.0, "alpha_warmup": 5}})
+    state = torch.load(ademamix.checkpoint_path, weights_only=True)["optimizer"]
+    assert "exp_avg_slow" in next(iter(state["state"].values()))
+    assert state["param_groups"][0]["alpha"] == 2.0
+    with pytest.raises(SequifierError, match="training_spec.optimizer.gamma"):
+        one("x", **{"training_spec.optimizer": {"name": "Adam", "gamma": 1}})
+
+
+def test_loss_weights_combine_targets(root):
+    result = train(root, **{"training_spec.epochs": 1, "training_spec.loss_weights": {"itemValue": 0.25}})
+    record = result.history[0]
+    assert record.val_loss == pytest.approx(record.val_losses["itemId"] + 0.25 * record.val_losses["itemValue"])
+
+
+def test_class_weights_change_training(tmp_path):
+    base = train(make_project(tmp_path / "a"), **{"training_spec.epochs": 1})
+    weighted = train(make_project(tmp_path / "b"), **{"training_spec.epochs": 1,
+                                                      "training_spec.class_weights": {"itemId": {105: 5.0}}})
+    assert weighted.history[0].val_losses["itemId"] != base.history[0].val_losses["itemId"]
+
+
+def test_early_stopping(tmp_path):
+    frozen = {"training_spec.learning_rate": 0.0, "training_spec.epochs": 8}
+    stopped = train(make_project(tmp_path / "a"), **frozen, **{"training_spec.early_stopping_epochs": 2})
+    assert stopped.last_epoch == 3 and stopped.best_epoch == 1
+    assert "early stopping" in log_text(stopped)
+    assert train(make_project(tmp_path / "b"), **frozen).last_epoch == 8
+
+
+def test_save_interval_and_final_checkpoint(root):
+    train(root, **{"training_spec.epochs": 5, "training_spec.save_interval_epochs": 2})
+    assert checkpoints(root) == ["tiny-epoch-0002.pt", "tiny-epoch-0004.pt", "tiny-epoch-0005.pt"]
+    assert not glob.glob(os.path.join(root, "checkpoints", ".tmp*"))
+
+
+def test_logs_file_and_tensorboard(root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(root, **{"training_spec.log_interval": 3, "training_spec.epochs": 2})
+    text = log_text(result)
+    assert os.path.basename(result.log_path).startswith("sequifier-tiny-")
+    for epoch in (1, 2):
+        for batch in (3, 6, 9):
+            assert f"epoch {epoch} batch {batch}/10: train loss" in text
+        assert f"epoch {epoch}/2: train loss" in text
+    assert "batch 10/10" not in text and "validation loss" in text and "itemValue" in text
+    assert "predicted class shares" not in text
+    runs = glob.glob(os.path.join(root, "logs", "tensorboard", "tiny", "*"))
+    assert len(runs) == 1
+    events = EventAccumulator(runs[0])
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "epoch/train_loss", "epoch/validation_loss", "epoch/learning_rate",
+            "epoch/validation_loss/itemId"} <= tags
+    assert len(events.Scalars("train/loss")) == 6
+
+
+def test_class_share_log_columns(root):
+    result = train(root, **{"training_spec.epochs": 1, "training_spec.class_share_log_columns": ["itemId"]})
+    line = next(l for l in log_text(result).splitlines() if "predicted class shares for itemId" in l)
+    shares = [float(part.split(": ")[1]) for part in line.split("(validation): ")[1].split(", ")]
+    assert math.isclose(sum(shares), 1.0, abs_tol=1e-3)
+    assert any(f"{100 + v}:" in line for v in range(10))  # original values, not ids
+    with pytest.raises(SequifierError, match="class_share_log_columns: 'itemValue'"):
+        train(root, model_name="x", **{"training_spec.class_share_log_columns": ["itemValue"]})
+
+
+def test_nan_loss_stops_without_saving_the_nan_state(root, monkeypatch):
+    original = InRamBatches.gather
+
+    def poisoned(self, index):
+        batch = original(self, index)
+        if self.shuffle and self.epoch == 2:
+            batch.inputs["itemValue"] = batch.inputs["itemValue"] * float("nan")
+        return batch
+
+    monkeypatch.setattr(InRamBatches, "gather", poisoned)
+    with pytest.raises(SequifierError, match=r"training loss at epoch 2, batch \d+ is nan.*tiny-epoch-0001"):
+        train(root, **{"training_spec.epochs": 3})
+    assert checkpoints(root) == ["tiny-epoch-0001.pt"]
+    state = torch.load(os.path.join(root, "checkpoints", "tiny-epoch-0001.pt"), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_compile_wraps_the_model(root, monkeypatch):
+    calls = []
+
+    def fake_compile(model, *args, **kwargs):
+        calls.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    train(root, model_name="eager", **{"training_spec.epochs": 1})
+    assert calls == []
+    train(root, model_name="compiled", **{"training_spec.epochs": 1, "training_spec.compile": True})
+    assert len(calls) == 1
+
+
+def test_layer_type_dtypes_and_autocast(root, monkeypatch):
+    from sequifier.model.transformer import SequifierModel
+
+    seen = []
+    original = SequifierModel.forward
+
+    def spy(self, inputs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return original(self, inputs)
+
+    monkeypatch.setattr(SequifierModel, "forward", spy)
+    bf16 = {"training_spec.epochs": 1, "training_spec.layer_type_dtypes": {"linear": "bfloat16"}}
+    result = train(root, model_name="amp", **bf16)
+    assert set(seen) == {torch.bfloat16}
+    weights = final_weights(result)
+    assert any(v.dtype == torch.bfloat16 for v in weights.values())
+    seen.clear()
+    train(root, model_name="noamp", **bf16, **{"training_spec.layer_autocast": False})
+    assert set(seen) == {False}
+    seen.clear()
+    train(root, model_name="fp32", **{"training_spec.epochs": 1})  # CPU fp32: no autocast
+    assert set(seen) == {False}
+
+
+def test_input_columns_subset_reaches_the_model(root):
+    result = train(root, input_columns=["itemId"], **{
+        "training_spec.epochs": 1, "model_spec.feature_embedding_dims": {"itemId": 16}})
+    keys = final_weights(result).keys()
+    assert any("itemId" in k for k in keys) and not any("embedding" in k and "itemValue" in k for k in keys)
+
+
+def test_bad_inputs_are_one_line_errors(root):
+    with pytest.raises(SequifierError, match="training_spec.device: cuda is not available"):
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+        train(root, **{"training_spec.device": "cuda"})
+    with pytest.raises(SequifierError, match="target_columns"):
+        train(root, target_columns=["nope"], target_column_types={"nope": "real"},
+              **{"training_spec.criterion": {"nope": "MSELoss"}})
+    assert checkpoints(root) == []
+
+
+def test_export_called_for_best_and_last(root, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("sequifier.export")
+
+    def export_models(model, layout, cfg, models_dir, tag, epoch, extra_metadata):
+        calls.append((tag, epoch, {k: v.clone() for k, v in model.state_dict().items()}))
+        return [os.path.join(models_dir, f"sequifier-{cfg.model_name}-{tag}-{epoch}.onnx")]
+
+    fake.export_models = export_models
+    monkeypatch.setitem(sys.modules, "sequifier.export", fake)
+    result = run_train(make_config(root, **{"training_spec.learning_rate": 0.0, "training_spec.epochs": 2}))
+    assert [(c[0], c[1]) for c in calls] == [("best", 1), ("last", 2)]
+    assert result.best_model_paths[0].endswith("tiny-best-1.onnx")
+    assert run_module.TrainResult  # the result type the CLI reads best_val_loss from
