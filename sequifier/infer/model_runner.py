@@ -31,7 +31,12 @@ class ModelInfo:
     target_column_types: dict[str, str]
     column_types: dict[str, str]
     seq_length: int
+    # dropout runs on every call (an ONNX export with dropout baked in)
     with_dropout: bool
+    # dropout can be switched on for Monte Carlo dropout (infer_with_dropout)
+    can_sample_dropout: bool
+    # output name of each target (or "embedding"), when the export records it
+    output_names: dict[str, str] | None = None
 
 
 def _decode(value: str):
@@ -59,6 +64,8 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
         )
     values = {k: _decode(props[k]) if isinstance(props[k], str) else props[k] for k in fields}
     dropout = props.get("with_dropout", False)
+    dropout = bool(_decode(dropout) if isinstance(dropout, str) else dropout)
+    names = props.get("output_names")
     info = ModelInfo(
         model_type=str(values["model_type"]),
         input_columns=list(values["input_columns"]),
@@ -66,7 +73,9 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
         target_column_types=dict(values["target_column_types"]),
         column_types=dict(values["column_types"]),
         seq_length=int(values["seq_length"]),
-        with_dropout=bool(_decode(dropout) if isinstance(dropout, str) else dropout),
+        with_dropout=dropout,
+        can_sample_dropout=dropout,
+        output_names=dict(_decode(names)) if isinstance(names, str) else names,
     )
     if info.model_type not in MODEL_TYPES:
         raise SequifierError(
@@ -85,7 +94,7 @@ def _usable_cores() -> int:
 class OnnxRunner:
     """An ONNX export run with onnxruntime."""
 
-    def __init__(self, path: str, device: str):
+    def __init__(self, path: str, device: str, seed: int):
         import onnxruntime as ort
 
         providers = _onnx_providers(device, ort.get_available_providers(), path)
@@ -96,6 +105,9 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # random ops (dropout masks of an export with dropout) seed from this when the
+        # session is created; without it every session replays the same default stream
+        ort.set_seed(int(seed))
         try:
             self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises assorted types for bad files
@@ -118,7 +130,7 @@ class OnnxRunner:
         wanted = (
             [EMBEDDING_OUTPUT] if self.info.model_type == "embedding" else self.info.target_columns
         )
-        self._output_names = _match_outputs(wanted, outputs, path)
+        self._output_names = _match_outputs(wanted, outputs, self.info.output_names, path)
         self._keys = wanted
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -126,13 +138,13 @@ class OnnxRunner:
         return dict(zip(self._keys, results))
 
 
-def _match_outputs(wanted: list[str], outputs: list[str], path: str) -> list[str]:
-    """Graph output for each wanted name: by name, else by position.
-
-    An ONNX graph cannot give an output the name of an input, so a target that is also
-    an input cannot have an output named exactly after it; the export then keeps the
-    outputs in target order, which is what the positional match relies on.
-    """
+def _match_outputs(wanted: list[str], outputs: list[str], recorded: dict[str, str] | None,
+                   path: str) -> list[str]:
+    """Graph output for each wanted name: as recorded in the metadata, else by name, else
+    by position (an output cannot be named like an input in ONNX, so exports rename them
+    and keep target order)."""
+    if recorded and all(recorded.get(w) in outputs for w in wanted):
+        return [recorded[w] for w in wanted]
     if set(wanted) <= set(outputs):
         return list(wanted)
     if len(outputs) == len(wanted):
@@ -161,15 +173,17 @@ def _onnx_providers(device: str, available: list[str], path: str) -> list:
     )
 
 
-def load_runner(path: str, device: str, training_config_path: str, infer_with_dropout: bool):
+def load_runner(path: str, device: str, training_config_path: str, model_type: str,
+                metadata, infer_with_dropout: bool, seed: int):
     """Open `path` with the runner its extension calls for."""
     if not os.path.isfile(path):
         raise SequifierError(f"model_path: file '{path}' not found; check the path or run train")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
-        return OnnxRunner(path, device)
+        return OnnxRunner(path, device, seed)
     if ext == ".pt":
         from sequifier.infer.torch_runner import TorchRunner
 
-        return TorchRunner(path, device, training_config_path, infer_with_dropout)
+        return TorchRunner(path, device, training_config_path, model_type, metadata,
+                           infer_with_dropout)
     raise SequifierError(f"model_path: '{path}' is neither an .onnx nor a .pt export")

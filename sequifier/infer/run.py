@@ -113,7 +113,7 @@ def _check_distinct_names(jobs: list[ModelJob]) -> None:
 def _open_model(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
     runner = load_runner(
         path, cfg.device, _resolve(cfg.project_root, cfg.training_config_path),
-        cfg.infer_with_dropout,
+        cfg.model_type, metadata, cfg.infer_with_dropout, cfg.seed,
     )
     info = runner.info
     _check_config_matches_model(cfg, info, path)
@@ -149,7 +149,7 @@ def _check_config_matches_model(cfg: InferConfig, info: ModelInfo, path: str) ->
         raise _mismatch(
             "target_column_types", dict(cfg.target_column_types), info.target_column_types, path
         )
-    if cfg.infer_with_dropout and not info.with_dropout:
+    if cfg.infer_with_dropout and not info.can_sample_dropout:
         raise SequifierError(
             f"infer_with_dropout: the model '{os.path.basename(path)}' was exported without "
             "dropout; re-train/export with export_with_dropout: true (and dropout > 0), or "

@@ -1,0 +1,149 @@
+"""Running a `.pt` model with PyTorch, with the same inputs and outputs as the ONNX runner.
+
+A `.pt` export from `sequifier train` carries its architecture and columns. A `.pt` that
+holds weights only (a bare state dict, or a training checkpoint's "model" entry) gets
+them from the training config (`training_config_path`) and the metadata instead.
+"""
+
+import os
+from types import SimpleNamespace
+
+from sequifier.config.metadata import Metadata
+from sequifier.errors import SequifierError
+from sequifier.infer.model_runner import EMBEDDING_OUTPUT, ModelInfo
+
+
+def torch_device(device: str):
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SequifierError(f"device: '{device}' asked for, but torch sees no CUDA device; use cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SequifierError(f"device: '{device}' asked for, but MPS is not available here; use cpu")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise SequifierError(f"device: '{device}' is not one of cpu, cuda, mps")
+    return torch.device(device)
+
+
+class TorchRunner:
+    def __init__(self, path: str, device: str, training_config_path: str, model_type: str,
+                 metadata: Metadata, infer_with_dropout: bool):
+        from sequifier.export import make_head, set_dropout_active
+
+        self.device = torch_device(device)
+        model, info = _load(path, training_config_path, model_type, metadata)
+        self.info = info
+        head = make_head(model, info.model_type)
+        # MC dropout: eval mode (no batch-norm-like state here) with dropout layers sampling
+        set_dropout_active(head, infer_with_dropout and info.can_sample_dropout)
+        self.head = head.to(self.device)
+        self._keys = (
+            [EMBEDDING_OUTPUT] if info.model_type == "embedding" else list(info.target_columns)
+        )
+
+    def run(self, inputs: dict) -> dict:
+        import torch
+
+        tensors = [torch.from_numpy(inputs[c]).to(self.device) for c in self.info.input_columns]
+        with torch.inference_mode():
+            outputs = self.head(*tensors)
+        return {k: o.float().cpu().numpy() for k, o in zip(self._keys, outputs)}
+
+
+def _read_payload(path: str):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many types for foreign files
+        raise SequifierError(
+            f"model_path: '{path}' could not be read as a .pt model ({type(e).__name__}); "
+            "point it at a file written by `sequifier train`"
+        ) from None
+
+
+def _load(path: str, training_config_path: str, model_type: str, metadata: Metadata):
+    payload = _read_payload(path)
+    if isinstance(payload, dict) and "layout" in payload and "model_spec" in payload:
+        from sequifier.export import load_pt_model
+
+        model, layout, raw = load_pt_model(path)
+        kind = raw["model_type"]
+        dropout = float(raw.get("dropout", 0.0))
+    else:
+        state_dict = _weights(payload, path)
+        model, layout, dropout = _model_from_training_config(
+            training_config_path, metadata, path, state_dict
+        )
+        kind = model_type  # a bare state dict has no head of its own: use the config's
+    info = ModelInfo(
+        model_type=kind,
+        input_columns=list(layout.input_columns),
+        target_columns=list(layout.target_columns),
+        target_column_types=dict(layout.target_column_types),
+        column_types=dict(layout.column_types),
+        seq_length=int(layout.seq_length),
+        # the weights run deterministically unless infer_with_dropout switches it on
+        with_dropout=False,
+        can_sample_dropout=dropout > 0,
+    )
+    return model, info
+
+
+def _weights(payload, path: str) -> dict:
+    import torch
+
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                return payload[key]
+        if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            return payload
+    raise SequifierError(
+        f"model_path: '{path}' is not a sequifier .pt model (no weights found); point it "
+        "at a .pt export or checkpoint written by `sequifier train`"
+    )
+
+
+def _model_from_training_config(config_path: str, metadata: Metadata, path: str, state_dict):
+    from omegaconf import OmegaConf
+
+    from sequifier.config.compose import load_user_config
+    from sequifier.config.schema import ModelSpec
+    from sequifier.model.transformer import ColumnLayout, SequifierModel
+
+    if not os.path.isfile(config_path):
+        raise SequifierError(
+            f"training_config_path: '{config_path}' not found; the .pt file '{path}' holds "
+            "weights only, so the training config must give its architecture and columns"
+        )
+    node = load_user_config("train", config_path)
+    try:
+        spec = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(ModelSpec), node.get("model_spec") or {})
+        )
+        columns = SimpleNamespace(
+            input_columns=node.get("input_columns"),
+            target_columns=list(node["target_columns"]),
+            target_column_types=dict(node["target_column_types"]),
+            seq_length=int(node["seq_length"]),
+        )
+    except Exception as e:  # noqa: BLE001 - missing keys / wrong types in the YAML
+        raise SequifierError(
+            f"training_config_path: '{config_path}' does not give the model's architecture "
+            f"and columns ({' '.join(str(e).split())[:200]})"
+        ) from None
+    layout = ColumnLayout.from_config(columns, metadata)
+    dropout = float((node.get("training_spec") or {}).get("dropout", 0.0))
+    model = SequifierModel(spec, layout, dropout=dropout)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise SequifierError(
+            f"training_config_path: the weights in '{path}' do not fit the architecture in "
+            f"'{config_path}' ({str(e).splitlines()[0][:200]}); use the config they were "
+            "trained with"
+        ) from None
+    return model.float().eval(), layout, dropout
+
