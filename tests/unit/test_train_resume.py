@@ -1,0 +1,77 @@
+"""continue_training / overwrite: resuming is exact, existing outputs are never replaced unasked."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+from sequifier.errors import SequifierError
+from sequifier.train.run import run_train
+from train_data import make_config, make_project, single_thread  # noqa: F401
+
+# dropout consumes the torch RNG and StepLR carries state, so both must be restored
+RESUMABLE = {"training_spec.dropout": 0.2, "training_spec.enforce_determinism": True,
+             "training_spec.scheduler": {"name": "StepLR", "step_size": 1, "gamma": 0.7},
+             "training_spec.optimizer": {"name": "AdEMAMix", "alpha_warmup": 10, "beta3_warmup": 10}}
+
+
+def train(root, **overrides):
+    return run_train(make_config(root, **{**RESUMABLE, **overrides}), export=False)
+
+
+def names(root, folder="checkpoints"):
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, folder, "*")))
+
+
+def test_two_plus_two_epochs_equal_four(tmp_path):
+    straight = train(make_project(tmp_path / "a"), **{"training_spec.epochs": 4})
+    root = make_project(tmp_path / "b")
+    first = train(root, **{"training_spec.epochs": 2})
+    resumed = train(root, **{"training_spec.epochs": 4})
+    assert first.resumed_from is None and resumed.resumed_from.endswith("tiny-epoch-0002.pt")
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in straight.history]
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in straight.history]
+    a = torch.load(straight.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["state"]["best_model"][k], b["state"]["best_model"][k]) for k in a["model"])
+    assert (resumed.best_epoch, resumed.best_val_loss) == (straight.best_epoch, straight.best_val_loss)
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    root = make_project(tmp_path)
+    done = train(root, **{"training_spec.epochs": 2})
+    again = train(root, **{"training_spec.epochs": 2})
+    assert again.last_epoch == 2 and again.history == done.history
+    assert names(root) == ["tiny-epoch-0001.pt", "tiny-epoch-0002.pt"]
+
+
+def test_existing_outputs_need_overwrite(tmp_path):
+    root = make_project(tmp_path)
+    train(root, **{"training_spec.epochs": 2})
+    before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(root, "checkpoints", "*"))}
+    with pytest.raises(SequifierError, match=r"model_name 'tiny': outputs of an earlier run exist.*overwrite: true"):
+        train(root, **{"training_spec.continue_training": False, "training_spec.epochs": 1})
+    assert {p: os.path.getmtime(p) for p in before} == before
+    fresh = train(root, overwrite=True, **{"training_spec.continue_training": False, "training_spec.epochs": 1})
+    assert fresh.resumed_from is None and names(root) == ["tiny-epoch-0001.pt"]
+    # another model_name is independent
+    assert train(root, model_name="other", **{"training_spec.continue_training": False,
+                                              "training_spec.epochs": 1}).resumed_from is None
+
+
+def test_exported_models_without_checkpoints_are_protected(tmp_path):
+    root = make_project(tmp_path)
+    os.makedirs(os.path.join(root, "models"))
+    with open(os.path.join(root, "models", "sequifier-tiny-best-3.onnx"), "w") as f:
+        f.write("x")
+    with pytest.raises(SequifierError, match="sequifier-tiny-best-3.onnx"):
+        train(root, **{"training_spec.epochs": 1})
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    root = make_project(tmp_path)
+    train(root, **{"training_spec.epochs": 1})
+    with pytest.raises(SequifierError, match="does not fit this model_spec"):
+        train(root, **{"training_spec.epochs": 2, "model_spec.dim_feedforward": 64})
