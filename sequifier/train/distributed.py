@@ -18,6 +18,7 @@ back to `gloo` and says so in the log; any other backend name is an error.
 
 import logging
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -69,15 +70,16 @@ def launched_by_torchrun() -> bool:
 
 # ---- checks ----------------------------------------------------------------------------
 
-def choose_backend(backend: str, device: str) -> str:
+def choose_backend(backend: str, device: str, announce: bool = False) -> str:
     """The process-group backend for `device`: nccl on a non-CUDA device becomes gloo."""
     if backend not in BACKENDS:
         raise SequifierError(
             f"training_spec.backend: '{backend}' is not supported; choose one of "
             f"{', '.join(BACKENDS)} (nccl for CUDA GPUs, gloo for CPUs)")
     if backend == "nccl" and not device.startswith("cuda"):
-        log.warning("training_spec.backend: nccl needs CUDA devices; using gloo on device '%s'",
-                    device)
+        if announce:
+            log.warning("training_spec.backend: nccl needs CUDA devices; using gloo on device "
+                        "'%s'", device)
         return "gloo"
     if backend == "nccl" and not torch.distributed.is_nccl_available():
         raise SequifierError("training_spec.backend: nccl is not available in this torch build; "
@@ -147,7 +149,9 @@ def _spawned_rank(rank: int, fn: Callable, args: tuple, world_size: int, backend
         _join_group(DistContext(rank, world_size, rank, backend))
         result = fn(*args)
         if rank == 0:
-            results.put(("ok", result))
+            # Plain pickle: tensors travel by value, not as shared-memory handles that die
+            # with this process before the parent reads them.
+            results.put(("ok", pickle.dumps(result)))
     except SequifierError as e:
         results.put(("error", str(e)))
         raise
@@ -169,7 +173,7 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
     its error is raised here, a SequifierError with its one-line message.
     """
     check_supported(spec)
-    backend = choose_backend(spec.backend, spec.device)
+    backend = choose_backend(spec.backend, spec.device, announce=True)
     if launched_by_torchrun():
         ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                           int(os.environ["LOCAL_RANK"]), backend)
@@ -196,7 +200,7 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
         raise RuntimeError(f"a distributed training process failed:\n{e}") from None
     if results.empty():
         raise RuntimeError("distributed training ended without a result from rank 0")
-    return results.get()[1]
+    return pickle.loads(results.get()[1])
 
 
 # ---- what the loop calls ---------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""DDP set-up: backend choice, torchrun join, spawned gloo ranks on CPU, rank-0-only output."""
+
+import glob
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from train_data import make_config, make_project  # noqa: E402
+
+from sequifier.config.schema import TrainingSpec  # noqa: E402
+from sequifier.data.lazy import LazyWindowLoader  # noqa: E402
+from sequifier.errors import SequifierError  # noqa: E402
+from sequifier.train import distributed  # noqa: E402
+from sequifier.train.run import run_train  # noqa: E402
+
+
+def spec(**kw) -> TrainingSpec:
+    base = dict(device="cpu", epochs=1, batch_size=4, learning_rate=0.1, criterion={},
+                save_interval_epochs=1, distributed=True, world_size=2, backend="gloo")
+    base.update(kw)
+    return TrainingSpec(**base)
+
+
+# ---- checks without processes ----------------------------------------------------------
+
+def test_nccl_on_cpu_falls_back_to_gloo_with_a_log_line(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert distributed.choose_backend("nccl", "cpu", announce=True) == "gloo"
+    assert "using gloo" in caplog.text
+    assert distributed.choose_backend("gloo", "cpu") == "gloo"
+
+
+def test_unknown_backend_and_bad_world_size_are_user_errors():
+    with pytest.raises(SequifierError, match="training_spec.backend: 'mpi'"):
+        distributed.check_supported(spec(backend="mpi"))
+    with pytest.raises(SequifierError, match="world_size must be >= 1"):
+        distributed.check_supported(spec(world_size=0))
+    if not torch.cuda.is_available():
+        with pytest.raises(SequifierError, match="CUDA devices"):
+            distributed.check_supported(spec(device="cuda", backend="gloo"))
+    distributed.check_supported(spec(distributed=False, backend="mpi"))  # not used: no error
+
+
+def test_single_process_helpers_are_identity():
+    assert distributed.is_main_process()
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap_model(model, spec()) is model
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.sum_across_ranks(t) is t and distributed.mean_across_ranks(t) is t
+    assert distributed.rank_device("cuda") == "cuda"
+
+
+def test_torchrun_ranks_other_than_0_write_no_hydra_files(monkeypatch):
+    assert distributed.hydra_overrides_for_rank() == []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert "hydra.output_subdir=null" in distributed.hydra_overrides_for_rank()
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.hydra_overrides_for_rank() == []
+
+
+def _report_context(value):
+    ctx = distributed.context()
+    t = distributed.sum_across_ranks(torch.tensor([float(value)]))
+    return ctx.rank, ctx.world_size, ctx.backend, float(t[0])
+
+
+def test_under_torchrun_the_process_joins_the_group(monkeypatch):
+    # torchrun's environment for a group of one: this process is rank 0 and joins it.
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(distributed._free_port())).items():
+        monkeypatch.setenv(k, v)
+    result = distributed.launch(_report_context, (3,), spec(world_size=4, backend="nccl"))
+    assert result == (0, 1, "gloo", 3.0)  # torchrun's world size wins; nccl -> gloo on cpu
+    assert not distributed.context().enabled and not torch.distributed.is_initialized()
+
+
+# ---- spawned gloo ranks ----------------------------------------------------------------
+
+def _ddp_steps(folder, batch_size, lr):
+    """Train a linear model on this rank's shard group; rank 0 returns the weights."""
+    ctx = distributed.context()
+    loader = LazyWindowLoader(folder, ["itemValue"], batch_size, seed=3,
+                              rank=ctx.rank, world_size=ctx.world_size)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    ddp = distributed.wrap_model(model, None)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loader.set_epoch(0)
+    for batch in loader:
+        x = batch["columns"]["itemValue"]
+        loss = ((ddp(x[:, :-1]).squeeze(1) - x[:, -1]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()], len(loader)
+
+
+def test_ddp_update_equals_single_process_on_the_global_batch(tmp_path):
+    root = make_project(tmp_path, n_train=128, n_val=16, write_format="pt")
+    folder = os.path.join(root, "data/tiny-split0")
+    params, steps = distributed.launch(_ddp_steps, (folder, 8, 0.05), spec())
+    # The same steps in one process: global batch k = rank 0's batch k + rank 1's batch k.
+    loaders = [LazyWindowLoader(folder, ["itemValue"], 8, seed=3, rank=r, world_size=2)
+               for r in range(2)]
+    for lo in loaders:
+        lo.set_epoch(0)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    n = 0
+    for b0, b1 in zip(*loaders):
+        losses = [((model(b["columns"]["itemValue"][:, :-1]).squeeze(1)
+                    - b["columns"]["itemValue"][:, -1]) ** 2).mean() for b in (b0, b1)]
+        opt.zero_grad()
+        ((losses[0] + losses[1]) / 2).backward()  # DDP averages the ranks' gradients
+        opt.step()
+        n += 1
+    assert n == steps == 8
+    for got, want in zip(params, model.parameters()):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_two_gloo_ranks_train_like_one_process_over_the_same_global_batch(tmp_path):
+    root = make_project(tmp_path, n_train=256, n_val=64, write_format="pt")
+    common = {"read_format": "pt", "training_spec.epochs": 2}
+    ddp = run_train(make_config(root, model_name="ddp", **common,
+                                **{"training_spec.distributed": True,
+                                   "training_spec.world_size": 2,
+                                   "training_spec.batch_size": 16}))
+    single = run_train(make_config(root, model_name="single", **common,
+                                   **{"training_spec.batch_size": 32}), export=False)
+    ddp_curve = np.array([[h.train_loss, h.val_loss] for h in ddp.history])
+    single_curve = np.array([[h.train_loss, h.val_loss] for h in single.history])
+    assert ddp_curve.shape == (2, 2)
+    # Same model init, same global batch size; only the order of windows differs.
+    np.testing.assert_allclose(ddp_curve, single_curve, rtol=0.08)
+    assert ddp_curve[-1, 1] < ddp_curve[0, 1]
+    # rank 0 alone wrote checkpoints, logs and exports (one set, no per-rank copies)
+    assert len(glob.glob(os.path.join(root, "checkpoints", "ddp-*"))) == 2
+    assert len(glob.glob(os.path.join(root, "logs", "sequifier-ddp-*.txt"))) == 1
+    assert ddp.best_model_paths and all(os.path.isfile(p) for p in ddp.best_model_paths)
+
+
+def test_an_error_in_a_rank_reaches_the_caller_as_one_line(tmp_path):
+    root = make_project(tmp_path, n_train=64, n_val=16, write_format="parquet")
+    cfg = make_config(root, read_format="parquet",
+                      **{"training_spec.distributed": True, "training_spec.world_size": 2})
+    with pytest.raises(SequifierError, match="needs read_format: pt"):
+        run_train(cfg, export=False)
