@@ -5,6 +5,7 @@ optimizer, scheduler, logging), resumes from the latest checkpoint when asked, t
 and exports the best and the last model.
 """
 
+import dataclasses
 import glob
 import os
 import re
@@ -191,21 +192,36 @@ def _class_share_columns(cfg: TrainConfig, metadata: Metadata) -> Dict[str, Dict
 
 def _export(cfg, model, layout, state: TrainState, models_dir: str, result: TrainResult,
             logger: TrainLogger) -> None:
+    """Export the best and the last state via sequifier.export (tags "best" / "last").
+
+    A resumed run continues an earlier one, so it replaces that run's exports of this
+    model_name (same files overwritten, files of other epochs removed afterwards).
+    """
     from sequifier.export import export_models
 
+    resumed = result.resumed_from is not None
+    export_cfg = dataclasses.replace(cfg, overwrite=True) if resumed else cfg
+    previous = {os.path.abspath(p) for p in _model_files(models_dir, cfg.model_name)} if resumed else set()
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
     model.eval()
-    for tag, epoch, weights in (("best", state.best_epoch, state.best_model),
-                                ("last", state.epoch, last_state)):
-        if weights is None:
-            continue
-        model.load_state_dict(weights)
-        extra = {"epoch": epoch, "best_val_loss": state.best_val_loss}
-        paths = export_models(model, layout, cfg, models_dir, tag, epoch, extra) or []
-        paths = list(paths.values()) if isinstance(paths, dict) else list(paths)
-        if tag == "best":
-            result.best_model_paths = paths
-        else:
-            result.last_model_paths = paths
-        logger.info(f"exported {tag} model (epoch {epoch}): {', '.join(map(str, paths))}")
-    model.load_state_dict(last_state)
+    written = []
+    try:
+        for tag, epoch, weights in (("best", state.best_epoch, state.best_model),
+                                    ("last", state.epoch, last_state)):
+            if weights is None:
+                continue
+            model.load_state_dict(weights)
+            extra = {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch}
+            paths = [str(p) for p in export_models(model, layout, export_cfg, models_dir, tag, epoch, extra)]
+            written += paths
+            if tag == "best":
+                result.best_model_paths = paths
+            else:
+                result.last_model_paths = paths
+            logger.info(f"exported {tag} model (epoch {epoch}): {', '.join(paths)}")
+    finally:
+        model.load_state_dict(last_state)
+        model.train(was_training)
+    for stale in previous - {os.path.abspath(p) for p in written}:
+        os.remove(stale)

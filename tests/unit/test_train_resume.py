@@ -75,3 +75,14 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     train(root, **{"training_spec.epochs": 1})
     with pytest.raises(SequifierError, match="does not fit this model_spec"):
         train(root, **{"training_spec.epochs": 2, "model_spec.dim_feedforward": 64})
+
+
+def test_real_export_and_resumed_export_replaces_earlier_files(tmp_path):
+    root = make_project(tmp_path)
+    cfg = {"export_onnx": False, "export_pt": True, "training_spec.epochs": 1}
+    first = run_train(make_config(root, **cfg))
+    assert names(root, "models") == ["sequifier-tiny-best-1.pt", "sequifier-tiny-last-1.pt"]
+    assert first.best_model_paths[0].endswith("sequifier-tiny-best-1.pt")
+    resumed = run_train(make_config(root, **{**cfg, "training_spec.epochs": 2}))
+    assert resumed.resumed_from is not None
+    assert names(root, "models") == [f"sequifier-tiny-best-{resumed.best_epoch}.pt", "sequifier-tiny-last-2.pt"]
