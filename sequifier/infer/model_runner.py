@@ -133,6 +133,9 @@ class OnnxRunner:
         self._output_names = _match_outputs(wanted, outputs, self.info.output_names, path)
         self._keys = wanted
 
+    def reseed(self, seed: int) -> None:
+        """Nothing to do: random ops were seeded when the session was created."""
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self._output_names, inputs)
         return dict(zip(self._keys, results))

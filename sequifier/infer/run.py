@@ -269,17 +269,11 @@ def _model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows) -> dict
 
 def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows):
     """Run one model over all windows; return {output path: {column: 1-d array}}."""
-    _seed(cfg.seed)
+    job.runner.reseed(cfg.seed)
     inputs = _model_inputs(metadata, job.info, windows)
     if job.info.model_type == "embedding":
         return _infer_embeddings(cfg, job, windows, inputs)
     return _infer_generative(cfg, metadata, job, windows, inputs)
-
-
-def _seed(seed: int) -> None:
-    import torch  # seeds dropout of .pt models; sampling uses its own numpy generator
-
-    torch.manual_seed(seed)
 
 
 def _batches(n: int, batch_size: int):

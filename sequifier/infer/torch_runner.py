@@ -42,6 +42,12 @@ class TorchRunner:
             [EMBEDDING_OUTPUT] if info.model_type == "embedding" else list(info.target_columns)
         )
 
+    def reseed(self, seed: int) -> None:
+        """Dropout masks (infer_with_dropout) follow torch's global generator."""
+        import torch
+
+        torch.manual_seed(seed)
+
     def run(self, inputs: dict) -> dict:
         import torch
 
