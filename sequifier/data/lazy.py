@@ -30,6 +30,7 @@ but never fewer than the piece in use and the one a batch straddles into; DataLo
 prefetching adds `2 * num_workers` batches.
 """
 
+import copy
 import logging
 import os
 from collections import OrderedDict
@@ -334,8 +335,12 @@ class LazyWindowLoader:
         if self._dataloader is None:
             import torch
 
+            # The dataset gets a copy without the DataLoader: no reference cycle, so the
+            # worker processes stop as soon as this loader is dropped.
+            plan_only = copy.copy(self)
+            plan_only._dataloader = None
             self._dataloader = torch.utils.data.DataLoader(
-                _shard_dataset_class()(self), batch_size=None, num_workers=self.num_workers,
+                _shard_dataset_class()(plan_only), batch_size=None, num_workers=self.num_workers,
                 persistent_workers=True)
         return iter(self._dataloader)
 

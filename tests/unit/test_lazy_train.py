@@ -1,0 +1,65 @@
+"""Training with lazy shard loading (load_full_data_to_ram: false) through run_train."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from train_data import make_config, make_project  # noqa: E402
+
+from sequifier.config.metadata import read_metadata  # noqa: E402
+from sequifier.errors import SequifierError  # noqa: E402
+from sequifier.train.data import InRamBatches, make_batch_sources  # noqa: E402
+from sequifier.train.run import run_train  # noqa: E402
+from sequifier.train.shard_batches import ShardBatches  # noqa: E402
+
+LAZY = {"read_format": "pt", "training_spec.load_full_data_to_ram": False,
+        "training_spec.max_ram_gb": 1e-5}  # ~10 kB: below one 64-window shard
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("lazy"), n_train=200, n_val=48, write_format="pt")
+
+
+def sources(project, **overrides):
+    cfg = make_config(project, **overrides)
+    metadata = read_metadata(os.path.join(project, cfg.metadata_config_path))
+    return make_batch_sources(cfg, metadata, ["itemId", "itemValue"], "cpu")
+
+
+def test_lazy_flag_picks_the_shard_source_and_batches_match_in_ram(project):
+    lazy_train, lazy_val = sources(project, **LAZY)
+    ram_train, ram_val = sources(project, read_format="pt")
+    assert isinstance(lazy_train, ShardBatches) and isinstance(ram_train, InRamBatches)
+    assert lazy_train.n_samples == ram_train.n_samples == 200
+    # validation is not shuffled and holds the same windows in the same order
+    lazy = list(lazy_val)
+    ram = list(ram_val)
+    assert len(lazy) == len(ram)
+    for a, b in zip(lazy, ram):
+        for c in ("itemId", "itemValue"):
+            np.testing.assert_array_equal(a.inputs[c].numpy(), b.inputs[c].numpy())
+            np.testing.assert_array_equal(a.targets[c].numpy(), b.targets[c].numpy())
+        np.testing.assert_array_equal(a.target_mask.numpy(), b.target_mask.numpy())
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_training_from_lazy_shards(project, num_workers):
+    result = run_train(make_config(project, model_name=f"lazy{num_workers}", **LAZY,
+                                   **{"training_spec.num_workers": num_workers}), export=False)
+    losses = [h.val_loss for h in result.history]
+    assert len(losses) == 2 and np.isfinite(losses).all() and losses[1] < losses[0]
+
+
+def test_lazy_needs_pt_shards(tmp_path):
+    root = make_project(tmp_path, n_train=32, n_val=16, write_format="parquet")
+    with pytest.raises(SequifierError, match="needs read_format: pt"):
+        sources(root, **{"training_spec.load_full_data_to_ram": False})
+
+
+def test_lazy_checks_seq_length_and_ids(project):
+    with pytest.raises(SequifierError, match="seq_length"):
+        sources(project, **LAZY, seq_length=5)
