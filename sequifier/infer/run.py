@@ -70,6 +70,11 @@ def run_infer(cfg: InferConfig) -> list[str]:
     if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
         raise SequifierError("autoregression_extra_steps must be 0 or more")
     metadata = read_metadata(_resolve(root, cfg.metadata_config_path))
+    if cfg.data_path is None and metadata.write_format != cfg.read_format:
+        raise SequifierError(
+            f"read_format: the metadata's splits are written as {metadata.write_format} but "
+            f"read_format is '{cfg.read_format}'; set read_format: {metadata.write_format}"
+        )
     data_path = _resolve(root, cfg.data_path or _last_split(metadata))
 
     jobs = [_open_model(cfg, metadata, _resolve(root, p)) for p in _as_list(cfg.model_path)]

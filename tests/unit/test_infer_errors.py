@@ -214,3 +214,8 @@ def test_metadata_without_splits_needs_data_path(project):
     fails(infer_config(project, "models/gen.onnx"), "data_path: not set")
 
 
+
+
+def test_read_format_must_match_default_split(project):
+    fails(infer_config(project, "models/gen.onnx", read_format="csv"),
+          "read_format: the metadata's splits are written as parquet")
