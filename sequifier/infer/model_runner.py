@@ -37,6 +37,8 @@ class ModelInfo:
     can_sample_dropout: bool
     # output name of each target (or "embedding"), when the export records it
     output_names: dict[str, str] | None = None
+    # categorical column -> number of classes, where the export shows it
+    n_classes: dict[str, int] | None = None
 
 
 def _decode(value: str):
@@ -132,6 +134,13 @@ class OnnxRunner:
         )
         self._output_names = _match_outputs(wanted, outputs, self.info.output_names, path)
         self._keys = wanted
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        self.info.n_classes = {
+            key: shapes[name][1]
+            for key, name in zip(wanted, self._output_names)
+            if self.info.target_column_types.get(key) == "categorical"
+            and len(shapes[name]) == 2 and isinstance(shapes[name][1], int)
+        }
 
     def reseed(self, seed: int) -> None:
         """Nothing to do: random ops were seeded when the session was created."""

@@ -188,6 +188,9 @@ def _check_config_matches_model(cfg: InferConfig, info: ModelInfo, path: str) ->
 
 
 def _check_metadata_matches_model(metadata: Metadata, info: ModelInfo, path: str) -> None:
+    for column, n_classes in (info.n_classes or {}).items():
+        if column in metadata.n_classes:
+            _check_n_classes(metadata, column, n_classes, path)
     for column in info.input_columns + info.target_columns:
         model_type = info.column_types.get(column, info.target_column_types.get(column))
         data_type = metadata.column_types.get(column)
@@ -302,14 +305,44 @@ def _infer_embeddings(cfg: InferConfig, job: ModelJob, windows: Windows, inputs)
 
 
 def _infer_generative(cfg, metadata: Metadata, job: ModelJob, windows: Windows, inputs):
+    steps = 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
+    predictions, probabilities = _predict(cfg, metadata, job, inputs, len(windows), steps)
+    info, root, fmt = job.info, cfg.project_root, cfg.write_format
+    positions = windows.item_position[:, info.seq_length][:, None] + np.arange(steps)
+    keys = {"sequenceId": np.repeat(windows.sequence_id, steps),
+            "itemPosition": positions.reshape(-1)}
+    table = dict(keys)
+    for column in info.target_columns:
+        values = predictions[column].reshape(-1)
+        if info.target_column_types[column] == "real":
+            values = destandardise(values, metadata.selected_columns_statistics[column])
+        elif cfg.map_to_id:
+            values = _decoder(metadata, column).decode(values)
+        table[column] = values
+    tables = {outputs.prediction_path(root, job.name, fmt): table}
+    for column, probs in probabilities.items():
+        n_classes = probs.shape[2]
+        names = (_decoder(metadata, column).class_names()[:n_classes] if cfg.map_to_id
+                 else [str(i) for i in range(n_classes)])
+        probs = probs.reshape(-1, n_classes)
+        tables[outputs.probability_path(root, job.name, column, fmt)] = {
+            **keys, **{name: probs[:, j] for j, name in enumerate(names)}
+        }
+    return tables
+
+
+def _predict(cfg, metadata: Metadata, job: ModelJob, inputs, n: int, steps: int):
+    """Run the model over all windows, `steps` times each for autoregression.
+
+    Returns ({target: [n, steps] ids or standardised values},
+             {categorical target: [n, steps, n_classes] probabilities} if asked for).
+    """
     info = job.info
-    n, steps = len(windows), 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
-    categorical = [c for c in info.target_columns if info.target_column_types[c] == "categorical"]
+    categorical = {c for c in info.target_columns if info.target_column_types[c] == "categorical"}
     sampled = set(cfg.sample_from_distribution_columns or [])
     rng = np.random.default_rng(cfg.seed)
-
-    predictions = {c: None for c in info.target_columns}  # [n, steps] each
-    probabilities: dict[str, np.ndarray | None] = {}
+    predictions: dict[str, np.ndarray] = {}
+    probabilities: dict[str, np.ndarray] = {}
     for start, end in _batches(n, cfg.inference_batch_size):
         batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
         for step in range(steps):
@@ -318,46 +351,23 @@ def _infer_generative(cfg, metadata: Metadata, job: ModelJob, windows: Windows, 
             for column in info.target_columns:
                 out = raw[column]
                 if column in categorical:
-                    _check_n_classes(metadata, column, out, job.path)
+                    _check_n_classes(metadata, column, out.shape[1], job.path)
                     chosen[column] = choose_ids(out, rng if column in sampled else None)
                     if cfg.output_probabilities:
-                        probs = _buffer(probabilities, column, (n, steps, out.shape[1]), np.float32)
-                        probs[start:end, step] = softmax(out)
+                        shape = (n, steps, out.shape[1])
+                        _buffer(probabilities, column, shape, np.float32)[start:end, step] = (
+                            softmax(out)
+                        )
                 else:
                     chosen[column] = np.asarray(out, dtype=np.float32).reshape(-1)
-                _buffer(predictions, column, (n, steps), chosen[column].dtype)[start:end, step] = (
-                    chosen[column]
-                )
-            if step + 1 < steps:
+                buffer = _buffer(predictions, column, (n, steps), chosen[column].dtype)
+                buffer[start:end, step] = chosen[column]
+            if step + 1 < steps:  # drop the oldest slot, append the prediction
                 batch = {
-                    c: np.concatenate([batch[c][:, 1:], chosen[c][:, None].astype(batch[c].dtype)], 1)
-                    for c in batch
+                    c: np.concatenate([v[:, 1:], chosen[c][:, None].astype(v.dtype)], axis=1)
+                    for c, v in batch.items()
                 }
-
-    positions = (windows.item_position[:, info.seq_length][:, None] + np.arange(steps)).reshape(-1)
-    keys = {"sequenceId": np.repeat(windows.sequence_id, steps), "itemPosition": positions}
-    root, fmt = cfg.project_root, cfg.write_format
-    table = dict(keys)
-    for column in info.target_columns:
-        values = predictions[column].reshape(-1)
-        if column in categorical:
-            if cfg.map_to_id:
-                values = _decoder(metadata, column).decode(values)
-        else:
-            values = destandardise(values, metadata.selected_columns_statistics[column])
-        table[column] = values
-    tables = {outputs.prediction_path(root, job.name, fmt): table}
-    for column, probs in probabilities.items():
-        names = (
-            _decoder(metadata, column).class_names()
-            if cfg.map_to_id
-            else [str(i) for i in range(probs.shape[2])]
-        )
-        probs = probs.reshape(n * steps, -1)
-        prob_table = dict(keys)
-        prob_table.update({name: probs[:, j] for j, name in enumerate(names[: probs.shape[1]])})
-        tables[outputs.probability_path(root, job.name, column, fmt)] = prob_table
-    return tables
+    return predictions, probabilities
 
 
 def _buffer(store: dict, column: str, shape, dtype) -> np.ndarray:
@@ -370,10 +380,10 @@ def _decoder(metadata: Metadata, column: str) -> CategoryDecoder:
     return CategoryDecoder(metadata, column, metadata.n_classes[column])
 
 
-def _check_n_classes(metadata: Metadata, column: str, logits: np.ndarray, path: str) -> None:
-    if logits.shape[1] != metadata.n_classes[column]:
+def _check_n_classes(metadata: Metadata, column: str, n_classes: int, path: str) -> None:
+    if n_classes != metadata.n_classes[column]:
         raise SequifierError(
-            f"metadata_config_path: the model '{os.path.basename(path)}' predicts "
-            f"{logits.shape[1]} classes for '{column}' but the metadata has "
+            f"metadata_config_path: the model '{os.path.basename(path)}' has "
+            f"{n_classes} classes for '{column}' but the metadata has "
             f"{metadata.n_classes[column]}; use the metadata the model was trained with"
         )

@@ -93,6 +93,7 @@ def _load(path: str, training_config_path: str, model_type: str, metadata: Metad
         # the weights run deterministically unless infer_with_dropout switches it on
         with_dropout=False,
         can_sample_dropout=dropout > 0,
+        n_classes=dict(layout.n_classes),
     )
     return model, info
 
