@@ -75,6 +75,10 @@ def make_task(command: str) -> Callable:
 
         try:
             config = to_dataclass(command, cfg)
+            if command == "train":  # sweep jobs must not share model files (multirun.py)
+                from sequifier.multirun import job_model_name
+
+                config.model_name = job_model_name(config.model_name)
             validate(command, config)
             return RUNNERS[command](config)
         except SequifierError as e:
@@ -96,6 +100,10 @@ def run_command(command: str, args: List[str], prog: str) -> None:
         user_path = compose.find_user_config(command, path, name)
         user_config = compose.load_user_config(command, user_path)
         rest = compose.rewrite_overrides(command, rest)
+        if command == "train":  # under torchrun only rank 0 writes Hydra files
+            from sequifier.train.distributed import hydra_overrides_for_rank
+
+            rest += hydra_overrides_for_rank()
         compose.register_configs(command, user_config)
     except SequifierError as e:
         report_and_exit(e)

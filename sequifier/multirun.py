@@ -1,0 +1,142 @@
+"""Hydra multirun support for `sequifier train -m ...` sweeps.
+
+Two concerns, both only active in multirun mode:
+
+* Jobs of a sweep share `project_root`, hence `models/`, `checkpoints/` and `logs/`. Each
+  job therefore trains under its own model name, `MODEL_NAME-SWEEP-N`: SWEEP names the
+  sweep (its output folder, by default the start time) and N is Hydra's job number, so
+  no job overwrites or resumes another's files, in this sweep or an earlier one.
+* `SweepSummary`, a Hydra callback registered in `conf/train.yaml`, records each job's
+  result in its output folder (`job_result.json`) and, when the sweep ends, writes
+  `summary.csv` and `summary.md` to the sweep folder: one row per job with its
+  overrides, model name and best validation loss, best first. Results go through files
+  because launchers (joblib, SLURM) run jobs in other processes or machines.
+"""
+
+import csv
+import glob
+import io
+import json
+import logging
+import math
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "job_result.json"
+SUMMARY_COLUMNS = ("job", "status", "best_val_loss", "model_name", "overrides", "error")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def sweep_tag(sweep_dir: str) -> str:
+    """A file-name-safe name of the sweep: the last two parts of its folder.
+
+    The default folder multirun/train/DATE/TIME gives DATE_TIME; all jobs of a sweep
+    resolve the same folder (Hydra caches `${now:...}` for the whole sweep).
+    """
+    parts = os.path.normpath(sweep_dir).split(os.sep)
+    return _safe("_".join(parts[-2:]))
+
+
+def tagged_model_name(model_name: str, sweep_dir: str, job_num: int) -> str:
+    return f"{model_name}-{sweep_tag(sweep_dir)}-{job_num}"
+
+
+def job_model_name(model_name: str) -> str:
+    """The model name this job trains under (unchanged outside multirun)."""
+    if not in_multirun():
+        return model_name
+    hydra_cfg = HydraConfig.get()
+    return tagged_model_name(model_name, str(hydra_cfg.sweep.dir), hydra_cfg.job.num)
+
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def read_results(sweep_dir: str) -> List[Dict[str, Any]]:
+    """The job results of a sweep folder, best validation loss first, failures last."""
+    rows = []
+    for path in glob.glob(os.path.join(glob.escape(sweep_dir), "**", RESULT_FILE), recursive=True):
+        with open(path) as f:
+            rows.append(json.load(f))
+    return sorted(rows, key=lambda r: (r.get("best_val_loss") is None,
+                                       r.get("best_val_loss") or 0.0, r.get("job", 0)))
+
+
+def format_markdown(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |",
+             "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in rows:
+        cells = []
+        for column in SUMMARY_COLUMNS:
+            value = row.get(column)
+            if column == "best_val_loss" and value is not None:
+                value = f"{value:.6g}"
+            cells.append("" if value is None else str(value).replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(rows: List[Dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class SweepSummary(Callback):
+    """Per-job result files and the sweep's summary table (see module docstring)."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        from sequifier.io_utils import atomic_write_text
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        failed = job_return.status != JobStatus.COMPLETED
+        model_name = config.get("model_name")
+        if isinstance(model_name, str):
+            model_name = tagged_model_name(model_name, str(config.hydra.sweep.dir),
+                                           config.hydra.job.num)
+        result = {
+            "job": int(config.hydra.job.num),
+            "status": "failed" if failed else "completed",
+            "best_val_loss": None if failed else _number(job_return._return_value),
+            "model_name": model_name,
+            "overrides": " ".join(config.hydra.overrides.task),
+            "error": str(job_return._return_value).splitlines()[0] if failed else None,
+        }
+        atomic_write_text(os.path.join(config.hydra.runtime.output_dir, RESULT_FILE),
+                          json.dumps(result, indent=2))
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from sequifier.io_utils import atomic_write_text
+
+        sweep_dir = str(config.hydra.sweep.dir)
+        rows = read_results(sweep_dir)
+        if not rows:
+            return
+        table = format_markdown(rows)
+        atomic_write_text(os.path.join(sweep_dir, "summary.md"), table)
+        atomic_write_text(os.path.join(sweep_dir, "summary.csv"), format_csv(rows))
+        log.info("sweep summary (%s):\n%s", os.path.join(sweep_dir, "summary.md"), table)
