@@ -1,0 +1,172 @@
+"""From raw column values to model values: categorical ids and standardised reals.
+
+Each input file is summarised on its own (possibly in a worker process); the summaries
+are merged into one `ColumnEncoding`, which every worker then applies to its rows.
+
+* Id maps are built from the values of every row read (all splits), so a value that
+  only occurs in validation or test data still gets its own id. Ids 0 (PAD_ID) and
+  1 (UNKNOWN_ID) are reserved; known values get 2, 3, ... in sorted order (numeric for
+  integer columns, code point order for strings), so the same data always gives the
+  same ids.
+* Mean and standard deviation of real columns are computed over the rows of split 0
+  (training) only, so standardisation does not leak validation/test data. The std is
+  the population std (ddof=0); a constant column, or one without training rows, gets
+  std 1.0 so values stay finite.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, feature_kind
+from sequifier.errors import SequifierError
+
+FIRST_ID = max(PAD_ID, UNKNOWN_ID) + 1
+
+
+@dataclass
+class FileSummary:
+    """What the merge step needs to know about one (sorted) input file."""
+
+    path: str
+    n_rows: int
+    columns: List[str]  # feature columns in file order
+    kinds: Dict[str, str]  # column -> "real" | "int64" | "str"
+    sequence_ids: np.ndarray  # unique, ascending
+    sequence_offsets: np.ndarray  # row where each sequence starts, plus n_rows at the end
+    uniques: Dict[str, np.ndarray] = field(default_factory=dict)  # categorical values
+    # real column -> (count, mean, sum of squared deviations) over training rows
+    moments: Dict[str, Tuple[int, float, float]] = field(default_factory=dict)
+
+
+def sequence_offsets(sequence_column: np.ndarray) -> np.ndarray:
+    """Start row of each run of equal ids in a sorted column, plus the total at the end."""
+    n = len(sequence_column)
+    starts = np.flatnonzero(np.r_[True, sequence_column[1:] != sequence_column[:-1]])
+    return np.r_[starts, n].astype(np.int64)
+
+
+def training_row_mask(offsets: np.ndarray, split_ratios: Sequence[float]) -> np.ndarray:
+    from sequifier.data.splits import segment_bounds
+
+    lengths = np.diff(offsets)
+    split0_end = segment_bounds(lengths, split_ratios)[:, 1]
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+    return within < np.repeat(split0_end, lengths)
+
+
+def summarize_table(path: str, table: pa.Table, split_ratios: Sequence[float]) -> FileSummary:
+    seq = table.column(SEQUENCE_COLUMN).to_numpy()
+    offsets = sequence_offsets(seq)
+    columns = [c for c in table.column_names if c not in KEY_COLUMNS]
+    kinds = {c: feature_kind(table.column(c).type) for c in columns}
+    summary = FileSummary(path, table.num_rows, columns, kinds, seq[offsets[:-1]], offsets)
+    train_rows = None
+    for c in columns:
+        if kinds[c] == "real":
+            if train_rows is None:
+                train_rows = training_row_mask(offsets, split_ratios)
+            x = table.column(c).to_numpy()[train_rows]
+            mean = float(x.mean()) if len(x) else 0.0
+            summary.moments[c] = (len(x), mean, float(((x - mean) ** 2).sum()))
+        else:
+            values = pc.unique(table.column(c))
+            summary.uniques[c] = np.unique(values.to_numpy(zero_copy_only=False))
+    return summary
+
+
+def _check_same_schema(summaries: List[FileSummary]) -> None:
+    first = summaries[0]
+    for other in summaries[1:]:
+        if set(other.columns) != set(first.columns):
+            raise SequifierError(
+                f"data_path: files mix schemas: '{first.path}' has columns {first.columns} "
+                f"but '{other.path}' has {other.columns}; give all files the same columns "
+                "or set selected_columns"
+            )
+        for c in first.columns:
+            if other.kinds[c] != first.kinds[c]:
+                raise SequifierError(
+                    f"data_path: files mix schemas: column '{c}' is {first.kinds[c]} in "
+                    f"'{first.path}' but {other.kinds[c]} in '{other.path}'; give the column "
+                    "one type in all files"
+                )
+
+
+def _check_disjoint_sequences(summaries: List[FileSummary]) -> None:
+    if len(summaries) < 2:
+        return
+    ids = np.concatenate([s.sequence_ids for s in summaries])
+    owner = np.repeat(np.arange(len(summaries)), [len(s.sequence_ids) for s in summaries])
+    order = np.argsort(ids, kind="stable")
+    ids, owner = ids[order], owner[order]
+    clash = np.flatnonzero(ids[1:] == ids[:-1])
+    if len(clash):
+        i = clash[0]
+        raise SequifierError(
+            f"data_path: {SEQUENCE_COLUMN} {ids[i]} appears in both "
+            f"'{summaries[owner[i]].path}' and '{summaries[owner[i + 1]].path}'; keep each "
+            "sequence in one file"
+        )
+
+
+@dataclass
+class ColumnEncoding:
+    """The merged maps and statistics, applied to every file's rows."""
+
+    columns: List[str]
+    kinds: Dict[str, str]  # column -> "real" | "int64" | "str"
+    values: Dict[str, np.ndarray]  # categorical column -> sorted known values
+    mean: Dict[str, float]
+    std: Dict[str, float]
+
+    def is_real(self, column: str) -> bool:
+        return self.kinds[column] == "real"
+
+    def id_map(self, column: str) -> Dict[str, int]:
+        return {str(v): i + FIRST_ID for i, v in enumerate(self.values[column].tolist())}
+
+    def encode(self, table: pa.Table) -> Dict[str, np.ndarray]:
+        """Column -> int64 ids (categorical) or float64 standardised values (real)."""
+        out = {}
+        for c in self.columns:
+            column = table.column(c)
+            if self.is_real(c):
+                out[c] = (column.to_numpy() - self.mean[c]) / self.std[c]
+            else:
+                index = pc.index_in(column, value_set=pa.array(self.values[c]))
+                # every value was seen while building the maps; UNKNOWN_ID is a safety net
+                index = pc.fill_null(index, UNKNOWN_ID - FIRST_ID)
+                out[c] = index.to_numpy().astype(np.int64) + FIRST_ID
+        return out
+
+
+def merge_summaries(summaries: List[FileSummary]) -> ColumnEncoding:
+    _check_same_schema(summaries)
+    _check_disjoint_sequences(summaries)
+    first = summaries[0]
+    columns, kinds = first.columns, first.kinds
+    values, mean, std = {}, {}, {}
+    for c in columns:
+        if kinds[c] != "real":
+            values[c] = np.unique(np.concatenate([s.uniques[c] for s in summaries]))
+            continue
+        # Chan et al.: combine per-file counts, means and squared deviations exactly
+        n, m, m2 = 0, 0.0, 0.0
+        for s in summaries:
+            nb, mb, m2b = s.moments[c]
+            if nb == 0:
+                continue
+            delta = mb - m
+            total = n + nb
+            m += delta * nb / total
+            m2 += m2b + delta * delta * n * nb / total
+            n = total
+        sd = float(np.sqrt(m2 / n)) if n else 0.0
+        mean[c] = float(m)
+        std[c] = sd if sd > 0 else 1.0
+    return ColumnEncoding(columns, kinds, values, mean, std)

@@ -1,0 +1,431 @@
+"""`sequifier preprocess`: long table -> windows per split + metadata.
+
+The run has three stages, each parallel over `n_cores` worker processes:
+
+1. read: every input file is read, checked and sorted (read_table.py), cached as an
+   Arrow file in the work folder `data/.NAME-preprocess-work/`, and summarised
+   (encoding.py). With `continue_preprocessing: true` files cached by an interrupted run
+   are not read again.
+2. windows: the summaries are merged into id maps and statistics; then chunks of whole
+   sequences are encoded and cut into windows (splits.py) with numpy index arithmetic.
+3. write: each split is written to a temporary name and all are renamed together with
+   the metadata file at the end, so a failed run leaves no partial split. The work
+   folder is removed after a successful run (and kept after a failed one, for resuming).
+
+The output does not depend on `n_cores`: tasks are cut at sequence boundaries, every
+sequence's windows depend on that sequence alone, and results are joined in input order.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from sequifier.config.metadata import Metadata, write_metadata
+from sequifier.config.schema import PAD_ID, PreprocessConfig
+from sequifier.data import read_table
+from sequifier.data.encoding import ColumnEncoding, FileSummary, merge_summaries, summarize_table
+from sequifier.data.progress import Progress
+from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
+from sequifier.data.windows import Windows, write_shards, write_windows
+from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_dir, atomic_path
+
+WRITE_FORMATS = ("parquet", "csv", "pt")
+START_MODES = ("distribute", "exact")
+# rows per window-building task: small enough to bound worker memory, large enough that
+# per-task overhead does not matter
+MAX_TASK_ROWS = 1_000_000
+MIN_TASK_ROWS = 20_000
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, resolved and checked before any work starts."""
+
+    name: str
+    project_root: str
+    inputs: List[str]
+    window_length: int
+    split_ratios: List[float]
+    strides: List[int]
+    split_paths: List[str]  # relative to project_root
+    metadata_path: str
+    work_dir: str
+    n_workers: int
+
+    def absolute(self, relative: str) -> str:
+        return os.path.join(self.project_root, relative)
+
+    def cache_path(self, index: int) -> str:
+        return os.path.join(self.work_dir, f"input-{index:05d}.arrow")
+
+
+def _resolve(project_root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(project_root, path)
+
+
+def _dataset_name(cfg: PreprocessConfig, data_path: str) -> str:
+    if cfg.dataset_name:
+        return cfg.dataset_name
+    base = os.path.basename(os.path.normpath(data_path))
+    return base if os.path.isdir(data_path) else os.path.splitext(base)[0]
+
+
+def _check_settings(cfg: PreprocessConfig) -> Tuple[List[float], List[int]]:
+    """The config rules this module relies on (validate.py may check them earlier)."""
+    if cfg.write_format not in WRITE_FORMATS:
+        raise SequifierError(f"write_format: '{cfg.write_format}' is not one of {', '.join(WRITE_FORMATS)}")
+    if cfg.write_format == "pt" and cfg.merge_output:
+        raise SequifierError("merge_output: write_format pt writes sharded output; set merge_output: false")
+    if cfg.write_format != "pt" and not cfg.merge_output:
+        raise SequifierError(
+            f"merge_output: false (sharded output) is only supported with write_format: pt; "
+            f"set merge_output: true for {cfg.write_format} or use write_format: pt"
+        )
+    if cfg.subsequence_start_mode not in START_MODES:
+        raise SequifierError(
+            f"subsequence_start_mode: '{cfg.subsequence_start_mode}' is not one of distribute, exact"
+        )
+    if cfg.seq_length < 1:
+        raise SequifierError(f"seq_length: must be at least 1 (got {cfg.seq_length})")
+    ratios = [float(r) for r in cfg.split_ratios]
+    if not ratios or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise SequifierError(
+            f"split_ratios: {ratios} must be non-negative and sum to 1 (they sum to "
+            f"{sum(ratios):.6g}); e.g. [0.8, 0.1, 0.1]"
+        )
+    strides = [cfg.seq_length] * len(ratios) if cfg.stride_by_split is None else list(cfg.stride_by_split)
+    if len(strides) != len(ratios) or any(int(s) < 1 for s in strides):
+        raise SequifierError(
+            f"stride_by_split: {strides} needs one positive stride per split ({len(ratios)} "
+            "splits in split_ratios)"
+        )
+    for name in ("batches_per_file", "n_cores", "max_rows"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise SequifierError(f"{name}: must be at least 1 (got {value})")
+    return ratios, [int(s) for s in strides]
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_plan(cfg: PreprocessConfig) -> Plan:
+    ratios, strides = _check_settings(cfg)
+    root = cfg.project_root
+    data_path = _resolve(root, cfg.data_path)
+    inputs = read_table.list_input_files(data_path, cfg.read_format)
+    name = _dataset_name(cfg, data_path)
+    if cfg.write_format == "pt":
+        split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
+    else:
+        split_paths = [f"data/{name}-split{k}.{cfg.write_format}" for k in range(len(ratios))]
+    return Plan(
+        name=name, project_root=root, inputs=inputs, window_length=cfg.seq_length + 1,
+        split_ratios=ratios, strides=strides, split_paths=split_paths,
+        metadata_path=os.path.join(root, "configs", "metadata_configs", f"{name}.json"),
+        work_dir=os.path.join(root, "data", f".{name}-preprocess-work"),
+        n_workers=cfg.n_cores or _default_workers(),
+    )
+
+
+def _check_overwrite(plan: Plan, overwrite: bool) -> None:
+    existing = [p for p in plan.split_paths if os.path.exists(plan.absolute(p))]
+    if os.path.exists(plan.metadata_path):
+        existing.append(os.path.relpath(plan.metadata_path, plan.project_root))
+    if existing and not overwrite:
+        raise SequifierError(
+            f"outputs of dataset '{plan.name}' already exist ({', '.join(existing)}); set "
+            "overwrite: true to replace them, or dataset_name to write new ones"
+        )
+
+
+# ---------------------------------------------------------------- work folder (resume)
+
+def _fingerprint(plan: Plan, cfg: PreprocessConfig) -> dict:
+    """What the cached inputs depend on; a resumed run must match it exactly."""
+    files = []
+    for path in plan.inputs:
+        stat = os.stat(path)
+        files.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    return {"inputs": files, "read_format": cfg.read_format,
+            "selected_columns": None if cfg.selected_columns is None else list(cfg.selected_columns),
+            "max_rows": cfg.max_rows}
+
+
+def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
+    """Set up the work folder; return, per input, whether a finished cache can be reused."""
+    marker = os.path.join(plan.work_dir, "fingerprint.json")
+    fingerprint = _fingerprint(plan, cfg)
+    if cfg.continue_preprocessing and os.path.isfile(marker):
+        with open(marker) as f:
+            if json.load(f) != fingerprint:
+                raise SequifierError(
+                    f"continue_preprocessing: the unfinished run in '{plan.work_dir}' used other "
+                    "input files or settings (data_path, read_format, selected_columns, max_rows); "
+                    "set continue_preprocessing: false to start over"
+                )
+        return [os.path.isfile(plan.cache_path(i)) for i in range(len(plan.inputs))]
+    if os.path.isdir(plan.work_dir):
+        shutil.rmtree(plan.work_dir)
+    os.makedirs(plan.work_dir)
+    with atomic_path(marker) as tmp, open(tmp, "w") as f:
+        json.dump(fingerprint, f)
+    return [False] * len(plan.inputs)
+
+
+def _write_cache(table: pa.Table, path: str) -> None:
+    with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read_cache(path: str) -> pa.Table:
+    # memory-mapped: a task slicing out its sequences touches only those pages
+    return pa.ipc.open_file(pa.memory_map(path)).read_all()
+
+
+# ---------------------------------------------------------------- worker tasks
+
+@dataclass
+class ReadTask:
+    path: str
+    cache_path: str
+    use_cache: bool
+    read_format: str
+    selected_columns: Optional[List[str]]
+    max_rows: Optional[int]
+    split_ratios: List[float]
+
+
+def read_input(task: ReadTask) -> FileSummary:
+    """Stage 1 for one input file: read, check, sort, cache and summarise."""
+    if task.use_cache:
+        table = _read_cache(task.cache_path)
+    else:
+        table = read_table.read_long_table(
+            task.path, task.read_format, task.selected_columns, task.max_rows
+        )
+        _write_cache(table, task.cache_path)
+    return summarize_table(task.path, table, task.split_ratios)
+
+
+@dataclass
+class WindowTask:
+    path: str  # the input file, for messages
+    cache_path: str
+    row_start: int
+    row_stop: int
+    sequence_ids: np.ndarray
+    offsets: np.ndarray  # sequence starts relative to row_start, plus the row count
+    encoding: ColumnEncoding
+    window_length: int
+    split_ratios: List[float]
+    strides: List[int]
+    start_mode: str
+
+
+def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positions: np.ndarray,
+                   values: Dict[str, np.ndarray], window_length: int,
+                   encoding: ColumnEncoding) -> Windows:
+    """All windows of one split in one fancy-index gather; slots before a sequence are padding."""
+    padding = np.clip(-starts.start, 0, window_length)
+    slots = np.arange(window_length)
+    rows = (offsets[starts.sequence_index] + starts.start)[:, None] + slots[None, :]
+    pad = slots[None, :] < padding[:, None]
+    has_padding = bool(padding.any())
+    if has_padding:
+        rows = np.where(pad, 0, rows)
+
+    def take(column: np.ndarray, fill) -> np.ndarray:
+        out = column[rows]
+        if has_padding:
+            out[pad] = fill
+        return out
+
+    return Windows(
+        sequence_id=sequence_ids[starts.sequence_index],
+        subsequence_id=starts.subsequence_id,
+        padding=padding.astype(np.int64),
+        item_position=take(positions, -1),
+        values={c: take(v, 0.0 if encoding.is_real(c) else PAD_ID) for c, v in values.items()},
+    )
+
+
+def build_windows(task: WindowTask) -> List[Windows]:
+    """Stage 2 for one chunk of whole sequences: encode, then cut windows for every split."""
+    table = _read_cache(task.cache_path).slice(task.row_start, task.row_stop - task.row_start)
+    values = task.encoding.encode(table)
+    positions = table.column(read_table.POSITION_COLUMN).to_numpy()
+    bounds = segment_bounds(np.diff(task.offsets), task.split_ratios)
+    out = []
+    for k, stride in enumerate(task.strides):
+        try:
+            starts = window_starts(bounds[:, k], bounds[:, k + 1], task.window_length, stride,
+                                   task.start_mode)
+        except StrideMismatch as e:
+            raise SequifierError(
+                f"stride_by_split[{k}]={stride} does not fit with subsequence_start_mode: exact: "
+                f"split {k} of sequence {task.sequence_ids[e.sequence_index]} in '{task.path}' "
+                f"has {e.segment_length} items, which leaves {e.leftover} items after the last "
+                f"window of {task.window_length}; use subsequence_start_mode: distribute or a "
+                "stride that divides every segment's (length - seq_length - 1)"
+            ) from None
+        out.append(gather_windows(task.sequence_ids, task.offsets, starts, positions, values,
+                                  task.window_length, task.encoding))
+    return out
+
+
+# ---------------------------------------------------------------- running the stages
+
+@contextmanager
+def worker_pool(n_workers: int) -> Iterator[Callable[[Callable, Iterable], Iterator]]:
+    """An ordered `map` over `n_workers` processes (in-process for one worker).
+
+    Workers are spawned, not forked: pyarrow's thread pools do not survive a fork.
+    """
+    if n_workers <= 1:
+        yield map
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
+        yield lambda fn, tasks: pool.imap(fn, tasks, chunksize=1)
+
+
+def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool], pmap) -> List[FileSummary]:
+    tasks = [
+        ReadTask(path, plan.cache_path(i), cached[i], cfg.read_format, cfg.selected_columns,
+                 cfg.max_rows, plan.split_ratios)
+        for i, path in enumerate(plan.inputs)
+    ]
+    if any(cached):
+        print(f"[preprocess] continue_preprocessing: {sum(cached)} of {len(tasks)} input files "
+              "already read, reading the rest", file=sys.stderr)
+    progress = Progress(len(tasks), "read files")
+    summaries = []
+    if cfg.max_rows is None:
+        # one file gains nothing from a worker (pyarrow reads it with several threads)
+        for summary in (pmap if len(tasks) > 1 else map)(read_input, tasks):
+            summaries.append(summary)
+            progress.update()
+    else:
+        # the row budget runs through the files in order, so they are read one by one
+        budget = cfg.max_rows
+        for task in tasks:
+            task.max_rows = budget
+            summaries.append(read_input(task))
+            budget -= summaries[-1].n_rows
+            progress.update()
+            if budget <= 0:
+                break
+    progress.close()
+    return summaries
+
+
+def _window_tasks(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary],
+                  encoding: ColumnEncoding) -> List[WindowTask]:
+    total_rows = sum(s.n_rows for s in summaries)
+    target = min(max(math.ceil(total_rows / (2 * plan.n_workers)), MIN_TASK_ROWS), MAX_TASK_ROWS)
+    tasks = []
+    for i, s in enumerate(summaries):
+        offsets = s.sequence_offsets
+        cuts = np.searchsorted(offsets, np.arange(target, s.n_rows, target))
+        bounds = np.unique(np.r_[0, cuts, len(offsets) - 1])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):  # noqa: RUF007 (numpy pairs)
+            tasks.append(WindowTask(
+                s.path, plan.cache_path(i), int(offsets[lo]), int(offsets[hi]),
+                s.sequence_ids[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
+                plan.window_length, plan.split_ratios, plan.strides, cfg.subsequence_start_mode,
+            ))
+    return tasks
+
+
+def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary],
+                 encoding: ColumnEncoding, pmap) -> List[Windows]:
+    tasks = _window_tasks(plan, cfg, summaries, encoding)
+    parts: List[List[Windows]] = [[] for _ in plan.split_ratios]
+    progress = Progress(len(tasks), "build windows")
+    for result in pmap(build_windows, tasks):
+        for k, windows in enumerate(result):
+            parts[k].append(windows)
+        progress.update()
+    progress.close()
+    return [Windows.concat(p) for p in parts]
+
+
+def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding) -> Metadata:
+    categorical = [c for c in encoding.columns if not encoding.is_real(c)]
+    id_maps = {c: encoding.id_map(c) for c in categorical}
+    return Metadata(
+        name=plan.name,
+        seq_length=cfg.seq_length,
+        write_format=cfg.write_format,
+        column_types={c: "real" if encoding.is_real(c) else "categorical" for c in encoding.columns},
+        id_maps=id_maps,
+        n_classes={c: len(id_maps[c]) + 2 for c in categorical},
+        selected_columns_statistics={
+            c: {"mean": encoding.mean[c], "std": encoding.std[c]}
+            for c in encoding.columns if encoding.is_real(c)
+        },
+        original_dtypes={c: encoding.kinds[c] for c in categorical},
+        split_paths=list(plan.split_paths),
+        split_ratios=list(plan.split_ratios),
+        stride_by_split=list(plan.strides),
+    )
+
+
+def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
+                  metadata: Metadata) -> None:
+    """Write every split and the metadata to temporary names, then rename them all."""
+    progress = Progress(len(splits), "write splits")
+    with ExitStack() as stack:
+        # entered first, so renamed last: metadata only appears next to complete splits
+        metadata_tmp = stack.enter_context(atomic_path(plan.metadata_path))
+        for k, (windows, relative) in enumerate(zip(splits, plan.split_paths)):
+            if len(windows) == 0:
+                print(f"[preprocess] warning: split {k} has no windows (sequences too short for "
+                      "its share in split_ratios)", file=sys.stderr)
+            if cfg.write_format == "pt":
+                tmp = stack.enter_context(atomic_dir(plan.absolute(relative)))
+                # lazy loading reads shard by shard; a seeded shuffle makes every shard a
+                # sample of the whole split instead of a run of neighbouring sequences
+                order = np.random.default_rng([cfg.seed, k]).permutation(len(windows))
+                write_shards(windows.select(order), tmp, f"{plan.name}-split{k}",
+                             cfg.batches_per_file, metadata.column_types)
+            else:
+                tmp = stack.enter_context(atomic_path(plan.absolute(relative)))
+                write_windows(windows, tmp, cfg.write_format)
+            progress.update()
+        write_metadata(metadata, metadata_tmp)
+    progress.close()
+
+
+def run_preprocess(cfg: PreprocessConfig) -> Metadata:
+    """Run `sequifier preprocess` for a composed, validated config; return the metadata."""
+    plan = make_plan(cfg)
+    _check_overwrite(plan, cfg.overwrite)
+    cached = prepare_work_dir(plan, cfg)
+    with worker_pool(plan.n_workers) as pmap:
+        summaries = read_inputs(plan, cfg, cached, pmap)
+        encoding = merge_summaries(summaries)
+        splits = make_windows(plan, cfg, summaries, encoding, pmap)
+    metadata = make_metadata(plan, cfg, encoding)
+    write_outputs(plan, cfg, splits, metadata)
+    shutil.rmtree(plan.work_dir, ignore_errors=True)
+    total = ", ".join(f"split{k}: {len(w)}" for k, w in enumerate(splits))
+    print(f"[preprocess] wrote {plan.name} windows ({total}) and "
+          f"{os.path.relpath(plan.metadata_path, plan.project_root)}", file=sys.stderr)
+    return metadata

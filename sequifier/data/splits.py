@@ -1,0 +1,101 @@
+"""Where the windows of each split start: per-sequence segments and window starts.
+
+All functions work on whole arrays of sequences at once (no loop per sequence or per
+window). Positions are relative to the start of each sequence.
+
+Split k of a sequence of n items is its segment [bounds[k], bounds[k+1]): the first
+split_ratios[0] share of the items, then the next share, and so on (time order).
+
+A window holds `window_length` = seq_length + 1 items. The windows of split k cover
+its segment the way windows cover a sequence of their own:
+  * a segment longer than a window gets windows starting at the segment's start up to
+    the start that makes the last window end at the segment's end, `stride` apart
+    (`exact`) or spread evenly at most `stride` apart (`distribute`);
+  * a segment of at most one window gets one window ending at the segment's end.
+Every window ends inside its segment. A window reaching left of its segment takes the
+preceding items of the same sequence as context (earlier splits only, never later
+ones), and slots before the sequence's first item are padding. Split 0 therefore lies
+wholly in its segment; only a short first segment is left-padded.
+"""
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from sequifier.errors import SequifierError
+
+
+def segment_bounds(lengths: np.ndarray, split_ratios: Sequence[float]) -> np.ndarray:
+    """[n_seq, n_splits + 1] segment boundaries: split k is [bounds[:, k], bounds[:, k+1])."""
+    cumulative = np.cumsum(np.asarray(split_ratios, dtype=np.float64))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    # the epsilon keeps 10 * 0.9 = 8.999... from losing an item to floating point
+    ends = np.floor(lengths[:, None] * cumulative[None, :] + 1e-9).astype(np.int64)
+    ends = np.minimum(ends, lengths[:, None])
+    ends[:, -1] = lengths
+    return np.concatenate([np.zeros((len(lengths), 1), dtype=np.int64), ends], axis=1)
+
+
+@dataclass
+class WindowStarts:
+    """One entry per window: which sequence, where it starts, its number in the sequence."""
+
+    sequence_index: np.ndarray  # int64, index into the sequences given
+    start: np.ndarray  # int64, relative to the sequence start; negative = left padding
+    subsequence_id: np.ndarray  # int64, 0.. within (sequence, split)
+
+
+class StrideMismatch(SequifierError):
+    """`exact` mode and a segment the stride does not divide; carries the first offender."""
+
+    def __init__(self, message: str, sequence_index: int, segment_length: int, leftover: int):
+        super().__init__(message)
+        self.sequence_index = sequence_index
+        self.segment_length = segment_length
+        self.leftover = leftover
+
+    def __reduce__(self):
+        return (StrideMismatch, (self.args[0], self.sequence_index, self.segment_length,
+                                 self.leftover))
+
+
+def window_starts(seg_start: np.ndarray, seg_end: np.ndarray, window_length: int,
+                  stride: int, mode: str) -> WindowStarts:
+    """Starts of all windows of one split over many sequences (see module docstring)."""
+    seg_start = np.asarray(seg_start, dtype=np.int64)
+    seg_end = np.asarray(seg_end, dtype=np.int64)
+    # distance from the first start (segment start) to the last (window ends at segment end)
+    span = seg_end - window_length - seg_start
+    long = span > 0
+    if mode == "exact":
+        leftover = np.where(long, span % stride, 0)
+        bad = np.flatnonzero(leftover)
+        if len(bad):
+            i = int(bad[0])
+            raise StrideMismatch(
+                f"stride {stride} leaves {leftover[i]} items", i,
+                int(seg_end[i] - seg_start[i]), int(leftover[i]),
+            )
+        n_long = span // stride + 1
+    elif mode == "distribute":
+        n_long = -(-span // stride) + 1
+    else:
+        raise SequifierError(
+            f"subsequence_start_mode: '{mode}' is not one of distribute, exact"
+        )
+    counts = np.where(long, n_long, (seg_end > seg_start).astype(np.int64))
+    sequence_index = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    number = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+
+    w_span = span[sequence_index]
+    w_start = seg_start[sequence_index]
+    if mode == "exact":
+        spread = number * stride
+    else:
+        # evenly spaced from 0 to span, rounded to the nearest item
+        gaps = np.maximum(counts[sequence_index] - 1, 1)
+        spread = (number * w_span + gaps // 2) // gaps
+    start = np.where(w_span > 0, w_start + spread, seg_end[sequence_index] - window_length)
+    return WindowStarts(sequence_index, start, number)
