@@ -128,15 +128,25 @@ class SweepSummary(Callback):
         }
         atomic_write_text(os.path.join(config.hydra.runtime.output_dir, RESULT_FILE),
                           json.dumps(result, indent=2))
+        # Kept up to date after every job: Hydra's basic sweeper raises a failed job's
+        # error before on_multirun_end, and a SLURM sweep can be interrupted.
+        write_summary(str(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from sequifier.io_utils import atomic_write_text
+        table = write_summary(str(config.hydra.sweep.dir))
+        if table:
+            log.info("sweep summary (%s):\n%s",
+                     os.path.join(str(config.hydra.sweep.dir), "summary.md"), table)
 
-        sweep_dir = str(config.hydra.sweep.dir)
-        rows = read_results(sweep_dir)
-        if not rows:
-            return
-        table = format_markdown(rows)
-        atomic_write_text(os.path.join(sweep_dir, "summary.md"), table)
-        atomic_write_text(os.path.join(sweep_dir, "summary.csv"), format_csv(rows))
-        log.info("sweep summary (%s):\n%s", os.path.join(sweep_dir, "summary.md"), table)
+
+def write_summary(sweep_dir: str) -> Optional[str]:
+    """(Re)write summary.md and summary.csv from the job results; the markdown table."""
+    from sequifier.io_utils import atomic_write_text
+
+    rows = read_results(sweep_dir)
+    if not rows:
+        return None
+    table = format_markdown(rows)
+    atomic_write_text(os.path.join(sweep_dir, "summary.md"), table)
+    atomic_write_text(os.path.join(sweep_dir, "summary.csv"), format_csv(rows))
+    return table
