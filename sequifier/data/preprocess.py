@@ -65,7 +65,8 @@ class Plan:
         return os.path.join(self.project_root, relative)
 
     def cache_path(self, index: int) -> str:
-        return os.path.join(self.work_dir, f"input-{index:05d}.arrow")
+        # keyed by file name, so files added to the folder between runs do not shift others
+        return os.path.join(self.work_dir, os.path.basename(self.inputs[index]) + ".arrow")
 
 
 def _resolve(project_root: str, path: str) -> str:
@@ -154,39 +155,52 @@ def _check_overwrite(plan: Plan, overwrite: bool) -> None:
 
 # ---------------------------------------------------------------- work folder (resume)
 
-def _fingerprint(plan: Plan, cfg: PreprocessConfig) -> dict:
-    """What the cached inputs depend on; a resumed run must match it exactly."""
-    files = []
-    for path in plan.inputs:
-        stat = os.stat(path)
-        files.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
-    return {"inputs": files, "read_format": cfg.read_format,
+def _settings_fingerprint(cfg: PreprocessConfig, data_path: str) -> dict:
+    """The settings every cached input depends on; a resumed run must use the same."""
+    return {"data_path": os.path.abspath(data_path), "read_format": cfg.read_format,
             "selected_columns": None if cfg.selected_columns is None else list(cfg.selected_columns),
             "max_rows": cfg.max_rows}
 
 
+def _source_stamp(path: str) -> str:
+    """Identifies one version of an input file: a cache is only reused for that version."""
+    stat = os.stat(path)
+    return json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+
+
+def _cache_is_current(cache_path: str, source: str) -> bool:
+    if not os.path.isfile(cache_path):
+        return False
+    try:
+        schema = pa.ipc.open_file(pa.memory_map(cache_path)).schema
+    except pa.ArrowException:
+        return False
+    return (schema.metadata or {}).get(b"sequifier_source", b"").decode() == _source_stamp(source)
+
+
 def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
-    """Set up the work folder; return, per input, whether a finished cache can be reused."""
-    marker = os.path.join(plan.work_dir, "fingerprint.json")
-    fingerprint = _fingerprint(plan, cfg)
+    """Set up the work folder; return, per input, whether its cached result can be reused."""
+    marker = os.path.join(plan.work_dir, "settings.json")
+    settings = _settings_fingerprint(cfg, _resolve(plan.project_root, cfg.data_path))
     if cfg.continue_preprocessing and os.path.isfile(marker):
         with open(marker) as f:
-            if json.load(f) != fingerprint:
+            if json.load(f) != settings:
                 raise SequifierError(
                     f"continue_preprocessing: the unfinished run in '{plan.work_dir}' used other "
-                    "input files or settings (data_path, read_format, selected_columns, max_rows); "
+                    "settings (data_path, read_format, selected_columns or max_rows); "
                     "set continue_preprocessing: false to start over"
                 )
-        return [os.path.isfile(plan.cache_path(i)) for i in range(len(plan.inputs))]
+        return [_cache_is_current(plan.cache_path(i), path) for i, path in enumerate(plan.inputs)]
     if os.path.isdir(plan.work_dir):
         shutil.rmtree(plan.work_dir)
     os.makedirs(plan.work_dir)
     with atomic_path(marker) as tmp, open(tmp, "w") as f:
-        json.dump(fingerprint, f)
+        json.dump(settings, f)
     return [False] * len(plan.inputs)
 
 
-def _write_cache(table: pa.Table, path: str) -> None:
+def _write_cache(table: pa.Table, path: str, source: str) -> None:
+    table = table.replace_schema_metadata({"sequifier_source": _source_stamp(source)})
     with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
             pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -218,7 +232,7 @@ def read_input(task: ReadTask) -> FileSummary:
         table = read_table.read_long_table(
             task.path, task.read_format, task.selected_columns, task.max_rows
         )
-        _write_cache(table, task.cache_path)
+        _write_cache(table, task.cache_path, task.path)
     return summarize_table(task.path, table, task.split_ratios)
 
 
