@@ -16,20 +16,20 @@ warmed up over `alpha_warmup` / `beta3_warmup` steps with the paper's schedulers
 """
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch.optim import Optimizer
 
 
-def alpha_schedule(step: int, alpha_end: float, warmup: Optional[int]) -> float:
+def alpha_schedule(step: int, alpha_end: float, warmup: int | None) -> float:
     """Linear warm-up of alpha from 0 to alpha_end over `warmup` steps."""
     if not warmup:
         return alpha_end
     return min(step * alpha_end / warmup, alpha_end)
 
 
-def beta3_schedule(step: int, beta3_end: float, beta_start: float, warmup: Optional[int]) -> float:
+def beta3_schedule(step: int, beta3_end: float, beta_start: float, warmup: int | None) -> float:
     """Warm-up of beta3 from beta_start to beta3_end, linear in the EMA's half-life.
 
     f(t) = min(exp(ln(b_start) ln(b_end) / ((1 - t/T) ln(b_end) + (t/T) ln(b_start))), b_end)
@@ -51,8 +51,8 @@ class AdEMAMix(Optimizer):
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.999, 0.9999),
         alpha: float = 5.0,
-        beta3_warmup: Optional[int] = None,
-        alpha_warmup: Optional[int] = None,
+        beta3_warmup: int | None = None,
+        alpha_warmup: int | None = None,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ):
@@ -63,10 +63,10 @@ class AdEMAMix(Optimizer):
             raise ValueError(f"AdEMAMix betas must lie in [0, 1), got {betas}")
         if lr < 0 or eps < 0 or weight_decay < 0 or alpha < 0:
             raise ValueError("AdEMAMix lr, eps, weight_decay and alpha must be >= 0")
-        defaults = dict(
-            lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup,
-            alpha_warmup=alpha_warmup, eps=eps, weight_decay=weight_decay,
-        )
+        defaults = {
+            "lr": lr, "betas": betas, "alpha": alpha, "beta3_warmup": beta3_warmup,
+            "alpha_warmup": alpha_warmup, "eps": eps, "weight_decay": weight_decay,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ import glob
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ def checkpoint_file(folder: str, model_name: str, epoch: int) -> str:
     return os.path.join(folder, f"{model_name}-epoch-{epoch:04d}.pt")
 
 
-def list_checkpoints(folder: str, model_name: str) -> List[Tuple[int, str]]:
+def list_checkpoints(folder: str, model_name: str) -> list[tuple[int, str]]:
     """(epoch, path) of this model's checkpoints, oldest first."""
     pattern = re.compile(rf"^{re.escape(model_name)}-epoch-(\d+)\.pt$")
     found = []
@@ -37,12 +37,12 @@ def list_checkpoints(folder: str, model_name: str) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
-def latest_checkpoint(folder: str, model_name: str) -> Optional[str]:
+def latest_checkpoint(folder: str, model_name: str) -> str | None:
     found = list_checkpoints(folder, model_name)
     return found[-1][1] if found else None
 
 
-def rng_states() -> Dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss_next = random.getstate()
     states = {
@@ -57,7 +57,7 @@ def rng_states() -> Dict[str, Any]:
     return states
 
 
-def set_rng_states(states: Dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
@@ -68,16 +68,16 @@ def set_rng_states(states: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     state = dict(state, format=CHECKPOINT_FORMAT, rng=rng_states())
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: tell the user which one
+    except Exception as e:  # noqa: BLE001  (a truncated or foreign file: name it)
         raise SequifierError(
             f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e}); delete it or set "
             "training_spec.continue_training: false with overwrite: true"
@@ -87,6 +87,6 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     return state
 
 
-def cpu_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the weights (safe to keep while training goes on)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

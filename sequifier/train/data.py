@@ -13,7 +13,6 @@ distributed sharding plug in there).
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
 
 @dataclass
 class WindowTensors:
-    values: Dict[str, torch.Tensor]  # column -> [N, L+1]; int64 ids or float32 values
+    values: dict[str, torch.Tensor]  # column -> [N, L+1]; int64 ids or float32 values
     padding: torch.Tensor  # int64 [N]: number of leading pad slots of each window
 
     def __len__(self) -> int:
@@ -37,8 +36,8 @@ class WindowTensors:
 
 @dataclass
 class Batch:
-    inputs: Dict[str, torch.Tensor]  # [B, L]
-    targets: Dict[str, torch.Tensor]  # [B, L]
+    inputs: dict[str, torch.Tensor]  # [B, L]
+    targets: dict[str, torch.Tensor]  # [B, L]
     target_mask: torch.Tensor  # bool [B, L]: True where the target slot is real data
 
     @property
@@ -64,7 +63,7 @@ def split_path(cfg: TrainConfig, metadata: Metadata, split: int) -> str:
     return resolve_path(cfg.project_root, metadata.split_paths[split])
 
 
-def needed_columns(cfg: TrainConfig, metadata: Metadata) -> List[str]:
+def needed_columns(cfg: TrainConfig, metadata: Metadata) -> list[str]:
     """Model inputs plus targets, in metadata order, after checking they exist there."""
     inputs = cfg.input_columns if cfg.input_columns is not None else metadata.columns
     for field, cols in (("input_columns", inputs), ("target_columns", cfg.target_columns)):
@@ -77,7 +76,7 @@ def needed_columns(cfg: TrainConfig, metadata: Metadata) -> List[str]:
     return [c for c in metadata.columns if c in wanted]
 
 
-def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns: List[str],
+def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns: list[str],
                         seq_length: int, field: str) -> WindowTensors:
     if _is_empty_table(path, read_format):
         raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
@@ -145,7 +144,7 @@ class InRamBatches:
     checkpoint replays exactly the batches an uninterrupted run would have seen.
     """
 
-    def __init__(self, data: WindowTensors, input_columns: List[str], target_columns: List[str],
+    def __init__(self, data: WindowTensors, input_columns: list[str], target_columns: list[str],
                  batch_size: int, shuffle: bool, seed: int, device: torch.device):
         self.data = data
         self.input_columns = list(input_columns)
@@ -191,8 +190,8 @@ class InRamBatches:
         )
 
 
-def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: List[str],
-                       device: torch.device) -> Tuple[object, object]:
+def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],
+                       device: torch.device) -> tuple[object, object]:
     """Training and validation batch sources for this config.
 
     Scale-out hook: lazy shard loading (`load_full_data_to_ram: false`) and per-rank

@@ -12,7 +12,6 @@ Autocast dtype per device:
 import os
 import random
 from contextlib import contextmanager, nullcontext
-from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, enabled: bool,
-                   layer_type_dtypes: Optional[Dict[str, str]]) -> Optional[torch.dtype]:
+                   layer_type_dtypes: dict[str, str] | None) -> torch.dtype | None:
     """The dtype to autocast to on `device`, or None for no autocast (see module doc)."""
     if not enabled:
         return None
@@ -60,7 +59,7 @@ def autocast_dtype(device: torch.device, enabled: bool,
     return requested[0] if requested else None
 
 
-def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

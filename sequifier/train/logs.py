@@ -10,7 +10,7 @@ CI logs stay clean.
 import os
 import sys
 import time
-from typing import Dict, Iterable, Optional
+from collections.abc import Iterable
 
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 
@@ -35,7 +35,8 @@ class TrainLogger:
             self.path = os.path.join(logs_dir, f"sequifier-{model_name}-{stamp}-{suffix}.txt")
             self.tensorboard_dir = os.path.join(logs_dir, "tensorboard", model_name, f"{stamp}-{suffix}")
             suffix += 1
-        self._file = open(self.path, "a", buffering=1)
+        # open for the whole run, closed in close(); line-buffered so a crash keeps the log
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -48,7 +49,7 @@ class TrainLogger:
         self._file.write(line + "\n")
         print(message, flush=True)
 
-    def scalars(self, values: Dict[str, float], step: int) -> None:
+    def scalars(self, values: dict[str, float], step: int) -> None:
         if self._writer is None:
             return
         for tag, value in values.items():
@@ -72,11 +73,11 @@ class TrainLogger:
             self._file = None
 
 
-def format_losses(losses: Dict[str, float]) -> str:
+def format_losses(losses: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.5f}" for name, value in losses.items())
 
 
-def class_share_lines(column: str, counts, inverse_id_map: Optional[Dict[int, object]],
+def class_share_lines(column: str, counts, inverse_id_map: dict[int, object] | None,
                       top: int = 20) -> str:
     """'value: share' of the most often predicted classes, largest first."""
     total = max(int(counts.sum()), 1)

@@ -10,7 +10,6 @@ does not stall an accelerator once per step.
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
 
 import torch
 
@@ -30,7 +29,7 @@ class EpochRecord:
     epoch: int
     train_loss: float
     val_loss: float
-    val_losses: Dict[str, float]
+    val_losses: dict[str, float]
     learning_rate: float
     samples_per_second: float
 
@@ -42,9 +41,9 @@ class TrainState:
     epoch: int = 0  # last completed epoch
     best_val_loss: float = math.inf
     best_epoch: int = 0
-    best_model: Optional[Dict[str, torch.Tensor]] = None
+    best_model: dict[str, torch.Tensor] | None = None
     epochs_since_improvement: int = 0
-    history: List[EpochRecord] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -61,15 +60,15 @@ class TrainState:
 @dataclass
 class ValidationResult:
     loss: float
-    losses: Dict[str, float]
-    class_counts: Dict[str, torch.Tensor]
+    losses: dict[str, float]
+    class_counts: dict[str, torch.Tensor]
 
 
 class Trainer:
-    def __init__(self, *, model, forward_model, optimizer, scheduler, scaler, losses: List[TargetLoss],
+    def __init__(self, *, model, forward_model, optimizer, scheduler, scaler, losses: list[TargetLoss],
                  train_batches, val_batches, spec: TrainingSpec, logger: TrainLogger,
                  checkpoint_dir: str, model_name: str, device: torch.device,
-                 autocast_dtype: Optional[torch.dtype], class_share_columns: Dict[str, dict]):
+                 autocast_dtype: torch.dtype | None, class_share_columns: dict[str, dict]):
         self.model = model  # the bare module: states, export
         self.forward_model = forward_model  # what runs batches: maybe compiled / DDP-wrapped
         self.optimizer = optimizer
@@ -86,7 +85,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         # column -> inverse id map, for the columns whose predicted class shares are logged
         self.class_share_columns = class_share_columns
-        self.last_checkpoint: Optional[str] = None
+        self.last_checkpoint: str | None = None
 
     # ---- one batch -------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ sum_t loss_weights[t] * loss_t (default weight 1).
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +27,11 @@ class TargetLoss:
     column_type: str
     criterion: nn.Module
     loss_weight: float
-    class_weights: Optional[torch.Tensor]  # [n_classes] or None
+    class_weights: torch.Tensor | None  # [n_classes] or None
     log_probs: bool  # feed log_softmax(logits) instead of logits
 
     def sums(self, output: torch.Tensor, target: torch.Tensor,
-             mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weighted per-slot losses, sum of their weights) over real slots."""
         mask = mask.reshape(-1)
         if self.column_type == "categorical":
@@ -96,9 +95,9 @@ def class_weight_vector(column: str, raw, metadata: Metadata) -> torch.Tensor:
     return weights
 
 
-def build_target_losses(spec: TrainingSpec, target_columns: List[str],
-                        target_column_types: Dict[str, str], metadata: Metadata,
-                        device: torch.device) -> List[TargetLoss]:
+def build_target_losses(spec: TrainingSpec, target_columns: list[str],
+                        target_column_types: dict[str, str], metadata: Metadata,
+                        device: torch.device) -> list[TargetLoss]:
     criteria = dict(spec.criterion or {})
     loss_weights = dict(spec.loss_weights or {})
     class_weights = dict(spec.class_weights or {})

@@ -6,7 +6,8 @@ key of the dict is passed as a keyword argument. The learning rate comes from
 """
 
 import inspect
-from typing import Any, Dict, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ def optimizer_class(name: Any) -> type:
     return cls
 
 
-def check_kwargs(cls: type, kwargs: Dict[str, Any], field: str) -> None:
+def check_kwargs(cls: type, kwargs: dict[str, Any], field: str) -> None:
     """Refuse keys the constructor does not take, naming the offending config key."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -50,7 +51,7 @@ def _plain(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def build_optimizer(params: Iterable, spec: Dict[str, Any], learning_rate: float):
+def build_optimizer(params: Iterable, spec: dict[str, Any], learning_rate: float):
     spec = dict(spec or {})
     cls = optimizer_class(spec.pop("name", None))
     if "lr" in spec:

@@ -10,7 +10,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -47,12 +47,12 @@ class TrainResult:
     best_val_loss: float
     best_epoch: int
     last_epoch: int
-    best_model_paths: List[str] = field(default_factory=list)
-    last_model_paths: List[str] = field(default_factory=list)
-    checkpoint_path: Optional[str] = None  # latest checkpoint written or resumed from
-    resumed_from: Optional[str] = None
-    log_path: Optional[str] = None
-    history: List[EpochRecord] = field(default_factory=list)
+    best_model_paths: list[str] = field(default_factory=list)
+    last_model_paths: list[str] = field(default_factory=list)
+    checkpoint_path: str | None = None  # latest checkpoint written or resumed from
+    resumed_from: str | None = None
+    log_path: str | None = None
+    history: list[EpochRecord] = field(default_factory=list)
 
 
 def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
@@ -69,8 +69,8 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
         return _train(cfg, metadata, device, folders, resume_path, export)
 
 
-def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: Dict[str, str],
-           resume_path: Optional[str], export: bool) -> TrainResult:
+def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: dict[str, str],
+           resume_path: str | None, export: bool) -> TrainResult:
     from sequifier.model.transformer import ColumnLayout, build_model
 
     spec = cfg.training_spec
@@ -144,13 +144,13 @@ def _restore(path: str, model, optimizer, scheduler, scaler) -> TrainState:
     return TrainState.from_dict(checkpoint["state"])
 
 
-def _model_files(models_dir: str, model_name: str) -> List[str]:
+def _model_files(models_dir: str, model_name: str) -> list[str]:
     pattern = re.compile(rf"^sequifier-{re.escape(model_name)}-(best|last)-\d+")
     return sorted(p for p in glob.glob(os.path.join(glob.escape(models_dir), "*"))
                   if pattern.match(os.path.basename(p)))
 
 
-def _resume_or_clear(cfg: TrainConfig, folders: Dict[str, str]) -> Optional[str]:
+def _resume_or_clear(cfg: TrainConfig, folders: dict[str, str]) -> str | None:
     """The checkpoint to resume from, if any; refuses to replace outputs unless asked.
 
     With continue_training and a checkpoint of this model_name, training resumes. Else
@@ -177,7 +177,7 @@ def _resume_or_clear(cfg: TrainConfig, folders: Dict[str, str]) -> Optional[str]
     return None
 
 
-def _class_share_columns(cfg: TrainConfig, metadata: Metadata) -> Dict[str, Dict[int, Any]]:
+def _class_share_columns(cfg: TrainConfig, metadata: Metadata) -> dict[str, dict[int, Any]]:
     columns = {}
     for column in cfg.training_spec.class_share_log_columns or []:
         if column not in cfg.target_columns or metadata.column_types.get(column) != "categorical":

@@ -6,7 +6,7 @@ validation loss, so it can only be stepped per epoch.
 """
 
 import inspect
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -22,7 +22,7 @@ def scheduler_class(name: Any) -> type:
     module = torch.optim.lr_scheduler
     base = getattr(module, "LRScheduler", None) or module._LRScheduler
     cls = getattr(module, str(name), None)
-    plateau = getattr(module, "ReduceLROnPlateau")
+    plateau = module.ReduceLROnPlateau
     if not (inspect.isclass(cls) and (issubclass(cls, base) or cls is plateau)) or cls is base:
         known = sorted(
             n for n, c in vars(module).items()
@@ -37,7 +37,7 @@ def is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def build_scheduler(optimizer, spec: Optional[Dict[str, Any]], step_on: str):
+def build_scheduler(optimizer, spec: dict[str, Any] | None, step_on: str):
     spec = dict(spec or {})
     name = spec.pop("name", None)
     if step_on not in STEP_ON:
@@ -48,7 +48,7 @@ def build_scheduler(optimizer, spec: Optional[Dict[str, Any]], step_on: str):
     check_kwargs(cls, spec, FIELD)
     if cls is torch.optim.lr_scheduler.ReduceLROnPlateau and step_on != "epoch":
         raise SequifierError(
-            f"training_spec.scheduler_step_on: ReduceLROnPlateau follows the validation loss "
+            "training_spec.scheduler_step_on: ReduceLROnPlateau follows the validation loss "
             "and can only be stepped on 'epoch'"
         )
     kwargs = {k: _plain(v) for k, v in spec.items()}

@@ -48,7 +48,7 @@ def test_single_step_matches_hand_computation():
 
 def test_several_steps_match_algorithm_1():
     grads = [0.5, -0.2, 0.3, 0.9, -1.1, 0.05]
-    kwargs = dict(lr=0.02, b1=0.8, b2=0.95, b3=0.99, alpha=3.0, eps=1e-8, wd=0.01)
+    kwargs = {"lr": 0.02, "b1": 0.8, "b2": 0.95, "b3": 0.99, "alpha": 3.0, "eps": 1e-8, "wd": 0.01}
     expected = reference_steps(1.5, grads, **kwargs)
     got = run_optimizer(1.5, grads, lr=0.02, betas=(0.8, 0.95, 0.99), alpha=3.0, weight_decay=0.01)
     assert got == pytest.approx(expected, abs=1e-12)

@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from train_data import N_CLASSES, make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PAD_ID
@@ -23,7 +24,6 @@ from sequifier.train.device import autocast_dtype, resolve_device
 from sequifier.train.losses import build_target_losses, class_weight_vector
 from sequifier.train.optimizers import build_optimizer
 from sequifier.train.schedulers import build_scheduler
-from train_data import N_CLASSES, make_config, make_project, single_thread  # noqa: F401
 
 
 def params():

@@ -6,12 +6,12 @@ import os
 
 import pytest
 import torch
+from train_data import make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.errors import SequifierError
 from sequifier.train import run as run_module
 from sequifier.train.data import InRamBatches
 from sequifier.train.run import run_train
-from train_data import make_config, make_project, single_thread  # noqa: F401
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
+from train_data import make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.errors import SequifierError
 from sequifier.train.run import run_train
-from train_data import make_config, make_project, single_thread  # noqa: F401
 
 # dropout consumes the torch RNG and StepLR carries state, so both must be restored
 RESUMABLE = {"training_spec.dropout": 0.2, "training_spec.enforce_determinism": True,

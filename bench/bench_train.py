@@ -1,0 +1,115 @@
+"""Training throughput and learning on the benchmark data, on 2 CPU cores.
+
+Data: the benchmark set (../shared/bench/gen_data.py defaults, 403,730 rows, 2,000
+sequences) preprocessed with seq_length 48, split_ratios [0.8, 0.1, 0.1] and
+stride_by_split [8, 48, 48] (made in bench/out/ when missing, shared with bench_infer).
+
+Model: dim_model 128, n_head 4, num_layers 2, dim_feedforward 256, swiglu; inputs
+itemId, sup1, itemValue; target itemId (CrossEntropyLoss); batch_size 64, Adam 1e-3.
+
+Timed: `run_train` as the CLI calls it (export skipped), eager and with compile: true.
+Reported: training samples (windows) per second of each epoch - the loop's own
+measurement of the optimisation steps, without validation - and the validation loss
+after the epochs against the unigram baseline (entropy of the training split's target
+distribution: what a model that ignores the context would reach). Target: >= 700
+samples/s.
+
+usage: python bench/bench_train.py [--epochs 2] [--cores 2] [--no-compile]
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_infer import OUT, SEQ_LENGTH, ensure_data, pin_cores
+
+TARGET_SAMPLES_PER_S = 700
+
+
+def train_config(metadata_path: str, name: str, epochs: int, compile_model: bool):
+    from sequifier.config.schema import ModelSpec, TrainConfig, TrainingSpec
+
+    return TrainConfig(
+        project_root=OUT, metadata_config_path=metadata_path, model_name=name,
+        target_columns=["itemId"], target_column_types={"itemId": "categorical"},
+        input_columns=["itemId", "sup1", "itemValue"], seq_length=SEQ_LENGTH,
+        export_generative_model=True, export_embedding_model=False, inference_batch_size=64,
+        overwrite=True,
+        model_spec=ModelSpec(
+            dim_model=128, n_head=4, num_layers=2, dim_feedforward=256,
+            initial_embedding_dim=128, activation_fn="swiglu",
+            feature_embedding_dims={"itemId": 64, "sup1": 32, "itemValue": 32},
+        ),
+        training_spec=TrainingSpec(
+            device="cpu", epochs=epochs, batch_size=64, learning_rate=1e-3,
+            criterion={"itemId": "CrossEntropyLoss"}, save_interval_epochs=epochs,
+            scheduler={"name": "none"}, log_interval=100, continue_training=False,
+            compile=compile_model,
+        ),
+    )
+
+
+def unigram_entropy(metadata_path: str) -> float:
+    """Entropy (nats) of itemId over the training split's real target slots."""
+    import numpy as np
+
+    from sequifier.config.metadata import read_metadata
+    from sequifier.data.windows import read_windows
+
+    metadata = read_metadata(metadata_path)
+    windows = read_windows(os.path.join(OUT, metadata.split_paths[0]), metadata.write_format,
+                           metadata.column_types, ["itemId"])
+    targets = windows.values["itemId"][:, 1:]
+    real = np.arange(1, targets.shape[1] + 1)[None, :] >= windows.padding[:, None]
+    counts = np.bincount(targets[real].astype(np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def run(metadata_path: str, name: str, epochs: int, compile_model: bool):
+    from sequifier.train.run import run_train
+
+    start = time.perf_counter()
+    result = run_train(train_config(metadata_path, name, epochs, compile_model), export=False)
+    return result, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    pin_cores(args.cores)
+    metadata_path = ensure_data()
+    baseline = unigram_entropy(metadata_path)
+
+    modes = [("eager", False)] + ([] if args.no_compile else [("compiled", True)])
+    rows = []
+    for mode, compile_model in modes:
+        result, seconds = run(metadata_path, f"bench-train-{mode}", args.epochs, compile_model)
+        rows.append((mode, result, seconds))
+
+    print(f"\ntraining benchmark: {args.cores} threads, batch 64, seq_length {SEQ_LENGTH}, "
+          f"{args.epochs} epochs")
+    for mode, result, seconds in rows:
+        per_epoch = ", ".join(f"{r.samples_per_second:.0f}" for r in result.history)
+        steady = result.history[-1].samples_per_second
+        verdict = "ok" if steady >= TARGET_SAMPLES_PER_S else f"BELOW target {TARGET_SAMPLES_PER_S}"
+        print(f"  {mode:9s} samples/s per epoch: {per_epoch}  (last epoch {steady:.0f}: {verdict}); "
+              f"wall {seconds:.0f} s incl. data loading and validation")
+    for mode, result, _ in rows:
+        val = result.history[-1].val_loss
+        print(f"  {mode:9s} validation loss after {result.last_epoch} epochs: {val:.4f} nats "
+              f"(perplexity {math.exp(val):.1f}) vs unigram baseline {baseline:.4f} nats "
+              f"(perplexity {math.exp(baseline):.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
