@@ -41,11 +41,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-cores", type=int, default=2)
     parser.add_argument("--write-format", default="parquet", choices=["parquet", "csv", "pt"])
+    parser.add_argument("--force-parallel", action="store_true",
+                        help="use worker processes even though the input is small")
     args = parser.parse_args()
     ensure_data()
 
     from sequifier.config.schema import PreprocessConfig
+    from sequifier.data import preprocess
     from sequifier.data.preprocess import run_preprocess
+
+    if args.force_parallel:
+        preprocess.PARALLEL_MIN_READ_BYTES = preprocess.PARALLEL_MIN_WINDOW_ROWS = 0
 
     cfg = PreprocessConfig(
         project_root=os.path.join(OUT, "preprocess-bench"), data_path=DATA, read_format="csv",
@@ -58,6 +64,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     print(f"preprocess: {wall:.2f} s wall, peak RSS {peak_rss_mib():.0f} MiB "
           f"(n_cores={args.n_cores}, write_format={args.write_format}, "
+          f"{'forced parallel, ' if args.force_parallel else ''}"
           f"outputs: {', '.join(metadata.split_paths)})")
 
 

@@ -21,9 +21,9 @@ import math
 import os
 import shutil
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +44,10 @@ START_MODES = ("distribute", "exact")
 # per-task overhead does not matter
 MAX_TASK_ROWS = 1_000_000
 MIN_TASK_ROWS = 20_000
+# Starting workers costs about half a second (a fresh interpreter imports numpy/pyarrow);
+# below these sizes the main process finishes the stage sooner on its own.
+PARALLEL_MIN_READ_BYTES = 64 * 2**20  # input bytes still to read
+PARALLEL_MIN_WINDOW_ROWS = 1_000_000  # rows to cut into windows
 
 
 @dataclass
@@ -304,22 +308,43 @@ def build_windows(task: WindowTask) -> List[Windows]:
 
 # ---------------------------------------------------------------- running the stages
 
-@contextmanager
-def worker_pool(n_workers: int) -> Iterator[Callable[[Callable, Iterable], Iterator]]:
-    """An ordered `map` over `n_workers` processes (in-process for one worker).
+class Workers:
+    """An ordered `map` over up to `n` worker processes, started on first parallel use.
 
-    Workers are spawned, not forked: pyarrow's thread pools do not survive a fork.
+    Workers come from a fork server that has imported this module once (spawn where
+    there is none), not from forking this process: pyarrow's thread pools do not
+    survive a fork, and the fork server starts each worker without a new import.
     """
-    if n_workers <= 1:
-        yield map
-        return
-    import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
-        yield lambda fn, tasks: pool.imap(fn, tasks, chunksize=1)
+    def __init__(self, n: int):
+        self.n = n
+        self._pool = None
+
+    def map(self, fn: Callable, tasks: List, parallel: bool) -> Iterator:
+        if self.n <= 1 or not parallel or len(tasks) < 2:
+            return map(fn, tasks)
+        if self._pool is None:
+            import multiprocessing
+
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload([__name__])
+            else:
+                context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(self.n)
+        return self._pool.imap(fn, tasks, chunksize=1)
+
+    def __enter__(self) -> "Workers":  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
 
 
-def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool], pmap) -> List[FileSummary]:
+def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
+                workers: Workers) -> List[FileSummary]:
     tasks = [
         ReadTask(path, plan.cache_path(i), cached[i], cfg.read_format, cfg.selected_columns,
                  cfg.max_rows, plan.split_ratios)
@@ -331,8 +356,10 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool], pmap) -> 
     progress = Progress(len(tasks), "read files")
     summaries = []
     if cfg.max_rows is None:
-        # one file gains nothing from a worker (pyarrow reads it with several threads)
-        for summary in (pmap if len(tasks) > 1 else map)(read_input, tasks):
+        # a single file gains nothing from a worker: pyarrow reads it with several threads
+        to_read = sum(os.path.getsize(t.path) for t in tasks if not t.use_cache)
+        parallel = to_read >= PARALLEL_MIN_READ_BYTES
+        for summary in workers.map(read_input, tasks, parallel):
             summaries.append(summary)
             progress.update()
     else:
@@ -368,11 +395,12 @@ def _window_tasks(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary
 
 
 def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary],
-                 encoding: ColumnEncoding, pmap) -> List[Windows]:
+                 encoding: ColumnEncoding, workers: Workers) -> List[Windows]:
     tasks = _window_tasks(plan, cfg, summaries, encoding)
+    parallel = sum(s.n_rows for s in summaries) >= PARALLEL_MIN_WINDOW_ROWS
     parts: List[List[Windows]] = [[] for _ in plan.split_ratios]
     progress = Progress(len(tasks), "build windows")
-    for result in pmap(build_windows, tasks):
+    for result in workers.map(build_windows, tasks, parallel):
         for k, windows in enumerate(result):
             parts[k].append(windows)
         progress.update()
@@ -432,10 +460,10 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
     plan = make_plan(cfg)
     _check_overwrite(plan, cfg.overwrite)
     cached = prepare_work_dir(plan, cfg)
-    with worker_pool(plan.n_workers) as pmap:
-        summaries = read_inputs(plan, cfg, cached, pmap)
+    with Workers(plan.n_workers) as workers:
+        summaries = read_inputs(plan, cfg, cached, workers)
         encoding = merge_summaries(summaries)
-        splits = make_windows(plan, cfg, summaries, encoding, pmap)
+        splits = make_windows(plan, cfg, summaries, encoding, workers)
     metadata = make_metadata(plan, cfg, encoding)
     write_outputs(plan, cfg, splits, metadata)
     shutil.rmtree(plan.work_dir, ignore_errors=True)

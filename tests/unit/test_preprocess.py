@@ -195,8 +195,11 @@ def test_seed_shuffles_pt_windows_reproducibly(tmp_path):
 
 
 def test_n_cores_does_not_change_the_output(tmp_path, monkeypatch):
-    # small tasks, so one and two workers cut the sequences into different chunks
+    # small tasks, so one and two workers cut the sequences into different chunks, and
+    # worker processes even for tiny inputs
     monkeypatch.setattr(preprocess, "MIN_TASK_ROWS", 10)
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_READ_BYTES", 0)
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_WINDOW_ROWS", 0)
     frame = long_table(lengths=tuple(range(1, 30)), seed=3)
     for i in range(3):
         part = frame[frame["sequenceId"] % 3 == i]
@@ -209,6 +212,17 @@ def test_n_cores_does_not_change_the_output(tmp_path, monkeypatch):
                         for k in range(3)])
     for one, two in zip(*outputs):
         pd.testing.assert_frame_equal(one, two)
+
+
+def test_small_inputs_stay_in_the_main_process(tmp_path, monkeypatch):
+    def no_pool(*args, **kwargs):
+        raise AssertionError("worker processes started for a tiny input")
+
+    monkeypatch.setattr("multiprocessing.context.BaseContext.Pool", no_pool)
+    frame = long_table()
+    for i in range(2):
+        write_input(frame[frame["sequenceId"] % 2 == i], tmp_path / "in" / f"p{i}.csv")
+    preprocess.run_preprocess(config(tmp_path, "in", n_cores=2))
 
 
 def test_overwrite_protection(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from preprocess_data import config, long_table, write_input
 
+from sequifier.data import preprocess
 from sequifier.data.preprocess import run_preprocess
 from sequifier.errors import SequifierError
 
@@ -151,7 +152,8 @@ def test_unknown_start_mode(tmp_path):
                  "subsequence_start_mode", "distribute, exact")
 
 
-def test_bad_input_file_in_worker_process(tmp_path):
+def test_bad_input_file_in_worker_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_READ_BYTES", 0)
     frame = long_table()
     for i in range(3):
         part = frame[frame["sequenceId"] % 3 == i]
