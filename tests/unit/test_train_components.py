@@ -42,6 +42,13 @@ def test_optimizer_by_name_with_kwargs():
     assert isinstance(ademamix, AdEMAMix) and ademamix.param_groups[0]["alpha"] == 8.0
 
 
+def test_fused_kernel_by_default_unless_chosen():
+    assert build_optimizer(params(), {"name": "Adam"}, 0.1).param_groups[0]["fused"] is True
+    chosen = build_optimizer(params(), {"name": "Adam", "foreach": False}, 0.1).param_groups[0]
+    assert not chosen["fused"] and chosen["foreach"] is False
+    assert build_optimizer(params(), {"name": "AdamW", "amsgrad": True}, 0.1).param_groups[0]["fused"]
+
+
 def test_optimizer_errors_name_the_field():
     with pytest.raises(SequifierError, match=r"training_spec.optimizer.name: unknown optimizer 'Adamm'"):
         build_optimizer(params(), {"name": "Adamm"}, 0.1)
