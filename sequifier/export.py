@@ -216,7 +216,7 @@ def export_onnx(
             report=False,
             verbose=False,
         )
-    proto = program.model_proto
+        proto = program.model_proto
     _set_io_names(proto.graph, list(layout.input_columns), head.output_names)
     for key, value in info.items():
         entry = proto.metadata_props.add()
@@ -264,15 +264,21 @@ def _rename_values(graph, mapping: Dict[str, str]) -> None:
 
 
 class _quiet_exporter_logs:
-    """The exporter logs warnings about optional packages (torchvision); hide them."""
+    """Hide the exporter's chatter: warnings about optional packages (torchvision) and the
+    INFO lines of its graph passes, which flood a console that Hydra set to INFO."""
+
+    LOGGERS = ("torch.onnx", "onnx_ir", "onnxscript")
 
     def __enter__(self):
-        self.logger = logging.getLogger("torch.onnx")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
+        self.levels = {}
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
 
     def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
         return False
 
 
