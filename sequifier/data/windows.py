@@ -105,8 +105,11 @@ def write_windows(windows: Windows, path: str, write_format: str) -> None:
     with atomic_path(path) as tmp:
         if write_format == "parquet":
             frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
+        else:  # pyarrow's writer is ~10x faster than DataFrame.to_csv here
+            import pyarrow as pa
+            import pyarrow.csv as pa_csv
+
+            pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), tmp)
 
 
 def shard_dict(windows: Windows, column_types: Dict[str, str]):
@@ -192,7 +195,7 @@ def read_windows(path: str, read_format: str, column_types: Dict[str, str],
     if read_format == "parquet":
         frame = pd.read_parquet(path)
     else:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, engine="pyarrow")
     missing = [c for c in INDEX_COLUMNS + ["inputCol"] if c not in frame.columns]
     if missing:
         raise SequifierError(f"data file '{path}' is not in sequifier's window format (missing {missing})")
