@@ -61,28 +61,20 @@ RUNNERS: Dict[str, Callable] = {
 }
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def make_task(command: str) -> Callable:
     def task(cfg):
         from sequifier.config.compose import to_dataclass
         from sequifier.config.validate import validate
+        from sequifier.multirun import in_multirun, job_model_name
 
         try:
             config = to_dataclass(command, cfg)
             if command == "train":  # sweep jobs must not share model files (multirun.py)
-                from sequifier.multirun import job_model_name
-
                 config.model_name = job_model_name(config.model_name)
             validate(command, config)
             return RUNNERS[command](config)
         except SequifierError as e:
-            if _in_multirun():
+            if in_multirun():
                 raise  # the sweeper records the failed job and goes on (max_failure_rate)
             report_and_exit(e)
 
