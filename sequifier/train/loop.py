@@ -46,9 +46,12 @@ class TrainState:
     history: list[EpochRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["best_model"] = self.best_model  # asdict would deep-copy the tensors
-        return out
+        # not asdict(self): that would deep-copy the best model's tensors on every save
+        return {
+            "epoch": self.epoch, "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
+            "best_model": self.best_model, "epochs_since_improvement": self.epochs_since_improvement,
+            "history": [asdict(r) for r in self.history],
+        }
 
     @staticmethod
     def from_dict(raw: dict) -> "TrainState":
