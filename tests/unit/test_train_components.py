@@ -268,3 +268,27 @@ def test_autocast_dtype_per_device():
     assert autocast_dtype(cpu, True, {"linear": "float16"}) == torch.float16
     assert autocast_dtype(cpu, False, {"linear": "bfloat16"}) is None
     assert autocast_dtype(torch.device("mps"), True, None) == torch.float16
+
+
+def test_column_in_metadata_but_missing_from_data(tmp_path, metadata):
+    root = make_project(tmp_path)
+    extended = metadata.__class__(**{**metadata.__dict__,
+                                     "column_types": {**metadata.column_types, "extra": "real"}})
+    cfg = make_config(root, input_columns=["itemId", "extra"])
+    with pytest.raises(SequifierError, match="training_data_path: column 'extra' not found in the data"):
+        make_batch_sources(cfg, extended, ["itemId", "extra"], torch.device("cpu"))
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    import sys
+
+    from sequifier.train.logs import TrainLogger
+
+    logger = TrainLogger(str(tmp_path), "m", tensorboard=False)
+    items = [1, 2]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert logger.progress(items, 2, "epoch 1") is items
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = logger.progress(items, 2, "epoch 1")
+    assert bar is not items and list(bar) == items
+    logger.close()
