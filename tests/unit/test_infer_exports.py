@@ -11,7 +11,7 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import SEQ_LENGTH, infer_config, make_metadata, make_project
+from infer_stub import SEQ_LENGTH, infer_config, make_metadata, make_project, make_windows
 
 from sequifier.config.schema import ModelSpec, TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
@@ -211,3 +211,23 @@ def test_preprocessed_data_end_to_end(tmp_path):
     stats = metadata.selected_columns_statistics["value"]
     np.testing.assert_allclose(out["value"], raw["value"][:, -1].numpy() * stats["std"]
                                + stats["mean"], rtol=1e-5)
+
+
+def test_pt_embeddings_are_the_last_hidden_state(project, exports):
+    run_infer(infer_config(project, exports["emb_pt"], model_type="embedding"))
+    frame = pd.read_csv(project / "outputs/embeddings/tiny-embedding-embeddings.csv")
+    windows = make_windows()
+    with torch.no_grad():
+        hidden = exports.model.hidden_states({
+            "itemId": torch.from_numpy(windows.values["itemId"][:, :SEQ_LENGTH]),
+            "value": torch.from_numpy(windows.values["value"][:, :SEQ_LENGTH]),
+        })[:, -1]
+    np.testing.assert_allclose(frame[[str(j) for j in range(8)]].to_numpy(), hidden.numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_pt_on_unavailable_device(project, exports):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SequifierError, match="device: 'cuda'"):
+        run_infer(infer_config(project, exports["pt"], device="cuda"))
