@@ -253,3 +253,10 @@ def test_export_called_for_best_and_last(root, monkeypatch):
     assert [(c[0], c[1]) for c in calls] == [("best", 1), ("last", 2)]
     assert result.best_model_paths[0].endswith("tiny-best-1.onnx")
     assert run_module.TrainResult  # the result type the CLI reads best_val_loss from
+
+
+@pytest.mark.slow
+def test_real_compile_trains_like_eager(tmp_path):
+    eager = train(make_project(tmp_path / "a"), **{"training_spec.epochs": 1})
+    compiled = train(make_project(tmp_path / "b"), **{"training_spec.epochs": 1, "training_spec.compile": True})
+    assert compiled.history[0].val_loss == pytest.approx(eager.history[0].val_loss, rel=1e-3)
