@@ -128,10 +128,19 @@ def _join_group(ctx: DistContext) -> None:
     _context = ctx
 
 
-def _leave_group() -> None:
+def _leave_group(finished: bool) -> None:
+    """Tear the group down; after a clean finish, first wait for every rank.
+
+    Without the barrier a rank that finishes first can destroy its gloo connections
+    while a peer still uses them, and the peer aborts in C++ ("terminate called
+    without an active exception"). After an error there is no barrier: the peers may
+    never arrive.
+    """
     global _context
     _context = _SINGLE
     if torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
@@ -145,6 +154,7 @@ def _spawned_rank(rank: int, fn: Callable, args: tuple, world_size: int, backend
     """Body of one process started by `launch`; rank 0 sends `fn`'s result back."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     _share_cpu_threads(world_size)
+    finished = False
     try:
         _join_group(DistContext(rank, world_size, rank, backend))
         result = fn(*args)
@@ -152,11 +162,12 @@ def _spawned_rank(rank: int, fn: Callable, args: tuple, world_size: int, backend
             # Plain pickle: tensors travel by value, not as shared-memory handles that die
             # with this process before the parent reads them.
             results.put(("ok", pickle.dumps(result)))
+        finished = True
     except SequifierError as e:
         results.put(("error", str(e)))
         raise
     finally:
-        _leave_group()
+        _leave_group(finished)
 
 
 def needs_launch(spec: TrainingSpec) -> bool:
@@ -180,11 +191,14 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
         if ctx.world_size != spec.world_size:
             log.warning("torchrun started %d processes; training_spec.world_size (%d) is ignored",
                         ctx.world_size, spec.world_size)
+        finished = False
         try:
             _join_group(ctx)
-            return fn(*args)
+            result = fn(*args)
+            finished = True
+            return result
         finally:
-            _leave_group()
+            _leave_group(finished)
 
     import torch.multiprocessing as mp
 
