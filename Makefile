@@ -33,10 +33,10 @@ demo: install
 	$(PY) -m sequifier.demo demo
 
 lint: install
-	$(VENV)/bin/ruff check sequifier tests bench
+	$(VENV)/bin/ruff check sequifier tests bench multirun_examples
 
 format: install
-	$(VENV)/bin/ruff format sequifier tests bench
+	$(VENV)/bin/ruff format sequifier tests bench multirun_examples
 
 bench: install
 	$(PY) bench/run_all.py

@@ -8,7 +8,7 @@ can trust the config.
 
 import math
 import os
-from typing import List, Optional
+from typing import List
 
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
@@ -165,7 +165,8 @@ def _check_attention(m, p: Problems) -> None:
         if kv is None:
             m.n_kv_heads = 1
         elif kv != 1:
-            p.add("model_spec.n_kv_heads", f"attention_type mqa uses 1 key/value head, got {kv}; set n_kv_heads: 1 or null")
+            p.add("model_spec.n_kv_heads",
+                  f"attention_type mqa uses 1 key/value head, got {kv}; set n_kv_heads: 1 or null")
     elif m.attention_type == "mha":
         if kv is not None and kv != m.n_head:
             p.add("model_spec.n_kv_heads", f"attention_type mha uses n_head ({m.n_head}) key/value heads, got {kv}; "
@@ -195,7 +196,8 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
     targets = list(cfg.target_columns)
     for col in targets:
         if col not in t.criterion:
-            p.add(f"training_spec.criterion.{col}", "missing: give a loss for every target (e.g. CrossEntropyLoss, MSELoss)")
+            p.add(f"training_spec.criterion.{col}",
+                  "missing: give a loss for every target (e.g. CrossEntropyLoss, MSELoss)")
     criteria = known_criteria()
     for col, name in t.criterion.items():
         if col not in targets:
@@ -210,10 +212,12 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
                 f"'{col}' must be a categorical target column")
     if not t.load_full_data_to_ram and cfg.read_format != "pt":
         p.add("training_spec.load_full_data_to_ram",
-              f"false (lazy loading) requires read_format: pt, got '{cfg.read_format}'; preprocess with write_format: pt")
+              f"false (lazy loading) requires read_format: pt, got '{cfg.read_format}'; "
+              "preprocess with write_format: pt")
     if t.distributed and cfg.read_format != "pt":
         p.add("training_spec.distributed",
-              f"true requires read_format: pt, got '{cfg.read_format}'; preprocess with write_format: pt, merge_output: false")
+              f"true requires read_format: pt, got '{cfg.read_format}'; "
+              "preprocess with write_format: pt, merge_output: false")
     for layer, dtype in (t.layer_type_dtypes or {}).items():
         p.one_of(layer, LAYER_TYPES, f"training_spec.layer_type_dtypes.{layer}")
         p.one_of(dtype, DTYPES, f"training_spec.layer_type_dtypes.{layer}")
@@ -246,7 +250,8 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
                   f"'{available[col]}' for it")
     inputs = list(cfg.input_columns) if cfg.input_columns is not None else list(available)
     for col in inputs:
-        p.check(col in available, "input_columns", f"'{col}' is not a column of the preprocessed data {sorted(available)}")
+        p.check(col in available, "input_columns",
+                f"'{col}' is not a column of the preprocessed data {sorted(available)}")
     p.check(len(inputs) > 0, "input_columns", "needs at least one column")
     _check_feature_embedding_dims(cfg, inputs, available, p)
 
@@ -289,7 +294,8 @@ def validate_infer(cfg: InferConfig) -> None:
     p.positive(cfg.seq_length, "seq_length")
     p.positive(cfg.inference_batch_size, "inference_batch_size")
     if cfg.autoregression_extra_steps is not None:
-        p.check(cfg.autoregression, "autoregression_extra_steps", "is set but autoregression is false; set autoregression: true")
+        p.check(cfg.autoregression, "autoregression_extra_steps",
+                "is set but autoregression is false; set autoregression: true")
         p.positive(cfg.autoregression_extra_steps, "autoregression_extra_steps", minimum=0)
     for col, kind in (cfg.target_column_types or {}).items():
         p.one_of(kind, COLUMN_TYPES, f"target_column_types.{col}")

@@ -9,7 +9,7 @@ whole real sequence.
 """
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import Tensor, nn

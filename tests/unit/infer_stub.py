@@ -70,7 +70,7 @@ def make_project(root, n=10, fmt="parquet", windows=None) -> Metadata:
     metadata = make_metadata()
     write_metadata(metadata, os.path.join(root, "configs/metadata_configs/toy.json"))
     windows = make_windows(n) if windows is None else windows
-    for k, path in enumerate(metadata.split_paths):
+    for path in metadata.split_paths:
         path = os.path.join(root, path)
         if fmt != "parquet":
             path = path.replace(".parquet", f".{fmt}")

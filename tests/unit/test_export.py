@@ -8,11 +8,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_model import make_inputs, make_layout, make_model, make_train_config
 
 from sequifier.errors import SequifierError
 from sequifier.export import (
-    GenerativeHead,
     EmbeddingHead,
+    GenerativeHead,
     export_models,
     export_pt,
     load_pt_model,
@@ -20,7 +21,6 @@ from sequifier.export import (
     output_name,
     set_dropout_active,
 )
-from test_model import make_inputs, make_layout, make_model, make_train_config
 
 
 def config(**overrides):
@@ -158,8 +158,9 @@ def test_load_pt_model_refuses_foreign_files(tmp_path):
 
 
 def test_output_name_clash_is_refused(tmp_path):
-    from sequifier.model.transformer import ColumnLayout, SequifierModel
     from test_model import make_spec
+
+    from sequifier.model.transformer import ColumnLayout, SequifierModel
 
     layout = ColumnLayout(["a", "a_output"], {"a": "real", "a_output": "real"}, {}, ["a"], {"a": "real"}, 4)
     model = SequifierModel(make_spec(feature_embedding_dims=None, initial_embedding_dim=16), layout)

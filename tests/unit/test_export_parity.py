@@ -5,9 +5,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_model import make_inputs, make_model
 
 from sequifier.export import EmbeddingHead, GenerativeHead, export_onnx, output_name
-from test_model import make_inputs, make_model
 
 # A covering subset of the option product: every value of every option at least once,
 # plus GQA with RoPE (the combination most likely to break in export).

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from sequifier.data.lazy import (
-    GB, LazyWindowLoader, PieceCache, Piece, batch_sizes, batches_per_worker, count_windows,
-    plan_pieces, split_range, windows_nbytes,
+    GB,
+    LazyWindowLoader,
+    Piece,
+    PieceCache,
+    batch_sizes,
+    batches_per_worker,
+    count_windows,
+    plan_pieces,
+    split_range,
+    windows_nbytes,
 )
 from sequifier.data.windows import Windows, list_shards, write_shards
 from sequifier.errors import SequifierError

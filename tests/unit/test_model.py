@@ -258,8 +258,9 @@ def test_float8_quantises_weights_and_trains(dtype):
     reference = make_model()(inputs)
     assert not torch.allclose(out["a"], reference["a"])  # rounding has a real effect
     # Same as a model whose weights were rounded to the float8 grid:
-    from sequifier.model.dtypes import bake_weight_quantization
     import copy
+
+    from sequifier.model.dtypes import bake_weight_quantization
 
     baked = bake_weight_quantization(copy.deepcopy(model))
     w = baked.blocks[0].attention.qkv.weight

@@ -155,7 +155,7 @@ def test_logs_file_and_tensorboard(root):
 
 def test_class_share_log_columns(root):
     result = train(root, **{"training_spec.epochs": 1, "training_spec.class_share_log_columns": ["itemId"]})
-    line = next(l for l in log_text(result).splitlines() if "predicted class shares for itemId" in l)
+    line = next(x for x in log_text(result).splitlines() if "predicted class shares for itemId" in x)
     shares = [float(part.split(": ")[1]) for part in line.split("(validation): ")[1].split(", ")]
     assert math.isclose(sum(shares), 1.0, abs_tol=1e-3)
     assert any(f"{100 + v}:" in line for v in range(10))  # original values, not ids
