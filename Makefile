@@ -7,20 +7,15 @@ PY := $(VENV)/bin/python
 # multi-GB CUDA build; pyproject's range is satisfied by this one, so pip keeps it.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-sweep test test-full demo lint format bench clean
+.PHONY: install test test-full demo lint format bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev,sweep]'
-	touch $@
-
-# Hydra sweeper/launcher plugins incl. SLURM (submitit)
-install-sweep: install
 	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm]'
+	touch $@
 
 test: install
 	$(PY) -m pytest -q
