@@ -1,6 +1,7 @@
 """Composition through Hydra's compose API: every group option, precedence, aliases."""
 
 import pytest
+from config_data import TRAIN_CONFIG
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -8,21 +9,7 @@ from sequifier.config import compose as comp
 from sequifier.config.schema import TrainConfig
 from sequifier.errors import SequifierError
 
-USER = {
-    "project_root": ".",
-    "metadata_config_path": "configs/metadata_configs/data.json",
-    "model_name": "m",
-    "target_columns": ["itemId"],
-    "target_column_types": {"itemId": "categorical"},
-    "seq_length": 8,
-    "export_generative_model": True,
-    "export_embedding_model": False,
-    "inference_batch_size": 4,
-    "model_spec": {"dim_model": 32, "n_head": 4, "num_layers": 1, "dim_feedforward": 64,
-                   "initial_embedding_dim": 32},
-    "training_spec": {"device": "cpu", "epochs": 1, "batch_size": 4, "learning_rate": 0.01,
-                      "criterion": {"itemId": "CrossEntropyLoss"}, "save_interval_epochs": 1},
-}
+USER = TRAIN_CONFIG
 
 
 def composed(overrides, user=USER, command="train"):

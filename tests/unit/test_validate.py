@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+from config_data import TRAIN_CONFIG
 from omegaconf import OmegaConf
 
 from sequifier.config.metadata import Metadata, write_metadata
@@ -10,21 +11,7 @@ from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
 from sequifier.config.validate import validate
 from sequifier.errors import SequifierError
 
-TRAIN = {
-    "project_root": "ROOT",
-    "metadata_config_path": "configs/metadata_configs/data.json",
-    "model_name": "m",
-    "target_columns": ["itemId"],
-    "target_column_types": {"itemId": "categorical"},
-    "seq_length": 8,
-    "export_generative_model": True,
-    "export_embedding_model": False,
-    "inference_batch_size": 4,
-    "model_spec": {"dim_model": 32, "n_head": 4, "num_layers": 1, "dim_feedforward": 64,
-                   "initial_embedding_dim": 32},
-    "training_spec": {"device": "cpu", "epochs": 1, "batch_size": 4, "learning_rate": 0.01,
-                      "criterion": {"itemId": "CrossEntropyLoss"}, "save_interval_epochs": 1},
-}
+TRAIN = TRAIN_CONFIG
 
 
 @pytest.fixture
