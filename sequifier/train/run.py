@@ -102,6 +102,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             f"and {val_batches.n_samples} validation windows, device {device}"
             + (f", autocast {amp_dtype}" if amp_dtype else "")
         )
+        for note in _unused_setting_notes(spec, device, amp_dtype):
+            logger.info(note)
         if resume_path:
             logger.info(f"resuming from {resume_path} (epoch {state.epoch})")
         trainer = Trainer(
@@ -123,6 +125,31 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         return result
     finally:
         logger.close()
+
+
+def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | None) -> list[str]:
+    """Log lines for settings this run accepts but does not apply, so none is ignored silently."""
+    notes = []
+    if spec.num_workers > 0 and spec.load_full_data_to_ram and not spec.distributed:
+        # In-RAM batches are one index_select per column; worker processes would only add
+        # inter-process copies. Workers pay off where there is I/O: lazy or DDP shard loading.
+        notes.append(
+            f"training_spec.num_workers ({spec.num_workers}) is not used with load_full_data_to_ram: "
+            "true: batches are gathered in this process from tensors already in RAM; loader "
+            "workers apply to lazy loading (load_full_data_to_ram: false) and distributed runs"
+        )
+    if spec.world_size > 1 and not spec.distributed:
+        notes.append(
+            f"training_spec.world_size ({spec.world_size}) is not used: distributed is false, so "
+            "this run trains in one process; set distributed: true for DDP"
+        )
+    if spec.layer_autocast and amp_dtype is None:
+        notes.append(
+            f"training_spec.layer_autocast: no autocast on {device.type} for a float32 model "
+            "(bfloat16 without native CPU support is many times slower); put layers in "
+            "bfloat16/float16 with layer_type_dtypes to train in reduced precision"
+        )
+    return notes
 
 
 def _restore(path: str, model, optimizer, scheduler, scaler) -> TrainState:
