@@ -203,6 +203,13 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
     return [False] * len(plan.inputs)
 
 
+def _remove_work_dir_without_cache(plan: Plan) -> None:
+    """After a failure, keep the work folder only if it holds something to resume from."""
+    names = os.listdir(plan.work_dir) if os.path.isdir(plan.work_dir) else []
+    if not any(name.endswith(".arrow") for name in names):
+        shutil.rmtree(plan.work_dir, ignore_errors=True)
+
+
 def _write_cache(table: pa.Table, path: str, source: str) -> None:
     table = table.replace_schema_metadata({"sequifier_source": _source_stamp(source)})
     with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
@@ -460,12 +467,16 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
     plan = make_plan(cfg)
     _check_overwrite(plan, cfg.overwrite)
     cached = prepare_work_dir(plan, cfg)
-    with Workers(plan.n_workers) as workers:
-        summaries = read_inputs(plan, cfg, cached, workers)
-        encoding = merge_summaries(summaries)
-        splits = make_windows(plan, cfg, summaries, encoding, workers)
-    metadata = make_metadata(plan, cfg, encoding)
-    write_outputs(plan, cfg, splits, metadata)
+    try:
+        with Workers(plan.n_workers) as workers:
+            summaries = read_inputs(plan, cfg, cached, workers)
+            encoding = merge_summaries(summaries)
+            splits = make_windows(plan, cfg, summaries, encoding, workers)
+        metadata = make_metadata(plan, cfg, encoding)
+        write_outputs(plan, cfg, splits, metadata)
+    except BaseException:
+        _remove_work_dir_without_cache(plan)
+        raise
     shutil.rmtree(plan.work_dir, ignore_errors=True)
     total = ", ".join(f"split{k}: {len(w)}" for k, w in enumerate(splits))
     print(f"[preprocess] wrote {plan.name} windows ({total}) and "

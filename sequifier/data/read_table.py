@@ -63,8 +63,14 @@ def _empty_file_error(path: str) -> SequifierError:
 def read_header(path: str, read_format: str) -> List[str]:
     """Column names of an input file, without reading its data."""
     if read_format == "csv":
-        with open(path, newline="") as f:
-            line = f.readline()
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                line = f.readline()
+        except UnicodeDecodeError:
+            raise SequifierError(
+                f"input file '{path}' is not a UTF-8 text (csv) file; check read_format "
+                "(parquet?) or save the file as UTF-8 csv"
+            ) from None
         if not line.strip():
             raise _empty_file_error(path)
         return next(csv.reader([line]))
@@ -186,6 +192,43 @@ def _check_missing(path: str, table: pa.Table) -> None:
         )
 
 
+# Text that reads as a number: with a decimal point or exponent (float-like), or any number.
+FLOAT_TEXT = r"^\s*[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)\s*$"
+NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+# A text column is taken for a mistyped real column when at least this share of its
+# distinct values are numbers and some have a decimal point or exponent.
+NUMBER_TEXT_SHARE = 0.9
+
+
+def _check_numbers_as_text(path: str, table: pa.Table) -> None:
+    """A real column that arrives as text (numbers stored as strings, or a few cells such
+    as '1,5' or '3 kg' that keep a CSV column from reading as floats) would otherwise
+    become a categorical column with one class per distinct value."""
+    for name in table.column_names:
+        column = table.column(name)
+        if name in KEY_COLUMNS or not pa.types.is_string(column.type):
+            continue
+        values = pc.unique(column)
+        if not pc.any(pc.match_substring_regex(values, FLOAT_TEXT)).as_py():
+            continue
+        numeric = pc.match_substring_regex(values, NUMBER_TEXT)
+        n_numeric = pc.sum(numeric).as_py() or 0
+        if n_numeric < NUMBER_TEXT_SHARE * len(values):
+            continue  # a categorical column that happens to hold some numbers
+        others = values.filter(pc.invert(numeric)).to_pylist()
+        if not others:
+            raise SequifierError(
+                f"input file '{path}': column '{name}' holds numbers stored as text (e.g. "
+                f"'{values[0].as_py()}'), which would make it categorical; store it as floats "
+                "for a real feature, or as labels that are not numbers for a categorical one"
+            )
+        raise SequifierError(
+            f"input file '{path}': column '{name}' holds numbers but {len(others)} distinct "
+            f"values are not numbers (e.g. {others[:3]}), so it would be read as categorical; "
+            "fix those cells (decimal point, no units or text) to make it a real column"
+        )
+
+
 def _sort_and_check_keys(path: str, table: pa.Table) -> pa.Table:
     seq = table.column(SEQUENCE_COLUMN).to_numpy()
     pos = table.column(POSITION_COLUMN).to_numpy()
@@ -231,6 +274,7 @@ def read_long_table(path: str, read_format: str, selected_columns: Optional[List
         else:
             arrays.append(_canonical_feature(column))
     table = pa.table(arrays, names=columns)
+    _check_numbers_as_text(path, table)
     return _sort_and_check_keys(path, table)
 
 

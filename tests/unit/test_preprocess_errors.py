@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from preprocess_data import config, long_table, write_input
 
+from sequifier.config.metadata import read_metadata
 from sequifier.data import preprocess
 from sequifier.data.preprocess import run_preprocess
 from sequifier.errors import SequifierError
@@ -161,3 +162,36 @@ def test_bad_input_file_in_worker_process(tmp_path, monkeypatch):
             part = part.assign(value=np.nan)
         write_input(part, tmp_path / "in" / f"p{i}.csv")
     expect_error(tmp_path, config(tmp_path, "in", n_cores=2), "p1.csv", "'value'")
+
+
+def test_parquet_file_read_as_csv(tmp_path):
+    path = write_input(long_table(), tmp_path / "items.parquet", fmt="parquet")
+    expect_error(tmp_path, config(tmp_path, path), "items.parquet", "not a UTF-8 text (csv)",
+                 "read_format")
+
+
+def test_real_column_with_a_few_text_cells(tmp_path):
+    frame = long_table().astype({"value": str})
+    frame.loc[3, "value"] = "1,5"
+    path = write_input(frame, tmp_path / "items.csv")
+    expect_error(tmp_path, config(tmp_path, path), "items.csv", "'value'", "'1,5'", "real column")
+
+
+def test_real_column_stored_as_text(tmp_path):
+    path = write_input(long_table().astype({"value": str}), tmp_path / "items.parquet", "parquet")
+    expect_error(tmp_path, config(tmp_path, path, read_format="parquet"), "items.parquet",
+                 "'value'", "numbers stored as text")
+
+
+def test_labels_that_include_some_numbers_stay_categorical(tmp_path):
+    frame = long_table()
+    frame["colour"] = frame["colour"].replace({"grey": "1.5"})
+    run_preprocess(config(tmp_path, write_input(frame, tmp_path / "items.csv")))
+    metadata = read_metadata(str(tmp_path / "configs" / "metadata_configs" / "items.json"))
+    assert "1.5" in metadata.id_maps["colour"]
+
+
+def test_failure_before_anything_is_cached_leaves_no_work_folder(tmp_path):
+    path = write_input(long_table().drop(columns=["itemPosition"]), tmp_path / "data" / "items.csv")
+    expect_error(tmp_path, config(tmp_path, path), "itemPosition")
+    assert glob.glob(str(tmp_path / "data" / ".*")) == []
