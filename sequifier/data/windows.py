@@ -168,7 +168,8 @@ def _frame_to_windows(frame, columns, column_types) -> Windows:
         mask = input_col == col
         if not mask.any():
             raise SequifierError(f"column '{col}' not found in the data (inputCol values: "
-                                 f"{sorted(set(input_col.tolist()))[:10]})")
+                                 f"{sorted(set(input_col.tolist()))[:10]}); use data preprocessed "
+                                 "with the columns the model/config expects")
         if first is None:
             first = mask
         dtype = np.float32 if column_types.get(col) == "real" else np.int64

@@ -233,20 +233,34 @@ def _is_empty_tabular(path: str, read_format: str) -> bool:
             return pq.ParquetFile(path).metadata.num_rows == 0
         except (OSError, ValueError):  # pyarrow.ArrowInvalid is a ValueError
             raise SequifierError(f"data_path: '{path}' is not a readable parquet file") from None
-    with open(path) as f:  # csv: a header and nothing else
+    with open(path, "rb") as f:  # csv: a header and nothing else (bytes: any file is safe)
         f.readline()
         return not f.readline().strip()
 
 
 def _read_input(cfg: InferConfig, metadata: Metadata, path: str, info: ModelInfo) -> Windows:
     empty = SequifierError(f"data_path: '{path}' holds no windows; nothing to infer on")
-    is_file = cfg.read_format in TABULAR_FORMATS and os.path.isfile(path)
+    tabular = cfg.read_format in TABULAR_FORMATS
+    if tabular and os.path.isdir(path):
+        raise SequifierError(
+            f"data_path: '{path}' is a folder; with read_format {cfg.read_format} point it at "
+            f"one preprocessed split file (data/NAME-splitK.{cfg.read_format})"
+        )
+    is_file = tabular and os.path.isfile(path)
     if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, cfg.read_format)):
         raise empty
     try:
         windows = read_windows(path, cfg.read_format, metadata.column_types, info.input_columns)
     except SequifierError as e:
         raise SequifierError(f"data_path: {e}") from None
+    except (ValueError, OSError) as e:  # parser errors of pandas/pyarrow: wrong format
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        if not first_line.isprintable():  # a parser quoting the binary bytes it choked on
+            first_line = type(e).__name__
+        raise SequifierError(
+            f"data_path: '{path}' could not be read as {cfg.read_format} ({first_line}); "
+            "check read_format"
+        ) from None
     if len(windows) == 0:
         raise empty
     if windows.window_length != cfg.seq_length + 1:

@@ -223,3 +223,13 @@ def test_metadata_without_splits_needs_data_path(project):
 def test_read_format_must_match_default_split(project):
     fails(infer_config(project, "models/gen.onnx", read_format="csv"),
           "read_format: the metadata's splits are written as parquet")
+
+
+def test_parquet_data_read_as_csv(project):
+    cfg = infer_config(project, "models/gen.onnx", data_path="data/toy-split2.parquet",
+                       read_format="csv")
+    fails(cfg, "toy-split2.parquet' could not be read as csv .*check read_format")
+
+
+def test_folder_as_tabular_data_path(project):
+    fails(infer_config(project, "models/gen.onnx", data_path="data"), "'.*data' is a folder")
