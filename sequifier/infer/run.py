@@ -82,13 +82,15 @@ def run_infer(cfg: InferConfig) -> list[str]:
     if not cfg.overwrite:
         outputs.refuse_to_overwrite([p for job in jobs for p in job.output_paths])
 
-    written: list[str] = []
+    # all data is read and checked before the first model writes anything
     windows_by_columns: dict[tuple, Windows] = {}
     for job in jobs:
         key = tuple(job.info.input_columns)
         if key not in windows_by_columns:
             windows_by_columns[key] = _read_input(cfg, metadata, data_path, job.info)
-        tables = _infer_model(cfg, metadata, job, windows_by_columns[key])
+    written: list[str] = []
+    for job in jobs:
+        tables = _infer_model(cfg, metadata, job, windows_by_columns[tuple(job.info.input_columns)])
         for path, columns in tables.items():
             outputs.write_table(columns, path, cfg.write_format)
             logger.info(f"wrote {path}")

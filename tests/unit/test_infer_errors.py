@@ -233,3 +233,13 @@ def test_parquet_data_read_as_csv(project):
 
 def test_folder_as_tabular_data_path(project):
     fails(infer_config(project, "models/gen.onnx", data_path="data"), "'.*data' is a folder")
+
+
+def test_data_unfit_for_a_later_model_writes_nothing(project):
+    export_stub(str(project / "models/two_inputs.onnx"), inputs=("itemId", "value"))
+    w = make_windows()
+    del w.values["sup1"]
+    write_windows(w, str(project / "data/nosup.parquet"), "parquet")
+    cfg = infer_config(project, ["models/two_inputs.onnx", "models/gen.onnx"],
+                       data_path="data/nosup.parquet")
+    fails(cfg, "column 'sup1' not found")
