@@ -120,6 +120,18 @@ def test_max_ram_gb_and_num_workers_reach_the_lazy_loader(tmp_path):
 
 # ---- model architecture -----------------------------------------------------------------
 
+def test_num_layers_and_n_head_shape_the_backbone():
+    from test_model import make_inputs, make_model
+
+    assert len(make_model(num_layers=3).blocks) == 3
+    two, four = make_model(n_head=2), make_model(n_head=4)
+    assert (two.blocks[0].attention.n_head, two.blocks[0].attention.head_dim) == (2, 8)
+    # the same weights (MHA's qkv shape does not depend on n_head) split into other heads
+    assert all(torch.equal(a, b) for a, b in zip(two.state_dict().values(), four.state_dict().values()))
+    with torch.no_grad():
+        assert not torch.allclose(two(make_inputs())["a"], four(make_inputs())["a"])
+
+
 def test_activation_fn_changes_the_feed_forward():
     from test_model import make_inputs, make_model
 
