@@ -37,6 +37,9 @@ class PreprocessConfig:
     # and an explicit switch to replace existing outputs.
     dataset_name: Optional[str] = None
     overwrite: bool = False
+    # Not in the original field list: apply the id maps and statistics of an earlier run's
+    # metadata JSON instead of computing new ones (new data for an existing model).
+    reuse_metadata_path: Optional[str] = None
 
 
 @dataclass

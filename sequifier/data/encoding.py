@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, feature_kind
 from sequifier.errors import SequifierError
@@ -170,3 +171,51 @@ def merge_summaries(summaries: List[FileSummary]) -> ColumnEncoding:
         mean[c] = float(m)
         std[c] = sd if sd > 0 else 1.0
     return ColumnEncoding(columns, kinds, values, mean, std)
+
+
+def _known_values(metadata: Metadata, column: str) -> np.ndarray:
+    """A column's known values ordered by id, so index i is id FIRST_ID + i (as `encode` needs)."""
+    items = sorted(metadata.id_maps[column].items(), key=lambda kv: kv[1])
+    ids = [i for _, i in items]
+    if ids != list(range(FIRST_ID, FIRST_ID + len(ids))):
+        raise SequifierError(f"reuse_metadata_path: the id map of '{column}' is not a sequifier id map "
+                             f"(ids must run from {FIRST_ID} without gaps); re-run preprocess to rebuild it")
+    if metadata.original_dtypes.get(column) == "int64":
+        return np.array([int(v) for v, _ in items], dtype=np.int64)
+    return np.array([v for v, _ in items], dtype=object)
+
+
+def encoding_from_metadata(metadata: Metadata, source: str, summaries: List[FileSummary]
+                           ) -> Tuple[ColumnEncoding, Dict[str, np.ndarray]]:
+    """The id maps and statistics of an earlier run, applied to new data.
+
+    New data for a trained model must be encoded exactly as its training data was.
+    Returns the encoding and, per categorical column, the values the maps do not know
+    (they are encoded as UNKNOWN_ID).
+    """
+    _check_same_schema(summaries)
+    _check_disjoint_sequences(summaries)
+    first = summaries[0]
+    expected = metadata.column_types
+    missing = [c for c in expected if c not in first.columns]
+    extra = [c for c in first.columns if c not in expected]
+    if missing or extra:
+        raise SequifierError(
+            f"reuse_metadata_path: '{source}' describes columns {list(expected)} but '{first.path}' has "
+            f"{first.columns}; the data needs exactly those feature columns (use selected_columns to drop others)")
+    values, mean, std, unknown = {}, {}, {}, {}
+    for c, kind in expected.items():
+        found = first.kinds[c]
+        wanted = "real" if kind == "real" else metadata.original_dtypes.get(c, "str")
+        if found != wanted:
+            raise SequifierError(
+                f"reuse_metadata_path: column '{c}' is {wanted} in '{source}' but {found} in "
+                f"'{first.path}'; give it the type it had when the model's data was preprocessed")
+        if kind == "real":
+            stats = metadata.selected_columns_statistics[c]
+            mean[c], std[c] = float(stats["mean"]), float(stats["std"])
+        else:
+            values[c] = _known_values(metadata, c)
+            seen = np.unique(np.concatenate([s.uniques[c] for s in summaries]))
+            unknown[c] = seen[~np.isin(seen, values[c])]
+    return ColumnEncoding(list(expected), {c: first.kinds[c] for c in expected}, values, mean, std), unknown

@@ -28,10 +28,16 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from sequifier.config.metadata import Metadata, write_metadata
+from sequifier.config.metadata import Metadata, read_metadata, write_metadata
 from sequifier.config.schema import PAD_ID, PreprocessConfig
 from sequifier.data import read_table
-from sequifier.data.encoding import ColumnEncoding, FileSummary, merge_summaries, summarize_table
+from sequifier.data.encoding import (
+    ColumnEncoding,
+    FileSummary,
+    encoding_from_metadata,
+    merge_summaries,
+    summarize_table,
+)
 from sequifier.data.progress import Progress
 from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
 from sequifier.data.windows import Windows, write_shards, write_windows
@@ -415,6 +421,24 @@ def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary]
     return [Windows.concat(p) for p in parts]
 
 
+def choose_encoding(cfg: PreprocessConfig, summaries: List[FileSummary]) -> ColumnEncoding:
+    """New id maps and statistics from the data, or those of `reuse_metadata_path`."""
+    if cfg.reuse_metadata_path is None:
+        return merge_summaries(summaries)
+    source = _resolve(cfg.project_root, cfg.reuse_metadata_path)
+    if not os.path.isfile(source):
+        raise SequifierError(f"reuse_metadata_path: file '{source}' not found; point it at the "
+                             "configs/metadata_configs/NAME.json of the run whose encoding to reuse")
+    encoding, unknown = encoding_from_metadata(read_metadata(source), source, summaries)
+    for column, values in unknown.items():
+        if len(values):
+            examples = ", ".join(repr(v) for v in values[:3].tolist())
+            print(f"[preprocess] {column}: {len(values)} values not in the id map of "
+                  f"{cfg.reuse_metadata_path} ({examples}{', ...' if len(values) > 3 else ''}) "
+                  "get the unknown id", file=sys.stderr)
+    return encoding
+
+
 def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding) -> Metadata:
     categorical = [c for c in encoding.columns if not encoding.is_real(c)]
     id_maps = {c: encoding.id_map(c) for c in categorical}
@@ -470,7 +494,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
     try:
         with Workers(plan.n_workers) as workers:
             summaries = read_inputs(plan, cfg, cached, workers)
-            encoding = merge_summaries(summaries)
+            encoding = choose_encoding(cfg, summaries)
             splits = make_windows(plan, cfg, summaries, encoding, workers)
         metadata = make_metadata(plan, cfg, encoding)
         write_outputs(plan, cfg, splits, metadata)
