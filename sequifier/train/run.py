@@ -106,6 +106,10 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             logger.info(note)
         if resume_path:
             logger.info(f"resuming from {resume_path} (epoch {state.epoch})")
+            if state.epoch >= spec.epochs:
+                logger.info(f"{cfg.model_name} has already trained {state.epoch} of training_spec.epochs="
+                            f"{spec.epochs} epochs; nothing left to train (raise epochs to continue), "
+                            "exporting its best and last states")
         trainer = Trainer(
             model=model, forward_model=forward_model, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, losses=losses, train_batches=train_batches, val_batches=val_batches,

@@ -45,6 +45,8 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     again = train(root, **{"training_spec.epochs": 2})
     assert again.last_epoch == 2 and again.history == done.history
     assert names(root) == ["tiny-epoch-0001.pt", "tiny-epoch-0002.pt"]
+    with open(again.log_path) as f:
+        assert "has already trained 2 of training_spec.epochs=2 epochs; nothing left to train" in f.read()
 
 
 def test_existing_outputs_need_overwrite(tmp_path):
