@@ -8,6 +8,7 @@ real target predicts "last input value + 1" on the standardised scale.
 
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -166,3 +167,12 @@ def export_stub(path, inputs=("itemId", "sup1", "value"), targets=("itemId", "va
         entry.key, entry.value = key, value
     onnx.save(model, path)
     return path
+
+
+def project_with_models(root, models: dict):
+    """A toy project (see make_project) with the given model files copied to models/."""
+    make_project(str(root))
+    os.makedirs(os.path.join(str(root), "models"))
+    for path in models.values():
+        shutil.copy(path, os.path.join(str(root), "models"))
+    return root

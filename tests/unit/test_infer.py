@@ -1,7 +1,6 @@
 """infer with stand-in ONNX exports: every config field's effect on the outputs."""
 
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ from infer_stub import (
     make_metadata,
     make_project,
     make_windows,
+    project_with_models,
 )
 
 from sequifier.data.windows import write_shards, write_windows
@@ -43,11 +43,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def project(tmp_path, models):
-    make_project(str(tmp_path))
-    os.makedirs(tmp_path / "models")
-    for path in models.values():
-        shutil.copy(path, tmp_path / "models")
-    return tmp_path
+    return project_with_models(tmp_path, models)
 
 
 def expected_next(windows, steps=1):

@@ -16,8 +16,8 @@ from infer_stub import (
     export_stub,
     infer_config,
     make_metadata,
-    make_project,
     make_windows,
+    project_with_models,
 )
 
 from sequifier.data.windows import write_windows
@@ -49,11 +49,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def project(tmp_path, models):
-    make_project(str(tmp_path))
-    os.makedirs(tmp_path / "models")
-    for path in models.values():
-        shutil.copy(path, tmp_path / "models")
-    return tmp_path
+    return project_with_models(tmp_path, models)
 
 
 def fails(cfg, match):
