@@ -85,11 +85,12 @@ def read_piece(path: str, piece: Piece, columns: Sequence[str]) -> Windows:
         return np.array(t[rows].numpy(), copy=True)
 
     return Windows(take(raw["sequenceId"]), take(raw["subsequenceId"]), take(raw["padding"]),
-                   take(raw["itemPosition"]), {c: take(raw["columns"][c]) for c in columns})
+                   take(raw["itemPosition"]), {c: take(raw["columns"][c]) for c in columns},
+                   take(raw["targetStart"]) if "targetStart" in raw else None)
 
 
 def windows_nbytes(w: Windows) -> int:
-    arrays = [w.sequence_id, w.subsequence_id, w.padding, w.item_position, *w.values.values()]
+    arrays = [w.sequence_id, w.subsequence_id, w.scored_from, w.item_position, *w.values.values()]
     return int(sum(a.nbytes for a in arrays))
 
 
@@ -234,6 +235,7 @@ def windows_to_tensors(windows: Windows) -> Dict[str, object]:
         "sequenceId": torch.from_numpy(windows.sequence_id),
         "subsequenceId": torch.from_numpy(windows.subsequence_id),
         "padding": torch.from_numpy(windows.padding),
+        "targetStart": torch.from_numpy(windows.scored_from),
         "itemPosition": torch.from_numpy(windows.item_position),
         "columns": {c: torch.from_numpy(v) for c, v in windows.values.items()},
     }

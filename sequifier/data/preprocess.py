@@ -270,9 +270,15 @@ class WindowTask:
 
 def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positions: np.ndarray,
                    values: Dict[str, np.ndarray], window_length: int,
-                   encoding: ColumnEncoding) -> Windows:
-    """All windows of one split in one fancy-index gather; slots before a sequence are padding."""
+                   encoding: ColumnEncoding, segment_start: np.ndarray) -> Windows:
+    """All windows of one split in one fancy-index gather; slots before a sequence are padding.
+
+    `segment_start` (per sequence) is where this split's items begin: earlier slots of a
+    window are context from earlier splits, recorded in `target_start` so that they are
+    not scored as this split's targets.
+    """
     padding = np.clip(-starts.start, 0, window_length)
+    target_start = np.maximum(padding, segment_start[starts.sequence_index] - starts.start)
     slots = np.arange(window_length)
     rows = (offsets[starts.sequence_index] + starts.start)[:, None] + slots[None, :]
     pad = slots[None, :] < padding[:, None]
@@ -292,6 +298,7 @@ def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positi
         padding=padding.astype(np.int64),
         item_position=take(positions, -1),
         values={c: take(v, 0.0 if encoding.is_real(c) else PAD_ID) for c, v in values.items()},
+        target_start=target_start.astype(np.int64),
     )
 
 
@@ -315,7 +322,7 @@ def build_windows(task: WindowTask) -> List[Windows]:
                 "stride that divides every segment's (length - seq_length - 1)"
             ) from None
         out.append(gather_windows(task.sequence_ids, task.offsets, starts, positions, values,
-                                  task.window_length, task.encoding))
+                                  task.window_length, task.encoding, bounds[:, k]))
     return out
 
 

@@ -3,13 +3,16 @@
 A window is `seq_length + 1` consecutive items of one sequence (inputs plus the item
 shifted by one that the model learns to predict). Short windows at a sequence's start
 are left-padded; `padding` counts the pad slots (categorical PAD_ID, real 0.0,
-itemPosition -1).
+itemPosition -1). A window of a later split may also start with items of earlier
+splits as context; `targetStart` is the first slot whose item belongs to the window's
+own split, and training scores only targets from that slot on (so validation loss is
+never computed on training items). Files without it (older runs) score from `padding`.
 
 Tabular layout (parquet/csv, one file per split), readable with pandas:
 
-    sequenceId | subsequenceId | padding | inputCol   | "0" | "1" | ... | "L"
-    0          | 0             | 3       | itemPosition| -1 | -1  | ... | 45
-    0          | 0             | 3       | itemId     |  0  |  0  | ... | 17
+    sequenceId | subsequenceId | padding | targetStart | inputCol    | "0" | ... | "L"
+    0          | 0             | 3       | 3           | itemPosition| -1  | ... | 45
+    0          | 0             | 3       | 3           | itemId      |  0  | ... | 17
     ...
 
 One row per window and column; rows come in column blocks (all windows of the first
@@ -19,7 +22,7 @@ categorical columns and standardised values for real ones.
 
 Sharded layout (pt): a folder of `NAME-splitK-SSSSS.pt` files, each a dict of plain
 tensors (loadable with torch.load's default weights_only=True):
-    {"sequenceId": [N], "subsequenceId": [N], "padding": [N],
+    {"sequenceId": [N], "subsequenceId": [N], "padding": [N], "targetStart": [N],
      "itemPosition": [N, L+1] int64, "columns": {col: [N, L+1]}}
 categorical columns int64, real columns float32.
 """
@@ -36,6 +39,7 @@ from sequifier.io_utils import atomic_dir, atomic_path
 
 POSITION_COLUMN = "itemPosition"
 INDEX_COLUMNS = ["sequenceId", "subsequenceId", "padding"]
+TARGET_START_COLUMN = "targetStart"
 TABULAR_FORMATS = ("parquet", "csv")
 
 
@@ -48,6 +52,13 @@ class Windows:
     padding: np.ndarray  # int64 [N]
     item_position: np.ndarray  # int64 [N, L+1]
     values: Dict[str, np.ndarray]
+    # int64 [N]: first slot of the window's own split (None: same as padding)
+    target_start: Optional[np.ndarray] = None
+
+    @property
+    def scored_from(self) -> np.ndarray:
+        """First slot whose item is a target to learn from (earlier: padding or context)."""
+        return self.padding if self.target_start is None else self.target_start
 
     def __len__(self) -> int:
         return len(self.sequence_id)
@@ -63,6 +74,7 @@ class Windows:
             self.padding[index],
             self.item_position[index],
             {c: v[index] for c, v in self.values.items()},
+            None if self.target_start is None else self.target_start[index],
         )
 
     @staticmethod
@@ -74,6 +86,8 @@ class Windows:
             np.concatenate([p.padding for p in parts]),
             np.concatenate([p.item_position for p in parts]),
             {c: np.concatenate([p.values[c] for p in parts]) for c in cols},
+            None if any(p.target_start is None for p in parts)
+            else np.concatenate([p.target_start for p in parts]),
         )
 
 
@@ -91,6 +105,8 @@ def windows_to_frame(windows: Windows):
     frame = pd.DataFrame(data, columns=_position_names(width))
     k = len(blocks)
     frame.insert(0, "inputCol", np.repeat([name for name, _ in blocks], n))
+    if windows.target_start is not None:
+        frame.insert(0, TARGET_START_COLUMN, np.tile(windows.target_start, k))
     frame.insert(0, "padding", np.tile(windows.padding, k))
     frame.insert(0, "subsequenceId", np.tile(windows.subsequence_id, k))
     frame.insert(0, "sequenceId", np.tile(windows.sequence_id, k))
@@ -119,6 +135,7 @@ def shard_dict(windows: Windows, column_types: Dict[str, str]):
         "sequenceId": torch.from_numpy(windows.sequence_id.astype(np.int64)),
         "subsequenceId": torch.from_numpy(windows.subsequence_id.astype(np.int64)),
         "padding": torch.from_numpy(windows.padding.astype(np.int64)),
+        "targetStart": torch.from_numpy(windows.scored_from.astype(np.int64)),
         "itemPosition": torch.from_numpy(windows.item_position.astype(np.int64)),
         "columns": {
             c: torch.from_numpy(
@@ -155,11 +172,12 @@ def read_shard(path: str, columns: Optional[List[str]] = None) -> Windows:
     return Windows(
         raw["sequenceId"].numpy(), raw["subsequenceId"].numpy(), raw["padding"].numpy(),
         raw["itemPosition"].numpy(), {c: v.numpy() for c, v in cols.items()},
+        raw["targetStart"].numpy() if "targetStart" in raw else None,
     )
 
 
 def _frame_to_windows(frame, columns, column_types) -> Windows:
-    names = [c for c in frame.columns if c not in INDEX_COLUMNS and c != "inputCol"]
+    names = [c for c in frame.columns if c not in INDEX_COLUMNS + ["inputCol", TARGET_START_COLUMN]]
     blocks = {}
     input_col = frame["inputCol"].to_numpy()
     values = frame[names].to_numpy(dtype=np.float64)
@@ -176,7 +194,9 @@ def _frame_to_windows(frame, columns, column_types) -> Windows:
         blocks[col] = values[mask].astype(dtype)
     index = frame.loc[first, INDEX_COLUMNS].to_numpy(dtype=np.int64)
     positions = blocks.pop(POSITION_COLUMN)
-    return Windows(index[:, 0], index[:, 1], index[:, 2], positions, blocks)
+    target_start = (frame.loc[first, TARGET_START_COLUMN].to_numpy(dtype=np.int64)
+                    if TARGET_START_COLUMN in frame.columns else None)
+    return Windows(index[:, 0], index[:, 1], index[:, 2], positions, blocks, target_start)
 
 
 def read_windows(path: str, read_format: str, column_types: Dict[str, str],

@@ -28,10 +28,11 @@ SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
 @dataclass
 class WindowTensors:
     values: dict[str, torch.Tensor]  # column -> [N, L+1]; int64 ids or float32 values
-    padding: torch.Tensor  # int64 [N]: number of leading pad slots of each window
+    # int64 [N]: first slot scored as a target (earlier: padding or earlier-split context)
+    scored_from: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.padding.shape[0])
+        return int(self.scored_from.shape[0])
 
 
 @dataclass
@@ -101,7 +102,7 @@ def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns
             values[col] = _tensor(array, np.int64)
         else:
             values[col] = _tensor(array, np.float32)
-    return WindowTensors(values, _tensor(windows.padding, np.int64))
+    return WindowTensors(values, _tensor(windows.scored_from, np.int64))
 
 
 def _is_empty_table(path: str, read_format: str) -> bool:
@@ -155,7 +156,7 @@ class InRamBatches:
         self.device = device
         self.epoch = 0
         seq_length = next(iter(data.values.values())).shape[1] - 1
-        # target position j (0-based) is slot j + 1; it is padding while j + 1 < padding
+        # target position j (0-based) is slot j + 1; it is scored once j + 1 >= scored_from
         self._target_slots = torch.arange(1, seq_length + 1)
 
     @property
@@ -181,7 +182,7 @@ class InRamBatches:
 
     def gather(self, index: torch.Tensor) -> Batch:
         rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
-        mask = self._target_slots.unsqueeze(0) >= self.data.padding.index_select(0, index).unsqueeze(1)
+        mask = self._target_slots.unsqueeze(0) >= self.data.scored_from.index_select(0, index).unsqueeze(1)
         to = self.device
         return Batch(
             inputs={c: rows[c][:, :-1].to(to, non_blocking=True) for c in self.input_columns},

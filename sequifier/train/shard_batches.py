@@ -53,9 +53,9 @@ class ShardBatches:
         columns = raw["columns"]
         self._check_ids(columns)
         seq_length = raw["itemPosition"].shape[1] - 1
-        # target position j is slot j + 1, which is padding while j + 1 < padding
+        # target position j is slot j + 1, scored once j + 1 >= targetStart (see windows.py)
         slots = torch.arange(1, seq_length + 1)
-        mask = slots.unsqueeze(0) >= raw["padding"].unsqueeze(1)
+        mask = slots.unsqueeze(0) >= raw["targetStart"].unsqueeze(1)
         to = self.device
         return Batch(
             inputs={c: columns[c][:, :-1].to(to, non_blocking=True) for c in self.input_columns},
