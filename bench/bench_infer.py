@@ -53,14 +53,14 @@ def ensure_data() -> str:
     if not os.path.exists(csv):
         os.makedirs(OUT, exist_ok=True)
         subprocess.run([sys.executable, GEN_DATA, csv], check=True)
-    metadata = os.path.join(OUT, "configs", "metadata_configs", f"{DATASET}.json")
-    if not os.path.exists(metadata):
-        run_preprocess(PreprocessConfig(
-            project_root=OUT, data_path=csv, read_format="csv", write_format="parquet",
-            seq_length=SEQ_LENGTH, split_ratios=[0.8, 0.1, 0.1], stride_by_split=[8, 48, 48],
-            dataset_name=DATASET,
-        ))
-    return metadata
+    # Preprocessed anew every time (about 1 s): windows left by an older version could
+    # lack what the current code reads.
+    run_preprocess(PreprocessConfig(
+        project_root=OUT, data_path=csv, read_format="csv", write_format="parquet",
+        seq_length=SEQ_LENGTH, split_ratios=[0.8, 0.1, 0.1], stride_by_split=[8, 48, 48],
+        dataset_name=DATASET, overwrite=True,
+    ))
+    return os.path.join(OUT, "configs", "metadata_configs", f"{DATASET}.json")
 
 
 def ensure_model(metadata_path: str, batch: int) -> str:
