@@ -166,14 +166,18 @@ def rewrite_overrides(command: str, args: List[str]) -> List[str]:
     problems = []
     for arg in args:
         m = _OVERRIDE.match(arg)
-        if arg.startswith("-") or not m or "=" not in arg and not m.group("prefix") == "~":
+        is_override = m is not None and not arg.startswith("-") and ("=" in arg or m.group("prefix") == "~")
+        if not is_override:  # flags (-m, --cfg job) and their values
             out.append(arg)
             continue
         key = m.group("key")
         parts = key.split(".")
         if len(parts) == 2 and tuple(parts) in ALIASES:
             key = ".".join(ALIASES[tuple(parts)])
-        if parts[0] not in ("hydra",) + CONFIG_GROUPS or len(parts) > 1 and parts[0] in ("model_spec", "training_spec"):
+        # Hydra's own keys and group choices (+model_spec=gqa) are Hydra's to check; a path
+        # into model_spec/training_spec is a schema field like any other.
+        into_section = len(parts) > 1 and parts[0] in ("model_spec", "training_spec")
+        if into_section or parts[0] not in ("hydra",) + CONFIG_GROUPS:
             problems.extend(_override_key_problems(command, key))
         out.append(f"{m.group('prefix') or ''}{key}{m.group('rest')}")
     if problems:
