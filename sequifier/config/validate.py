@@ -10,7 +10,7 @@ import math
 import os
 from typing import List
 
-from sequifier.config.metadata import Metadata, read_metadata
+from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
 from sequifier.errors import SequifierError
 
@@ -20,7 +20,6 @@ POSITIONAL_ENCODINGS = ("learned", "rope")
 NORMALIZATIONS = ("rmsnorm", "layer_norm")
 DEVICES = ("cpu", "cuda", "mps")
 BACKENDS = ("nccl", "gloo", "mpi")
-COLUMN_TYPES = ("categorical", "real")
 LAYER_TYPES = ("linear", "embedding", "norm", "decoder")
 DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 STEP_LR_DEFAULTS = {"step_size": 1, "gamma": 0.99}
