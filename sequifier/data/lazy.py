@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from sequifier.data.windows import Windows, list_shards
+from sequifier.data.windows import Windows, list_shards, shard_to_windows
 from sequifier.errors import SequifierError
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,7 @@ def read_piece(path: str, piece: Piece, columns: Sequence[str]) -> Windows:
             f"shard '{path}' has no column(s) {missing}; its columns are "
             f"{sorted(raw['columns'])}; check input_columns/target_columns or rerun preprocess")
     rows = slice(piece.start, piece.stop)
-
-    def take(t):
-        return np.array(t[rows].numpy(), copy=True)
-
-    return Windows(take(raw["sequenceId"]), take(raw["subsequenceId"]), take(raw["padding"]),
-                   take(raw["itemPosition"]), {c: take(raw["columns"][c]) for c in columns},
-                   take(raw["targetStart"]) if "targetStart" in raw else None)
+    return shard_to_windows(raw, columns, lambda t: np.array(t[rows].numpy(), copy=True))
 
 
 def windows_nbytes(w: Windows) -> int:

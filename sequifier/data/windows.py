@@ -30,7 +30,7 @@ categorical columns int64, real columns float32.
 import glob
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -164,16 +164,22 @@ def list_shards(folder: str) -> List[str]:
     return files
 
 
+def shard_to_windows(raw: dict, columns: Sequence[str],
+                     take: Callable = lambda tensor: tensor.numpy()) -> Windows:
+    """Windows from a loaded shard dict (the inverse of `shard_dict`); `take` turns each
+    tensor into the array kept (e.g. a copied slice of rows)."""
+    return Windows(
+        take(raw["sequenceId"]), take(raw["subsequenceId"]), take(raw["padding"]),
+        take(raw["itemPosition"]), {c: take(raw["columns"][c]) for c in columns},
+        take(raw[TARGET_START_COLUMN]) if TARGET_START_COLUMN in raw else None,
+    )
+
+
 def read_shard(path: str, columns: Optional[List[str]] = None) -> Windows:
     import torch
 
     raw = torch.load(path)
-    cols = raw["columns"] if columns is None else {c: raw["columns"][c] for c in columns}
-    return Windows(
-        raw["sequenceId"].numpy(), raw["subsequenceId"].numpy(), raw["padding"].numpy(),
-        raw["itemPosition"].numpy(), {c: v.numpy() for c, v in cols.items()},
-        raw["targetStart"].numpy() if "targetStart" in raw else None,
-    )
+    return shard_to_windows(raw, list(raw["columns"]) if columns is None else columns)
 
 
 def _frame_to_windows(frame, columns, column_types) -> Windows:
