@@ -89,16 +89,12 @@ def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns
         raise SequifierError(f"{field}: {e}") from None
     if len(windows) == 0:
         raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
-    if windows.window_length != seq_length + 1:
-        raise SequifierError(
-            f"seq_length: the data at '{path}' has windows of {windows.window_length - 1} inputs "
-            f"+ 1 target, but seq_length is {seq_length}; use the seq_length of preprocess"
-        )
+    check_window_length(windows.window_length, seq_length, path)
     values = {}
     for col in columns:
         array = windows.values[col]
         if metadata.column_types[col] == "categorical":
-            _check_id_range(array, col, metadata.n_classes[col], path)
+            check_id_range(array, col, metadata.n_classes[col], path)
             values[col] = _tensor(array, np.int64)
         else:
             values[col] = _tensor(array, np.float32)
@@ -126,7 +122,15 @@ def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def _check_id_range(ids: np.ndarray, col: str, n_classes: int, path: str) -> None:
+def check_window_length(window_length: int, seq_length: int, path: str) -> None:
+    if window_length != seq_length + 1:
+        raise SequifierError(
+            f"seq_length: the data at '{path}' has windows of {window_length - 1} inputs "
+            f"+ 1 target, but seq_length is {seq_length}; use the seq_length of preprocess"
+        )
+
+
+def check_id_range(ids: np.ndarray | torch.Tensor, col: str, n_classes: int, path: str) -> None:
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high
@@ -155,9 +159,6 @@ class InRamBatches:
         self.seed = seed
         self.device = device
         self.epoch = 0
-        seq_length = next(iter(data.values.values())).shape[1] - 1
-        # target position j (0-based) is slot j + 1; it is scored once j + 1 >= scored_from
-        self._target_slots = torch.arange(1, seq_length + 1)
 
     @property
     def n_samples(self) -> int:
@@ -182,13 +183,22 @@ class InRamBatches:
 
     def gather(self, index: torch.Tensor) -> Batch:
         rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
-        mask = self._target_slots.unsqueeze(0) >= self.data.scored_from.index_select(0, index).unsqueeze(1)
-        to = self.device
-        return Batch(
-            inputs={c: rows[c][:, :-1].to(to, non_blocking=True) for c in self.input_columns},
-            targets={c: rows[c][:, 1:].to(to, non_blocking=True) for c in self.target_columns},
-            target_mask=mask.to(to, non_blocking=True),
-        )
+        return make_batch(rows, self.data.scored_from.index_select(0, index), self.input_columns,
+                          self.target_columns, self.device)
+
+
+def make_batch(rows: dict[str, torch.Tensor], scored_from: torch.Tensor, input_columns: list[str],
+               target_columns: list[str], device: torch.device) -> Batch:
+    """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`."""
+    seq_length = rows[target_columns[0]].shape[1] - 1
+    # target position j (0-based) is slot j + 1; it is scored once j + 1 >= scored_from
+    slots = torch.arange(1, seq_length + 1)
+    mask = slots.unsqueeze(0) >= scored_from.unsqueeze(1)
+    return Batch(
+        inputs={c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns},
+        targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
+        target_mask=mask.to(device, non_blocking=True),
+    )
 
 
 def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],

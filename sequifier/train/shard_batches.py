@@ -18,7 +18,15 @@ from sequifier.config.schema import TrainConfig
 from sequifier.data.lazy import LazyWindowLoader
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
-from sequifier.train.data import SPLIT_FIELDS, Batch, needed_columns, split_path
+from sequifier.train.data import (
+    SPLIT_FIELDS,
+    Batch,
+    check_id_range,
+    check_window_length,
+    make_batch,
+    needed_columns,
+    split_path,
+)
 
 
 class ShardBatches:
@@ -51,38 +59,17 @@ class ShardBatches:
 
     def to_batch(self, raw: dict) -> Batch:
         columns = raw["columns"]
-        self._check_ids(columns)
-        seq_length = raw["itemPosition"].shape[1] - 1
-        # target position j is slot j + 1, scored once j + 1 >= targetStart (see windows.py)
-        slots = torch.arange(1, seq_length + 1)
-        mask = slots.unsqueeze(0) >= raw["targetStart"].unsqueeze(1)
-        to = self.device
-        return Batch(
-            inputs={c: columns[c][:, :-1].to(to, non_blocking=True) for c in self.input_columns},
-            targets={c: columns[c][:, 1:].to(to, non_blocking=True) for c in self.target_columns},
-            target_mask=mask.to(to, non_blocking=True),
-        )
-
-    def _check_ids(self, columns: Dict[str, torch.Tensor]) -> None:
         # Lazy data cannot be checked up front; one min/max per column and batch is cheap.
         for col, n in self.n_classes.items():
-            ids = columns[col]
-            low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= n:
-                raise SequifierError(
-                    f"data '{self.where}': column '{col}' holds id {low if low < 0 else high}, "
-                    f"outside 0..{n - 1} of the metadata's n_classes; the data and "
-                    "metadata_config_path come from different preprocess runs")
+            check_id_range(columns[col], col, n, self.where)
+        return make_batch(columns, raw["targetStart"], self.input_columns, self.target_columns,
+                          self.device)
 
 
 def _check_window_length(loader: LazyWindowLoader, seq_length: int, where: str) -> None:
     from sequifier.data.lazy import _load
 
-    width = int(_load(loader.paths[0])["itemPosition"].shape[1])
-    if width != seq_length + 1:
-        raise SequifierError(
-            f"seq_length: the data at '{where}' has windows of {width - 1} inputs + 1 target, "
-            f"but seq_length is {seq_length}; use the seq_length of preprocess")
+    check_window_length(int(_load(loader.paths[0])["itemPosition"].shape[1]), seq_length, where)
 
 
 def make_shard_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: List[str],
