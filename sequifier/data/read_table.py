@@ -9,7 +9,7 @@ as strings.
 
 import csv
 import os
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -111,6 +111,17 @@ def choose_columns(path: str, header: List[str], selected_columns: Optional[List
     return list(KEY_COLUMNS) + features
 
 
+def _first_rows(batches: Iterable[pa.RecordBatch], schema: pa.Schema, max_rows: int) -> pa.Table:
+    """The first `max_rows` rows of a batch stream, reading no batch past them."""
+    kept, n = [], 0
+    for batch in batches:
+        kept.append(batch)
+        n += batch.num_rows
+        if n >= max_rows:
+            break
+    return pa.Table.from_batches(kept, schema=schema).slice(0, max_rows)
+
+
 def _read_csv(path: str, columns: List[str], max_rows: Optional[int]) -> pa.Table:
     from pyarrow import csv as pacsv
 
@@ -119,14 +130,8 @@ def _read_csv(path: str, columns: List[str], max_rows: Optional[int]) -> pa.Tabl
     )
     if max_rows is None:
         return pacsv.read_csv(path, convert_options=convert)
-    batches, n = [], 0
     reader = pacsv.open_csv(path, convert_options=convert)
-    for batch in reader:
-        batches.append(batch)
-        n += batch.num_rows
-        if n >= max_rows:
-            break
-    return pa.Table.from_batches(batches, schema=reader.schema).slice(0, max_rows)
+    return _first_rows(reader, reader.schema, max_rows)
 
 
 def _read_parquet(path: str, columns: List[str], max_rows: Optional[int]) -> pa.Table:
@@ -135,15 +140,8 @@ def _read_parquet(path: str, columns: List[str], max_rows: Optional[int]) -> pa.
     if max_rows is None:
         return pq.read_table(path, columns=columns)
     file = pq.ParquetFile(path)
-    batches, n = [], 0
-    for batch in file.iter_batches(columns=columns):
-        batches.append(batch)
-        n += batch.num_rows
-        if n >= max_rows:
-            break
-    schema = file.schema_arrow
-    schema = pa.schema([schema.field(c) for c in columns])
-    return pa.Table.from_batches(batches, schema=schema).slice(0, max_rows)
+    schema = pa.schema([file.schema_arrow.field(c) for c in columns])
+    return _first_rows(file.iter_batches(columns=columns), schema, max_rows)
 
 
 def _canonical_feature(column: pa.ChunkedArray) -> pa.ChunkedArray:
