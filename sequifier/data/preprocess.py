@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from sequifier.config.metadata import Metadata, read_metadata, write_metadata
 from sequifier.config.schema import PAD_ID, PreprocessConfig
+from sequifier.config.validate import resolve
 from sequifier.data import read_table
 from sequifier.data.encoding import (
     ColumnEncoding,
@@ -77,10 +78,6 @@ class Plan:
     def cache_path(self, index: int) -> str:
         # keyed by file name, so files added to the folder between runs do not shift others
         return os.path.join(self.work_dir, os.path.basename(self.inputs[index]) + ".arrow")
-
-
-def _resolve(project_root: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(project_root, path)
 
 
 def _dataset_name(cfg: PreprocessConfig, data_path: str) -> str:
@@ -136,7 +133,7 @@ def _default_workers() -> int:
 def make_plan(cfg: PreprocessConfig) -> Plan:
     ratios, strides = _check_settings(cfg)
     root = cfg.project_root
-    data_path = _resolve(root, cfg.data_path)
+    data_path = resolve(root, cfg.data_path)
     inputs = read_table.list_input_files(data_path, cfg.read_format)
     name = _dataset_name(cfg, data_path)
     if cfg.write_format == "pt":
@@ -191,7 +188,7 @@ def _cache_is_current(cache_path: str, source: str) -> bool:
 def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
     """Set up the work folder; return, per input, whether its cached result can be reused."""
     marker = os.path.join(plan.work_dir, "settings.json")
-    settings = _settings_fingerprint(cfg, _resolve(plan.project_root, cfg.data_path))
+    settings = _settings_fingerprint(cfg, resolve(plan.project_root, cfg.data_path))
     if cfg.continue_preprocessing and os.path.isfile(marker):
         with open(marker) as f:
             if json.load(f) != settings:
@@ -432,7 +429,7 @@ def choose_encoding(cfg: PreprocessConfig, summaries: List[FileSummary]) -> Colu
     """New id maps and statistics from the data, or those of `reuse_metadata_path`."""
     if cfg.reuse_metadata_path is None:
         return merge_summaries(summaries)
-    source = _resolve(cfg.project_root, cfg.reuse_metadata_path)
+    source = resolve(cfg.project_root, cfg.reuse_metadata_path)
     if not os.path.isfile(source):
         raise SequifierError(f"reuse_metadata_path: file '{source}' not found; point it at the "
                              "configs/metadata_configs/NAME.json of the run whose encoding to reuse")
