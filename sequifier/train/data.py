@@ -19,6 +19,7 @@ import torch
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainConfig
+from sequifier.config.validate import resolve
 from sequifier.data.windows import read_windows
 from sequifier.errors import SequifierError
 
@@ -46,22 +47,18 @@ class Batch:
         return int(self.target_mask.shape[0])
 
 
-def resolve_path(project_root: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(project_root, path)
-
-
 def split_path(cfg: TrainConfig, metadata: Metadata, split: int) -> str:
     """The configured path of a split, else the metadata's (split 0 train, 1 validation)."""
     field = SPLIT_FIELDS[split]
     configured = getattr(cfg, field)
     if configured:
-        return resolve_path(cfg.project_root, configured)
+        return resolve(cfg.project_root, configured)
     if len(metadata.split_paths) <= split:
         raise SequifierError(
             f"{field}: the metadata lists {len(metadata.split_paths)} split(s), so there is no "
             f"split {split}; set {field} or preprocess with more split_ratios"
         )
-    return resolve_path(cfg.project_root, metadata.split_paths[split])
+    return resolve(cfg.project_root, metadata.split_paths[split])
 
 
 def needed_columns(cfg: TrainConfig, metadata: Metadata) -> list[str]:
