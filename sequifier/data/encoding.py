@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, feature_kind
+from sequifier.data.splits import segment_bounds
 from sequifier.errors import SequifierError
 
 FIRST_ID = max(PAD_ID, UNKNOWN_ID) + 1
@@ -52,8 +53,6 @@ def sequence_offsets(sequence_column: np.ndarray) -> np.ndarray:
 
 
 def training_row_mask(offsets: np.ndarray, split_ratios: Sequence[float]) -> np.ndarray:
-    from sequifier.data.splits import segment_bounds
-
     lengths = np.diff(offsets)
     split0_end = segment_bounds(lengths, split_ratios)[:, 1]
     within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
