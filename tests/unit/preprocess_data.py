@@ -64,8 +64,7 @@ def rebuild_long_table(root, name) -> pd.DataFrame:
                 stats = metadata.selected_columns_statistics[column]
                 part[column] = values * stats["std"] + stats["mean"]
         parts.append(pd.DataFrame(part))
-    frame = pd.concat(parts).drop_duplicates(["sequenceId", "itemPosition"])
-    return frame.sort_values(["sequenceId", "itemPosition"]).reset_index(drop=True)
+    return sorted_table(pd.concat(parts).drop_duplicates(["sequenceId", "itemPosition"]))
 
 
 def sorted_table(frame: pd.DataFrame) -> pd.DataFrame:
