@@ -51,38 +51,42 @@ def output_names(layout: ColumnLayout, model_type: str) -> List[str]:
     return [output_name(t) for t in layout.target_columns]
 
 
-class GenerativeHead(nn.Module):
+class _LastPositionHead(nn.Module):
+    """Positional inputs in input_columns order -> outputs of the last position."""
+
+    model_type: str
+
+    def __init__(self, model: SequifierModel):
+        super().__init__()
+        self.model = model
+        self.input_columns = list(model.layout.input_columns)
+        self.output_names = output_names(model.layout, self.model_type)
+
+    def last_hidden(self, inputs: Tuple[Tensor, ...]) -> Tensor:
+        return self.model.hidden_states(dict(zip(self.input_columns, inputs)))[:, -1, :]
+
+
+class GenerativeHead(_LastPositionHead):
     """Positional inputs in input_columns order -> one last-position output per target."""
 
     model_type = "generative"
 
     def __init__(self, model: SequifierModel):
-        super().__init__()
-        self.model = model
-        self.input_columns = list(model.layout.input_columns)
+        super().__init__(model)
         self.target_columns = list(model.layout.target_columns)
-        self.output_names = output_names(model.layout, self.model_type)
 
     def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
-        hidden = self.model.hidden_states(dict(zip(self.input_columns, inputs)))
-        outputs = self.model.decode(hidden[:, -1, :])
+        outputs = self.model.decode(self.last_hidden(inputs))
         return tuple(outputs[t] for t in self.target_columns)
 
 
-class EmbeddingHead(nn.Module):
+class EmbeddingHead(_LastPositionHead):
     """Positional inputs in input_columns order -> (last-position hidden state,)."""
 
     model_type = "embedding"
 
-    def __init__(self, model: SequifierModel):
-        super().__init__()
-        self.model = model
-        self.input_columns = list(model.layout.input_columns)
-        self.output_names = [EMBEDDING_OUTPUT]
-
     def forward(self, *inputs: Tensor) -> Tuple[Tensor]:
-        hidden = self.model.hidden_states(dict(zip(self.input_columns, inputs)))
-        return (hidden[:, -1, :],)
+        return (self.last_hidden(inputs),)
 
 
 def make_head(model: SequifierModel, model_type: str) -> nn.Module:
