@@ -89,12 +89,14 @@ class EmbeddingHead(_LastPositionHead):
         return (self.last_hidden(inputs),)
 
 
+def check_model_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
+
+
 def make_head(model: SequifierModel, model_type: str) -> nn.Module:
-    if model_type == "generative":
-        return GenerativeHead(model)
-    if model_type == "embedding":
-        return EmbeddingHead(model)
-    raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
+    check_model_type(model_type)
+    return GenerativeHead(model) if model_type == "generative" else EmbeddingHead(model)
 
 
 def set_dropout_active(model: nn.Module, active: bool) -> nn.Module:
@@ -294,8 +296,7 @@ def export_pt(
     extra_metadata: Optional[dict] = None,
 ) -> None:
     """Write `model` as a .pt file of plain containers (loadable with weights_only=True)."""
-    if model_type not in MODEL_TYPES:
-        raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
+    check_model_type(model_type)
     clone = export_ready_copy(model)
     _check_names(clone.layout, model_type)
     payload = {
