@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 from omegaconf import MISSING, OmegaConf
-from train_data import make_config, make_project, single_thread  # noqa: F401
+from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import ModelSpec, TrainConfig, TrainingSpec
@@ -192,11 +192,6 @@ def test_inference_batch_size_is_the_onnx_example_batch(tmp_path, monkeypatch):
 
 
 # ---- settings a run accepts but does not apply are logged, not silently dropped ------------
-
-def log_text(result):
-    with open(result.log_path) as f:
-        return f.read()
-
 
 def test_unused_num_workers_world_size_and_cpu_autocast_are_logged(tmp_path):
     root = make_project(tmp_path, n_train=32, n_val=16)

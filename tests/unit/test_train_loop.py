@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from train_data import make_config, make_project, single_thread  # noqa: F401
+from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.errors import SequifierError
 from sequifier.train import run as run_module
@@ -21,11 +21,6 @@ def root(tmp_path):
 
 def train(root, **overrides):
     return run_train(make_config(root, **overrides), export=False)
-
-
-def log_text(result):
-    with open(result.log_path) as f:
-        return f.read()
 
 
 def checkpoints(root):

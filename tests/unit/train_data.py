@@ -92,6 +92,12 @@ def make_config(root, **overrides) -> TrainConfig:
     return OmegaConf.to_object(cfg)
 
 
+def log_text(result) -> str:
+    """The text of a training run's log file."""
+    with open(result.log_path) as f:
+        return f.read()
+
+
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models run faster on one thread, and do not fight parallel test runs for cores."""
