@@ -1,6 +1,8 @@
-"""Atomic file output: write to a temporary name beside the target, then rename.
+"""File helpers shared by every command.
 
-A crash or error part-way leaves the old file (or nothing), never a half-written one.
+Atomic output: write to a temporary name beside the target, then rename; a crash or
+error part-way leaves the old file (or nothing), never a half-written one. Config
+paths resolve against `project_root`.
 """
 
 import os
@@ -8,6 +10,11 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
+
+
+def resolve_path(project_root: str, path: str) -> str:
+    """A config path: absolute as given, relative to `project_root` otherwise."""
+    return path if os.path.isabs(path) else os.path.join(project_root, path)
 
 
 @contextmanager

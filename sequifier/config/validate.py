@@ -7,12 +7,12 @@ can trust the config.
 """
 
 import math
-import os
 from typing import List
 
 from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
 from sequifier.errors import SequifierError
+from sequifier.io_utils import resolve_path
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 ATTENTION_TYPES = ("mha", "mqa", "gqa")
@@ -76,10 +76,6 @@ def known_criteria() -> List[str]:
     return sorted(n for n in dir(torch.nn) if n.endswith("Loss") and isinstance(getattr(torch.nn, n), type))
 
 
-def resolve(project_root: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(project_root, path)
-
-
 def validate(command: str, cfg) -> None:
     {"preprocess": validate_preprocess, "train": validate_train, "infer": validate_infer}[command](cfg)
 
@@ -116,7 +112,7 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_model_spec(cfg, p)
     _check_training_spec(cfg, p)
     p.raise_if_any()
-    metadata = read_metadata(resolve(cfg.project_root, cfg.metadata_config_path))
+    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     _check_against_metadata(cfg, metadata, p)
     p.raise_if_any()
 
@@ -303,7 +299,7 @@ def validate_infer(cfg: InferConfig) -> None:
             p.check(col in cfg.target_columns, "sample_from_distribution_columns",
                     f"'{col}' is not in target_columns {list(cfg.target_columns)}")
     p.raise_if_any()
-    metadata = read_metadata(resolve(cfg.project_root, cfg.metadata_config_path))
+    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
             f"set seq_length: {metadata.seq_length}")

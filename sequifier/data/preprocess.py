@@ -30,7 +30,6 @@ import pyarrow as pa
 
 from sequifier.config.metadata import Metadata, read_metadata, write_metadata
 from sequifier.config.schema import PAD_ID, PreprocessConfig
-from sequifier.config.validate import resolve
 from sequifier.data import read_table
 from sequifier.data.encoding import (
     ColumnEncoding,
@@ -43,7 +42,7 @@ from sequifier.data.progress import Progress
 from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
 from sequifier.data.windows import Windows, write_shards, write_windows
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_dir, atomic_path
+from sequifier.io_utils import atomic_dir, atomic_path, resolve_path
 
 WRITE_FORMATS = ("parquet", "csv", "pt")
 START_MODES = ("distribute", "exact")
@@ -133,7 +132,7 @@ def _default_workers() -> int:
 def make_plan(cfg: PreprocessConfig) -> Plan:
     ratios, strides = _check_settings(cfg)
     root = cfg.project_root
-    data_path = resolve(root, cfg.data_path)
+    data_path = resolve_path(root, cfg.data_path)
     inputs = read_table.list_input_files(data_path, cfg.read_format)
     name = _dataset_name(cfg, data_path)
     if cfg.write_format == "pt":
@@ -188,7 +187,7 @@ def _cache_is_current(cache_path: str, source: str) -> bool:
 def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
     """Set up the work folder; return, per input, whether its cached result can be reused."""
     marker = os.path.join(plan.work_dir, "settings.json")
-    settings = _settings_fingerprint(cfg, resolve(plan.project_root, cfg.data_path))
+    settings = _settings_fingerprint(cfg, resolve_path(plan.project_root, cfg.data_path))
     if cfg.continue_preprocessing and os.path.isfile(marker):
         with open(marker) as f:
             if json.load(f) != settings:
@@ -429,7 +428,7 @@ def choose_encoding(cfg: PreprocessConfig, summaries: List[FileSummary]) -> Colu
     """New id maps and statistics from the data, or those of `reuse_metadata_path`."""
     if cfg.reuse_metadata_path is None:
         return merge_summaries(summaries)
-    source = resolve(cfg.project_root, cfg.reuse_metadata_path)
+    source = resolve_path(cfg.project_root, cfg.reuse_metadata_path)
     if not os.path.isfile(source):
         raise SequifierError(f"reuse_metadata_path: file '{source}' not found; point it at the "
                              "configs/metadata_configs/NAME.json of the run whose encoding to reuse")

@@ -19,7 +19,6 @@ import numpy as np
 
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
-from sequifier.config.validate import resolve
 from sequifier.data.windows import TABULAR_FORMATS, Windows, read_windows
 from sequifier.errors import SequifierError
 from sequifier.infer import outputs
@@ -31,6 +30,7 @@ from sequifier.infer.values import (
     destandardise,
     softmax,
 )
+from sequifier.io_utils import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +66,15 @@ def run_infer(cfg: InferConfig) -> list[str]:
         )
     if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
         raise SequifierError("autoregression_extra_steps must be 0 or more")
-    metadata = read_metadata(resolve(root, cfg.metadata_config_path))
+    metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
     if cfg.data_path is None and metadata.write_format != cfg.read_format:
         raise SequifierError(
             f"read_format: the metadata's splits are written as {metadata.write_format} but "
             f"read_format is '{cfg.read_format}'; set read_format: {metadata.write_format}"
         )
-    data_path = resolve(root, cfg.data_path or _last_split(metadata))
+    data_path = resolve_path(root, cfg.data_path or _last_split(metadata))
 
-    jobs = [_open_model(cfg, metadata, resolve(root, p)) for p in _as_list(cfg.model_path)]
+    jobs = [_open_model(cfg, metadata, resolve_path(root, p)) for p in _as_list(cfg.model_path)]
     _check_distinct_names(jobs)
     if not cfg.overwrite:
         outputs.refuse_to_overwrite([p for job in jobs for p in job.output_paths])
@@ -116,7 +116,7 @@ def _check_distinct_names(jobs: list[ModelJob]) -> None:
 
 def _open_model(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
     runner = load_runner(
-        path, cfg.device, resolve(cfg.project_root, cfg.training_config_path),
+        path, cfg.device, resolve_path(cfg.project_root, cfg.training_config_path),
         cfg.model_type, metadata, cfg.infer_with_dropout, cfg.seed,
     )
     info = runner.info

@@ -19,9 +19,9 @@ import torch
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainConfig
-from sequifier.config.validate import resolve
 from sequifier.data.windows import read_windows
 from sequifier.errors import SequifierError
+from sequifier.io_utils import resolve_path
 
 SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
 
@@ -52,13 +52,13 @@ def split_path(cfg: TrainConfig, metadata: Metadata, split: int) -> str:
     field = SPLIT_FIELDS[split]
     configured = getattr(cfg, field)
     if configured:
-        return resolve(cfg.project_root, configured)
+        return resolve_path(cfg.project_root, configured)
     if len(metadata.split_paths) <= split:
         raise SequifierError(
             f"{field}: the metadata lists {len(metadata.split_paths)} split(s), so there is no "
             f"split {split}; set {field} or preprocess with more split_ratios"
         )
-    return resolve(cfg.project_root, metadata.split_paths[split])
+    return resolve_path(cfg.project_root, metadata.split_paths[split])
 
 
 def needed_columns(cfg: TrainConfig, metadata: Metadata) -> list[str]:

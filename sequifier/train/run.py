@@ -16,8 +16,8 @@ import torch
 
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import TrainConfig
-from sequifier.config.validate import resolve
 from sequifier.errors import SequifierError
+from sequifier.io_utils import resolve_path
 from sequifier.train import distributed
 from sequifier.train.checkpoint import (
     latest_checkpoint,
@@ -63,7 +63,7 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     if distributed.needs_launch(spec):  # start (or join, under torchrun) the DDP ranks
         return distributed.launch(run_train, (cfg, export), spec)
     device = resolve_device(distributed.rank_device(spec.device))
-    metadata = read_metadata(resolve(cfg.project_root, cfg.metadata_config_path))
+    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
     resume_path = _resume_or_clear(cfg, folders)
     with determinism(spec.enforce_determinism):
