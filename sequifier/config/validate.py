@@ -20,8 +20,6 @@ POSITIONAL_ENCODINGS = ("learned", "rope")
 NORMALIZATIONS = ("rmsnorm", "layer_norm")
 DEVICES = ("cpu", "cuda", "mps")
 BACKENDS = ("nccl", "gloo", "mpi")
-LAYER_TYPES = ("linear", "embedding", "norm", "decoder")
-DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 STEP_LR_DEFAULTS = {"step_size": 1, "gamma": 0.99}
 NO_SCHEDULER = ("none", "None", None)
 
@@ -53,21 +51,15 @@ class Problems:
 
 
 def known_optimizers() -> List[str]:
-    import torch.optim
+    from sequifier.train.optimizers import known_optimizers as names
 
-    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-             and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-             and n != "Optimizer"]
-    return sorted(names + ["AdEMAMix"])
+    return names()
 
 
 def known_schedulers() -> List[str]:
-    import torch.optim.lr_scheduler as sched
+    from sequifier.train.schedulers import known_schedulers as names
 
-    base = sched.LRScheduler
-    names = [n for n in dir(sched) if isinstance(getattr(sched, n), type)
-             and issubclass(getattr(sched, n), base) and n not in ("LRScheduler", "_LRScheduler")]
-    return sorted(names + ["none"])
+    return names() + ["none"]
 
 
 def known_criteria() -> List[str]:
@@ -213,9 +205,12 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
         p.add("training_spec.distributed",
               f"true requires read_format: pt, got '{cfg.read_format}'; "
               "preprocess with write_format: pt, merge_output: false")
-    for layer, dtype in (t.layer_type_dtypes or {}).items():
-        p.one_of(layer, LAYER_TYPES, f"training_spec.layer_type_dtypes.{layer}")
-        p.one_of(dtype, DTYPES, f"training_spec.layer_type_dtypes.{layer}")
+    if t.layer_type_dtypes:
+        from sequifier.model.dtypes import DTYPES, LAYER_TYPES  # imports torch: only when used
+
+        for layer, dtype in t.layer_type_dtypes.items():
+            p.one_of(layer, LAYER_TYPES, f"training_spec.layer_type_dtypes.{layer}")
+            p.one_of(dtype, list(DTYPES), f"training_spec.layer_type_dtypes.{layer}")
 
 
 def _check_optimizer_and_scheduler(t, p: Problems) -> None:

@@ -18,18 +18,19 @@ FIELD = "training_spec.optimizer"
 CUSTOM_OPTIMIZERS = {"AdEMAMix": AdEMAMix}
 
 
+def known_optimizers() -> list[str]:
+    """Every name `optimizer.name` accepts: torch.optim's optimizers and sequifier's own."""
+    torch_names = [n for n, c in vars(torch.optim).items()
+                   if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"]
+    return sorted(torch_names + list(CUSTOM_OPTIMIZERS))
+
+
 def optimizer_class(name: Any) -> type:
     if name in CUSTOM_OPTIMIZERS:
         return CUSTOM_OPTIMIZERS[name]
     cls = getattr(torch.optim, str(name), None) if name else None
     if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
-        known = sorted(
-            n for n, c in vars(torch.optim).items()
-            if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
-        )
-        raise SequifierError(
-            f"{FIELD}.name: unknown optimizer '{name}'; use one of {known + list(CUSTOM_OPTIMIZERS)}"
-        )
+        raise SequifierError(f"{FIELD}.name: unknown optimizer '{name}'; use one of {known_optimizers()}")
     return cls
 
 

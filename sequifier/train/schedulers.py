@@ -18,18 +18,24 @@ NO_SCHEDULER = (None, "", "none", "None", "null")
 STEP_ON = ("epoch", "batch")
 
 
-def scheduler_class(name: Any) -> type:
+def _is_scheduler_class(cls: Any) -> bool:
     module = torch.optim.lr_scheduler
     base = getattr(module, "LRScheduler", None) or module._LRScheduler
-    cls = getattr(module, str(name), None)
-    plateau = module.ReduceLROnPlateau
-    if not (inspect.isclass(cls) and (issubclass(cls, base) or cls is plateau)) or cls is base:
-        known = sorted(
-            n for n, c in vars(module).items()
-            if inspect.isclass(c) and (issubclass(c, base) or c is plateau) and c is not base
-            and not n.startswith("_")
-        )
-        raise SequifierError(f"{FIELD}.name: unknown scheduler '{name}'; use 'none' or one of {known}")
+    return (inspect.isclass(cls) and (issubclass(cls, base) or cls is module.ReduceLROnPlateau)
+            and cls is not base)
+
+
+def known_schedulers() -> list[str]:
+    """Every scheduler class name `scheduler.name` accepts (besides 'none')."""
+    return sorted(n for n, c in vars(torch.optim.lr_scheduler).items()
+                  if _is_scheduler_class(c) and not n.startswith("_"))
+
+
+def scheduler_class(name: Any) -> type:
+    cls = getattr(torch.optim.lr_scheduler, str(name), None)
+    if not _is_scheduler_class(cls):
+        raise SequifierError(
+            f"{FIELD}.name: unknown scheduler '{name}'; use 'none' or one of {known_schedulers()}")
     return cls
 
 
