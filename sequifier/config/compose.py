@@ -5,7 +5,7 @@ Both command forms end up in one Hydra composition:
     sequifier train --config-path configs/train.yaml [key=value ...]
     sequifier-train +model_spec=gqa training_spec.lr=3e-4 [-m] [--cfg job]
 
-The packaged primary config (`sequifier/conf/<command>.yaml`) lists, in order, the typed
+The packaged primary config (`conf/<command>.yaml`, shipped as `sequifier.conf`) lists, in order, the typed
 schema, the user's YAML file (registered here as `user_config/<command>`) and then
 whatever presets the command line appends, so precedence is: schema defaults < YAML <
 appended presets < key=value overrides.

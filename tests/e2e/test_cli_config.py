@@ -83,6 +83,11 @@ def test_wheel_ships_the_config_tree(tmp_path):
     for path in ["sequifier/conf/train.yaml", "sequifier/conf/model_spec/gqa.yaml",
                  "sequifier/conf/optimizer/ademamix.yaml", "sequifier/templates/train.yaml"]:
         assert path in names
+    # pyproject lists the packages by hand (conf/ is mapped in): a new subpackage must be listed
+    for dirpath, _, files in os.walk(os.path.join(repo, "sequifier")):
+        if "__init__.py" in files:
+            rel = os.path.relpath(os.path.join(dirpath, "__init__.py"), repo)
+            assert rel.replace(os.sep, "/") in names, f"{rel} missing from the wheel: list it in pyproject.toml"
     # import sequifier from the wheel itself (zip import), not the source tree, and compose
     make_project(str(tmp_path / "w"))
     env = {**os.environ, "PYTHONPATH": wheel}
