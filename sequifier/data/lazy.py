@@ -39,7 +39,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from sequifier.data.windows import Windows, list_shards, shard_to_windows
+from sequifier.data.windows import (
+    Windows,
+    check_shard_columns,
+    list_shards,
+    load_shard,
+    shard_to_windows,
+)
 from sequifier.errors import SequifierError
 
 log = logging.getLogger(__name__)
@@ -60,10 +66,8 @@ class Piece:
 
 
 def _load(path: str):
-    import torch
-
     # mmap: only the rows and columns copied out below are read from disk.
-    return torch.load(path, mmap=True)
+    return load_shard(path, mmap=True)
 
 
 def count_windows(paths: Sequence[str]) -> np.ndarray:
@@ -74,11 +78,7 @@ def count_windows(paths: Sequence[str]) -> np.ndarray:
 def read_piece(path: str, piece: Piece, columns: Sequence[str]) -> Windows:
     """Copy one piece's rows of the wanted columns out of a memory-mapped shard."""
     raw = _load(path)
-    missing = [c for c in columns if c not in raw["columns"]]
-    if missing:
-        raise SequifierError(
-            f"shard '{path}' has no column(s) {missing}; its columns are "
-            f"{sorted(raw['columns'])}; check input_columns/target_columns or rerun preprocess")
+    check_shard_columns(raw, columns, path)
     rows = slice(piece.start, piece.stop)
     return shard_to_windows(raw, columns, lambda t: np.array(t[rows].numpy(), copy=True))
 

@@ -175,11 +175,42 @@ def shard_to_windows(raw: dict, columns: Sequence[str],
     )
 
 
-def read_shard(path: str, columns: Optional[List[str]] = None) -> Windows:
+SHARD_KEYS = ("sequenceId", "subsequenceId", "padding", "itemPosition", "columns")
+
+
+def load_shard(path: str, mmap: bool = False) -> dict:
+    """A shard's dict of tensors, loaded without running any code the file may carry.
+
+    `weights_only=True` is explicit so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the
+    environment cannot turn unpickling of arbitrary objects back on. With `mmap` only
+    the rows later copied out are read from disk.
+    """
     import torch
 
-    raw = torch.load(path)
-    return shard_to_windows(raw, list(raw["columns"]) if columns is None else columns)
+    fix = "re-run preprocess with write_format: pt, or remove the file from the folder"
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001  (truncated, foreign or crafted file: name it)
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise SequifierError(f"shard '{path}' is not a readable sequifier shard ({reason}); {fix}") from None
+    if not (isinstance(raw, dict) and all(k in raw for k in SHARD_KEYS) and isinstance(raw["columns"], dict)):
+        raise SequifierError(f"shard '{path}' is not a sequifier shard (expected a dict with {list(SHARD_KEYS)}); {fix}")
+    return raw
+
+
+def read_shard(path: str, columns: Optional[List[str]] = None) -> Windows:
+    raw = load_shard(path)
+    columns = list(raw["columns"]) if columns is None else columns
+    check_shard_columns(raw, columns, path)
+    return shard_to_windows(raw, columns)
+
+
+def check_shard_columns(raw: dict, columns: Sequence[str], path: str) -> None:
+    missing = [c for c in columns if c not in raw["columns"]]
+    if missing:
+        raise SequifierError(
+            f"shard '{path}' has no column(s) {missing}; its columns are "
+            f"{sorted(raw['columns'])}; check input_columns/target_columns or rerun preprocess")
 
 
 def _frame_to_windows(frame, columns, column_types) -> Windows:

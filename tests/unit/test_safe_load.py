@@ -1,0 +1,54 @@
+"""Shards are loaded with weights_only=True: a crafted file runs nothing, even when
+TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks torch to unpickle anything."""
+
+import os
+
+import pytest
+import torch
+
+from sequifier.data.lazy import count_windows, read_piece, Piece
+from sequifier.data.windows import read_shard
+from sequifier.errors import SequifierError
+
+
+class Payload:
+    """Unpickling this runs os.system, which would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def crafted(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "ran"
+    path = tmp_path / "d-split0-00000.pt"
+    torch.save({"sequenceId": Payload(str(marker))}, str(path))
+    return str(path), marker
+
+
+@pytest.mark.parametrize("load", [
+    lambda p: read_shard(p),
+    lambda p: count_windows([p]),
+    lambda p: read_piece(p, Piece(0, 0, 1), ["x"]),
+])
+def test_crafted_shard_runs_nothing_and_is_one_line(crafted, load):
+    path, marker = crafted
+    with pytest.raises(SequifierError, match="not a readable sequifier shard") as info:
+        load(path)
+    assert not marker.exists()
+    assert "\n" not in str(info.value) and path in str(info.value)
+
+
+def test_foreign_and_truncated_shards_are_one_line(tmp_path):
+    foreign = tmp_path / "a.pt"
+    torch.save([1, 2, 3], str(foreign))
+    with pytest.raises(SequifierError, match="is not a sequifier shard"):
+        read_shard(str(foreign))
+    truncated = tmp_path / "b.pt"
+    truncated.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SequifierError, match="not a readable sequifier shard"):
+        read_shard(str(truncated))
