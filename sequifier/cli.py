@@ -96,7 +96,7 @@ def run_command(command: str, args: List[str], prog: str) -> None:
             from sequifier.train.distributed import hydra_overrides_for_rank
 
             rest += hydra_overrides_for_rank()
-        compose.register_configs(command, user_config)
+        compose.register_configs(command, user_config, rest)
     except SequifierError as e:
         report_and_exit(e)
     hydra_main = hydra.main(version_base="1.3", config_path="pkg://sequifier.conf",

@@ -15,11 +15,13 @@ appended presets < key=value overrides.
 current folder is used when it exists.
 """
 
+import copy
 import dataclasses
 import difflib
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+import typing
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +34,11 @@ CONFIG_GROUPS = ("model_spec", "training_spec", "attention", "optimizer", "sched
                  "hparams_search", "user_config")
 # Short names accepted for a field, in YAML and on the command line.
 ALIASES = {("training_spec", "lr"): ("training_spec", "learning_rate")}
+# Groups whose preset replaces a whole block instead of merging into it: the primary
+# config's defaults list holds `GROUP: from_yaml`, an option made of the YAML's own block,
+# so `optimizer=sgd` swaps the YAML's block for the preset's and leaves no stale keys.
+BLOCK_GROUPS = {"optimizer": ("training_spec", "optimizer"), "scheduler": ("training_spec", "scheduler")}
+FROM_YAML = "from_yaml"
 _PATH_FLAGS = {"--config-path": "path", "-cp": "path", "--config-name": "name", "-cn": "name"}
 
 
@@ -161,28 +168,69 @@ _OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_][\w.]*)(?P<rest
 
 
 def rewrite_overrides(command: str, args: List[str]) -> List[str]:
-    """Map alias keys to their full names and reject unknown keys, before Hydra sees them."""
+    """Put command-line overrides in the form Hydra needs, or refuse them with one line each.
+
+    - alias keys get their full names (`training_spec.lr` -> `training_spec.learning_rate`);
+      an alias and its full name with different values is an error, not "last one wins";
+    - `+optimizer=X` / `+scheduler=X` select the group option (the group is in the
+      defaults list, see BLOCK_GROUPS);
+    - an entry of a per-column map (`model_spec.feature_embedding_dims.itemId=32`) is set
+      whether or not the key exists yet (`++`), so maps need no `+` bookkeeping, and a
+      whole map (`training_spec.class_weights={itemId: [...]}`) replaces the YAML's;
+    - unknown keys are reported with a suggestion.
+    """
     out = []
     problems = []
+    given: Dict[str, Tuple[str, str]] = {}  # full key -> (as written, value)
     for arg in args:
         m = _OVERRIDE.match(arg)
         is_override = m is not None and not arg.startswith("-") and ("=" in arg or m.group("prefix") == "~")
         if not is_override:  # flags (-m, --cfg job) and their values
             out.append(arg)
             continue
-        key = m.group("key")
+        prefix, key = m.group("prefix") or "", m.group("key")
         parts = key.split(".")
         if len(parts) == 2 and tuple(parts) in ALIASES:
             key = ".".join(ALIASES[tuple(parts)])
+        problems.extend(_conflicting_alias(given, m.group("key"), key, m.group("rest")))
+        if key in BLOCK_GROUPS and prefix == "+":
+            prefix = ""
         # Hydra's own keys and group choices (+model_spec=gqa) are Hydra's to check; a path
         # into model_spec/training_spec is a schema field like any other.
         into_section = len(parts) > 1 and parts[0] in ("model_spec", "training_spec")
         if into_section or parts[0] not in ("hydra",) + CONFIG_GROUPS:
-            problems.extend(_override_key_problems(command, key))
-        out.append(f"{m.group('prefix') or ''}{key}{m.group('rest')}")
+            found = _override_key_problems(command, key)
+            problems.extend(found)
+            if not found and prefix != "~" and _addresses_map(command, key.split(".")):
+                prefix = "++"
+        out.append(f"{prefix}{key}{m.group('rest')}")
+    problems.extend(_block_given_twice(out))
     if problems:
         raise SequifierError("\n".join(problems))
     return out
+
+
+def _conflicting_alias(given: Dict[str, Tuple[str, str]], written: str, key: str, rest: str) -> List[str]:
+    """One line when an alias and its full name are both given with different values."""
+    value = rest[1:]
+    if key in given and given[key][0] != written and given[key][1] != value:
+        first, first_value = given[key]
+        return [f"{first} ({first_value}) and {written} ({value}) disagree on the command line; "
+                f"they name the same field {key}: give only one"]
+    given[key] = (written, value)
+    return []
+
+
+def _block_given_twice(overrides: List[str]) -> List[str]:
+    """A preset and a whole block for the same optimizer/scheduler: which one is meant?"""
+    keys = {m.group("key"): m.group("prefix") for m in map(_OVERRIDE.match, overrides) if m}
+    problems = []
+    for group, (section, field) in BLOCK_GROUPS.items():
+        path = f"{section}.{field}"
+        if group in keys and path in keys and keys[path] != "~":
+            problems.append(f"{path}: given as a whole and as the preset {group}=...; give one of them "
+                            f"(add single arguments to a preset with {path}.KEY=VALUE)")
+    return problems
 
 
 def _override_key_problems(command: str, key: str) -> List[str]:
@@ -200,10 +248,75 @@ def _override_key_problems(command: str, key: str) -> List[str]:
     return []
 
 
-def register_configs(command: str, user_config: Dict[str, Any]) -> None:
-    """Put the schema and the user's YAML into Hydra's ConfigStore."""
+def _is_map_type(annotation) -> bool:
+    """Dict[...] or Optional[Dict[...]]."""
+    if typing.get_origin(annotation) is typing.Union:
+        return any(_is_map_type(a) for a in typing.get_args(annotation) if a is not type(None))
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
+def map_field_path(command: str, parts: Sequence[str]) -> bool:
+    """Whether `parts` names a map field of the schema (criterion, class_weights, optimizer ...)."""
+    schema = SCHEMAS[command]
+    for i, part in enumerate(parts):
+        fields = _schema_fields(schema)
+        if part not in fields:
+            return False
+        if i == len(parts) - 1:
+            return _is_map_type(fields[part].type)
+        schema = _nested_schema(schema, part)
+        if schema is None:
+            return False
+    return False
+
+
+def _addresses_map(command: str, parts: Sequence[str]) -> bool:
+    """A whole map field, or one entry of it."""
+    return map_field_path(command, parts) or (len(parts) > 1 and map_field_path(command, parts[:-1]))
+
+
+def _prepare_maps(command: str, user_config: Dict[str, Any], overrides: Sequence[str]) -> None:
+    """Shape the YAML's maps for the command line's map overrides, in place.
+
+    An entry override (`training_spec.class_weights.itemId=[...]`) needs a mapping to put
+    the entry into: a map that is null (the templates' `class_weights: null`) or absent
+    becomes an empty one. A whole-map override (`training_spec.class_weights={...}`)
+    gives the whole map: Hydra would merge it into the YAML's map and keep entries the
+    user replaced, so the YAML's map is emptied first.
+    """
+    for arg in overrides:
+        m = _OVERRIDE.match(arg)
+        if m is None or m.group("prefix") == "~" or not m.group("rest"):
+            continue
+        parts = m.group("key").split(".")
+        whole = map_field_path(command, parts)
+        if not whole and not (len(parts) > 1 and map_field_path(command, parts[:-1])):
+            continue
+        map_parts = parts if whole else parts[:-1]
+        node = user_config
+        for part in map_parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        if whole or node.get(map_parts[-1]) is None:
+            node[map_parts[-1]] = {}
+
+
+def register_configs(command: str, user_config: Dict[str, Any], overrides: Sequence[str] = ()) -> None:
+    """Put the schema and the user's YAML into Hydra's ConfigStore.
+
+    `overrides` are the rewritten command-line overrides (see `_prepare_maps`). For train,
+    the YAML's optimizer and scheduler blocks become the `from_yaml` options of their
+    groups, so that a preset replaces them (BLOCK_GROUPS).
+    """
+    user_config = copy.deepcopy(user_config)
+    _prepare_maps(command, user_config, overrides)
     cs = ConfigStore.instance()
     cs.store(name=f"{command}_schema", node=SCHEMAS[command])
+    if command == "train":
+        for group, (section, key) in BLOCK_GROUPS.items():
+            block = (user_config.get(section) or {}).pop(key, None) or {}
+            cs.store(group=group, name=FROM_YAML, node=OmegaConf.create(block), package=f"{section}.{key}")
     cs.store(group="user_config", name=command, node=OmegaConf.create(user_config),
              package="_global_")
 

@@ -60,13 +60,16 @@ class ModelSpec:
     norm_first: bool = True
 
 
+# The optimizer and scheduler blocks: `name` plus the class's keyword arguments, checked
+# against the class by the registries (train/optimizers.py, train/schedulers.py). A YAML
+# block or a preset is merged over these defaults, so they hold the name only: default
+# arguments here would leak into another class's block. StepLR's step_size=1,
+# gamma=0.99 are filled in by validation (schedulers.DEFAULT_ARGUMENTS).
 def _default_optimizer() -> Dict[str, Any]:
     return {"name": "Adam"}
 
 
 def _default_scheduler() -> Dict[str, Any]:
-    # Only the name: a scheduler preset merged over this must not inherit StepLR's
-    # arguments. Validation fills StepLR's step_size=1, gamma=0.99 when absent.
     return {"name": "StepLR"}
 
 

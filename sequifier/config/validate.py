@@ -20,8 +20,6 @@ POSITIONAL_ENCODINGS = ("learned", "rope")
 NORMALIZATIONS = ("rmsnorm", "layer_norm")
 DEVICES = ("cpu", "cuda", "mps")
 BACKENDS = ("nccl", "gloo", "mpi")
-STEP_LR_DEFAULTS = {"step_size": 1, "gamma": 0.99}
-NO_SCHEDULER = ("none", "None", None)
 
 
 class Problems:
@@ -48,18 +46,6 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.lines:
             raise SequifierError("\n".join(self.lines))
-
-
-def known_optimizers() -> List[str]:
-    from sequifier.train.optimizers import known_optimizers as names
-
-    return names()
-
-
-def known_schedulers() -> List[str]:
-    from sequifier.train.schedulers import known_schedulers as names
-
-    return names() + ["none"]
 
 
 def known_criteria() -> List[str]:
@@ -214,17 +200,13 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
 
 
 def _check_optimizer_and_scheduler(t, p: Problems) -> None:
-    opt_name = t.optimizer.get("name")
-    optimizers = known_optimizers()
-    if opt_name not in optimizers:
-        p.add("training_spec.optimizer.name", f"unknown optimizer '{opt_name}'; known: {', '.join(optimizers)}")
-    sched_name = t.scheduler.get("name")
-    schedulers = known_schedulers()
-    if sched_name not in NO_SCHEDULER and sched_name not in schedulers:
-        p.add("training_spec.scheduler.name", f"unknown scheduler '{sched_name}'; known: {', '.join(schedulers)}")
-    if sched_name == "StepLR":
-        for key, value in STEP_LR_DEFAULTS.items():
-            t.scheduler.setdefault(key, value)
+    from sequifier.train import optimizers, schedulers  # import torch: only for train
+
+    p.lines.extend(optimizers.block_problems(t.optimizer, t.learning_rate))
+    if t.scheduler_step_on in schedulers.STEP_ON:
+        p.lines.extend(schedulers.block_problems(t.scheduler, t.scheduler_step_on))
+        # the run records (and a resume compares) the arguments it trains with
+        t.scheduler = schedulers.with_default_arguments(t.scheduler)
 
 
 def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -> None:

@@ -1,8 +1,9 @@
 """Optimizer registry: `training_spec.optimizer` -> an optimizer instance.
 
-`name` picks any optimizer class in `torch.optim` or sequifier's `AdEMAMix`; every other
-key of the dict is passed as a keyword argument. The learning rate comes from
-`training_spec.learning_rate`, so an `lr` key is refused rather than silently winning.
+`name` picks any optimizer class in `torch.optim` or sequifier's own (CUSTOM_OPTIMIZERS);
+every other key of the block is a keyword argument, checked against the class by
+`block_problems` in the validation gate (see `class_blocks`). The learning rate comes
+from `training_spec.learning_rate`, so an `lr` key is refused rather than silently winning.
 """
 
 import inspect
@@ -13,6 +14,7 @@ import torch
 
 from sequifier.errors import SequifierError
 from sequifier.train.ademamix import AdEMAMix
+from sequifier.train.class_blocks import argument_problems, keyword_arguments
 
 FIELD = "training_spec.optimizer"
 CUSTOM_OPTIMIZERS = {"AdEMAMix": AdEMAMix}
@@ -34,22 +36,21 @@ def optimizer_class(name: Any) -> type:
     return cls
 
 
-def check_kwargs(cls: type, kwargs: dict[str, Any], field: str) -> None:
-    """Refuse keys the constructor does not take, naming the offending config key."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n in params if n not in ("self", "params", "optimizer")]
-    for key in kwargs:
-        if key not in accepted:
-            raise SequifierError(
-                f"{field}.{key}: {cls.__name__} takes no argument '{key}'; accepted: {accepted}"
-            )
-
-
-def _plain(value: Any) -> Any:
-    # OmegaConf hands lists over as lists; torch wants tuples for betas and the like.
-    return tuple(value) if isinstance(value, list) else value
+def block_problems(block: dict[str, Any], learning_rate: float) -> list[str]:
+    """Every problem of an optimizer block, one line each (called by the validation gate)."""
+    name = block.get("name")
+    if name not in known_optimizers():
+        return [f"{FIELD}.name: unknown optimizer '{name}'; known: {', '.join(known_optimizers())}"]
+    if "lr" in block:
+        return [f"{FIELD}.lr: set the learning rate with training_spec.learning_rate instead"]
+    cls = optimizer_class(name)
+    problems = argument_problems(cls, block, FIELD)
+    if not problems and learning_rate > 0:  # a dry build: the class's own range checks
+        try:
+            cls([torch.nn.Parameter(torch.zeros(2))], lr=learning_rate, **keyword_arguments(block))
+        except (ValueError, TypeError, RuntimeError) as e:
+            problems.append(f"{FIELD}: {name} rejected its arguments {keyword_arguments(block)}: {e}")
+    return problems
 
 
 def _prefer_fused(cls: type, kwargs: dict[str, Any], params: list[torch.Tensor]) -> bool:
@@ -64,22 +65,17 @@ def _prefer_fused(cls: type, kwargs: dict[str, Any], params: list[torch.Tensor])
     )
 
 
-def build_optimizer(params: Iterable, spec: dict[str, Any], learning_rate: float):
-    spec = dict(spec or {})
-    cls = optimizer_class(spec.pop("name", None))
-    if "lr" in spec:
-        raise SequifierError(
-            f"{FIELD}.lr: set the learning rate with training_spec.learning_rate instead"
-        )
-    check_kwargs(cls, spec, FIELD)
-    kwargs = {k: _plain(v) for k, v in spec.items()}
+def build_optimizer(params: Iterable, block: dict[str, Any], learning_rate: float):
+    """The optimizer of a block that passed `block_problems`."""
+    problems = block_problems(block, learning_rate)
+    if problems:
+        raise SequifierError(problems[0])
+    cls = optimizer_class(block["name"])
+    kwargs = keyword_arguments(block)
     params = list(params)
     if _prefer_fused(cls, kwargs, params):
         try:
             return cls(params, lr=learning_rate, fused=True, **kwargs)
         except (RuntimeError, ValueError, TypeError):
             pass  # e.g. an option the fused kernel lacks: the default implementation decides
-    try:
-        return cls(params, lr=learning_rate, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise SequifierError(f"{FIELD}: {cls.__name__} rejected its arguments {kwargs}: {e}") from None
+    return cls(params, lr=learning_rate, **kwargs)

@@ -8,12 +8,15 @@ from omegaconf import OmegaConf
 from sequifier.config import compose as comp
 from sequifier.config.schema import TrainConfig
 from sequifier.errors import SequifierError
+from sequifier.train import optimizers, schedulers
 
 USER = TRAIN_CONFIG
 
 
 def composed(overrides, user=USER, command="train"):
-    comp.register_configs(command, user)
+    """Compose as the CLI does: overrides rewritten, the YAML registered for them."""
+    overrides = comp.rewrite_overrides(command, overrides)
+    comp.register_configs(command, user, overrides)
     with initialize_config_module(config_module="sequifier.conf", version_base="1.3"):
         return compose(config_name=command, overrides=overrides)
 
@@ -41,7 +44,12 @@ def test_every_group_option_composes(group, option):
     node = OmegaConf.select(cfg, WHERE[group])
     for key, value in GROUP_OPTIONS[group][option].items():
         assert node[key] == value
-    assert isinstance(comp.to_dataclass("train", cfg), TrainConfig)
+    config = comp.to_dataclass("train", cfg)
+    assert isinstance(config, TrainConfig)
+    # every optimizer/scheduler preset is a complete block its class accepts
+    spec = config.training_spec
+    assert optimizers.block_problems(spec.optimizer, spec.learning_rate) == []
+    assert schedulers.block_problems(spec.scheduler, spec.scheduler_step_on) == []
 
 
 def test_precedence_schema_yaml_preset_override():
@@ -98,8 +106,73 @@ def test_unknown_override_key_suggests_the_right_one():
 
 def test_free_form_dicts_and_groups_pass_override_check():
     args = ["training_spec.optimizer.weight_decay=0.1", "+model_spec=gqa", "hydra.verbose=true",
-            "+training_spec.criterion.sup1=MSELoss"]
-    assert comp.rewrite_overrides("train", args) == args
+            "+training_spec.criterion.sup1=MSELoss", "+optimizer=sgd", "~training_spec.criterion.itemId"]
+    # map entries are set whether or not they exist; an optimizer preset replaces a block
+    assert comp.rewrite_overrides("train", args) == [
+        "++training_spec.optimizer.weight_decay=0.1", "+model_spec=gqa", "hydra.verbose=true",
+        "++training_spec.criterion.sup1=MSELoss", "optimizer=sgd", "~training_spec.criterion.itemId"]
+
+
+WITH_BLOCKS = {**USER, "training_spec": {**USER["training_spec"],
+                                         "optimizer": {"name": "AdamW", "weight_decay": 0.01},
+                                         "scheduler": {"name": "StepLR", "step_size": 2, "gamma": 0.5}}}
+
+
+@pytest.mark.parametrize("form", ["+", ""])
+def test_a_preset_replaces_the_whole_block(form):
+    cfg = composed([f"{form}optimizer=sgd", f"{form}scheduler=cosine"], user=WITH_BLOCKS)
+    assert OmegaConf.to_container(cfg.training_spec.optimizer) == {"name": "SGD", "momentum": 0.9}
+    assert OmegaConf.to_container(cfg.training_spec.scheduler) == {"name": "CosineAnnealingLR", "T_max": 10}
+
+
+def test_yaml_block_then_preset_then_key_override():
+    cfg = composed([], user=WITH_BLOCKS)  # no preset: the YAML's block as written
+    assert OmegaConf.to_container(cfg.training_spec.optimizer) == {"name": "AdamW", "weight_decay": 0.01}
+    cfg = composed(["+optimizer=sgd", "training_spec.optimizer.momentum=0.5",
+                    "training_spec.optimizer.nesterov=true"], user=WITH_BLOCKS)
+    assert OmegaConf.to_container(cfg.training_spec.optimizer) == {"name": "SGD", "momentum": 0.5, "nesterov": True}
+    # a whole block on the command line replaces the YAML's block too
+    cfg = composed(["training_spec.scheduler={name: ExponentialLR, gamma: 0.9}"], user=WITH_BLOCKS)
+    assert OmegaConf.to_container(cfg.training_spec.scheduler) == {"name": "ExponentialLR", "gamma": 0.9}
+
+
+def test_a_preset_and_a_whole_block_at_once_is_an_error():
+    with pytest.raises(SequifierError, match="training_spec.optimizer: given as a whole and as the preset"):
+        comp.rewrite_overrides("train", ["+optimizer=sgd", "training_spec.optimizer={name: Adam}"])
+
+
+@pytest.mark.parametrize("overrides,where,expected", [
+    (["training_spec.class_weights={itemId: [0, 0, 1, 2]}"], "training_spec.class_weights", {"itemId": [0, 0, 1, 2]}),
+    (["training_spec.class_weights.itemId=[0,0,1,2]"], "training_spec.class_weights", {"itemId": [0, 0, 1, 2]}),
+    (["training_spec.loss_weights.itemId=2"], "training_spec.loss_weights", {"itemId": 2.0}),
+    (["model_spec.feature_embedding_dims.itemId=32"], "model_spec.feature_embedding_dims", {"itemId": 32}),
+    (["+training_spec.layer_type_dtypes.linear=float32"], "training_spec.layer_type_dtypes", {"linear": "float32"}),
+    # a whole map replaces the YAML's (here the criterion's itemId entry); entries add to it
+    (["training_spec.criterion={other: MSELoss}", "training_spec.criterion.more=L1Loss"],
+     "training_spec.criterion", {"other": "MSELoss", "more": "L1Loss"}),
+])
+def test_optional_maps_are_set_from_the_command_line(overrides, where, expected):
+    user = {**USER, "model_spec": {**USER["model_spec"], "feature_embedding_dims": None},
+            "training_spec": {**USER["training_spec"], "class_weights": None, "layer_type_dtypes": None}}
+    assert OmegaConf.to_container(OmegaConf.select(composed(overrides, user=user), where)) == expected
+
+
+def test_optional_maps_can_be_swept():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = comp.rewrite_overrides("train", ["model_spec.feature_embedding_dims.itemId=16,32"])
+    parsed = OverridesParser.create().parse_overrides(args)
+    jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    values = [composed(job).model_spec.feature_embedding_dims.itemId for job in jobs]
+    assert values == [16, 32]
+
+
+def test_lr_and_learning_rate_disagreeing_on_the_command_line_is_an_error():
+    with pytest.raises(SequifierError, match="training_spec.lr .0.1. and training_spec.learning_rate .0.2. disagree"):
+        comp.rewrite_overrides("train", ["training_spec.lr=0.1", "training_spec.learning_rate=0.2"])
+    assert comp.rewrite_overrides("train", ["training_spec.lr=0.1", "training_spec.learning_rate=0.1"]) == [
+        "training_spec.learning_rate=0.1", "training_spec.learning_rate=0.1"]
 
 
 @pytest.mark.parametrize("command", ["preprocess", "infer"])
