@@ -10,7 +10,7 @@ combined without error:
    whatever the batch size or the number of ranks.
 2. `categorical_metrics` / `real_metrics` turn the summed vector into named metrics.
 
-Layouts (float64):
+Layouts (float64; float32 on `mps`, which has no float64):
 
 * categorical, `CATEGORICAL_SUMS`: [count, cross-entropy sum (nats), correct,
   top-k correct]. Inputs: logits [..., C] and target ids [...]. The prediction is the
@@ -53,11 +53,30 @@ SUM_NAMES = {"categorical": CATEGORICAL_SUMS, "real": REAL_SUMS}
 DEFAULT_TOP_K = 5
 CATEGORICAL_BASELINES = ("unigram",)
 REAL_BASELINES = ("training_mean", "previous_value")
+BASELINE_DESCRIPTIONS = {
+    "unigram": "the training split's class frequencies; its accuracy is the majority class's",
+    "training_mean": "always the training split's mean",
+    "previous_value": "the value before each target, repeated",
+}
+
+
+def sum_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 for sums, except on Apple's mps backend, which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def empty_sums(column_type: str, device: torch.device | str = "cpu") -> torch.Tensor:
     """The zero sums vector of a target of `column_type` ('categorical' or 'real')."""
-    return torch.zeros(len(SUM_NAMES[column_type]), dtype=torch.float64, device=device)
+    return torch.zeros(len(SUM_NAMES[column_type]), dtype=sum_dtype(device), device=device)
+
+
+def _count(values: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(float(values.shape[0]), dtype=sum_dtype(values.device), device=values.device)
+
+
+def _acc(values: torch.Tensor) -> torch.Tensor:
+    """`values` in the sums' dtype."""
+    return values.to(sum_dtype(values.device))
 
 
 def top_k_name(top_k: int) -> str:
@@ -84,15 +103,11 @@ def categorical_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: int,
     logits = _scored(logits, mask, 1).float()
     targets = _scored(targets, mask, 0)
     k = min(top_k, logits.shape[-1])
-    cross_entropy = F.cross_entropy(logits, targets, reduction="none").double().sum()
+    cross_entropy = _acc(F.cross_entropy(logits, targets, reduction="none")).sum()
     best = logits.topk(k, dim=-1).indices  # column 0 is the arg-max
     hits = best == targets.unsqueeze(-1)
-    return torch.stack([
-        torch.tensor(float(targets.numel()), dtype=torch.float64, device=logits.device),
-        cross_entropy,
-        hits[:, 0].sum().double(),
-        hits.any(dim=-1).sum().double(),
-    ])
+    return torch.stack([_count(targets), cross_entropy, _acc(hits[:, 0].sum()),
+                        _acc(hits.any(dim=-1).sum())])
 
 
 def categorical_metrics(sums: torch.Tensor, top_k: int) -> dict[str, float]:
@@ -116,12 +131,8 @@ def real_sums(predictions: torch.Tensor, targets: torch.Tensor, std: float,
     """
     predictions = _scored(predictions.reshape(targets.shape), mask, 0)
     targets = _scored(targets, mask, 0)
-    errors = (predictions.double() - targets.double()) * float(std)
-    return torch.stack([
-        torch.tensor(float(targets.numel()), dtype=torch.float64, device=errors.device),
-        errors.abs().sum(),
-        errors.square().sum(),
-    ])
+    errors = (_acc(predictions) - _acc(targets)) * float(std)
+    return torch.stack([_count(targets), errors.abs().sum(), errors.square().sum()])
 
 
 def real_metrics(sums: torch.Tensor) -> dict[str, float]:
@@ -150,9 +161,8 @@ def class_counts(targets: torch.Tensor, n_classes: int, mask: torch.Tensor | Non
 
 def value_sums(targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """float64 [count, sum] of the scored (standardised) values."""
-    values = _scored(targets, mask, 0).double()
-    return torch.stack([torch.tensor(float(values.numel()), dtype=torch.float64,
-                                     device=values.device), values.sum()])
+    values = _acc(_scored(targets, mask, 0))
+    return torch.stack([_count(values), values.sum()])
 
 
 def mean_from_value_sums(sums: torch.Tensor) -> float:
@@ -168,7 +178,7 @@ def unigram_log_probs(counts: torch.Tensor) -> torch.Tensor:
     Smoothing keeps the cross-entropy finite for a class that the validation split has
     and the training split lacks.
     """
-    smoothed = counts.double() + 1.0
+    smoothed = _acc(counts) + 1.0
     smoothed[PAD_ID] = 0.0
     return (smoothed / smoothed.sum()).log()
 
@@ -181,21 +191,17 @@ def unigram_sums(targets: torch.Tensor, log_probs: torch.Tensor, top_k: int,
     class, the top k the k most frequent; equal frequencies rank the lower id first.
     """
     targets = _scored(targets, mask, 0)
-    log_probs = log_probs.to(device=targets.device, dtype=torch.float64)
+    log_probs = log_probs.to(device=targets.device, dtype=sum_dtype(targets.device))
     k = min(top_k, log_probs.numel())
     # stable sort: equal frequencies rank by id, on every device
     ranked = torch.sort(-log_probs, stable=True).indices[:k]
-    return torch.stack([
-        torch.tensor(float(targets.numel()), dtype=torch.float64, device=targets.device),
-        -log_probs.index_select(0, targets).sum(),
-        (targets == ranked[0]).sum().double(),
-        torch.isin(targets, ranked).sum().double(),
-    ])
+    return torch.stack([_count(targets), -log_probs.index_select(0, targets).sum(),
+                        _acc((targets == ranked[0]).sum()), _acc(torch.isin(targets, ranked).sum())])
 
 
 def constant_predictions(targets: torch.Tensor, value: float) -> torch.Tensor:
     """A prediction of `value` for every slot of `targets` (the training-mean baseline)."""
-    return torch.full_like(targets, value, dtype=torch.float64)
+    return torch.full_like(targets, value, dtype=sum_dtype(targets.device))
 
 
 def categorical_baseline_sums(targets: torch.Tensor, training_counts: torch.Tensor, top_k: int,

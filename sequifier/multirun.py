@@ -9,7 +9,9 @@ Two concerns, both only active in multirun mode:
 * `SweepSummary`, a Hydra callback registered in `conf/train.yaml`, records each job's
   result in its output folder (`job_result.json`) and, when the sweep ends, writes
   `summary.csv` and `summary.md` to the sweep folder: one row per job with its
-  overrides, model name and best validation loss, best first. Results go through files
+  overrides, model name, best validation loss and the best epoch's validation metrics
+  per target (columns `TARGET/METRIC`, read from the job's `logs/NAME-summary.json`),
+  best first. Results go through files
   because launchers (joblib, SLURM) run jobs in other processes or machines.
 """
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "job_result.json"
 SUMMARY_COLUMNS = ("job", "status", "best_val_loss", "model_name", "overrides", "error")
+METRICS_AFTER = "best_val_loss"  # metric columns follow this one
 
 
 def in_multirun() -> bool:
@@ -81,14 +84,33 @@ def read_results(sweep_dir: str) -> List[Dict[str, Any]]:
                                        r.get("best_val_loss") or 0.0, r.get("job", 0)))
 
 
-def format_markdown(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |",
-             "|" + "---|" * len(SUMMARY_COLUMNS)]
+def metric_cells(row: Dict[str, Any]) -> Dict[str, float]:
+    """A job's best-epoch metrics as {"TARGET/METRIC": value} (counts left out)."""
+    return {f"{target}/{name}": value
+            for target, values in (row.get("metrics") or {}).items()
+            for name, value in values.items() if name != "count"}
+
+
+def summary_columns(rows: List[Dict[str, Any]]) -> List[str]:
+    metric_columns: Dict[str, None] = {}  # ordered set, in order of first appearance
     for row in rows:
+        metric_columns.update(dict.fromkeys(metric_cells(row)))
+    at = SUMMARY_COLUMNS.index(METRICS_AFTER) + 1
+    return list(SUMMARY_COLUMNS[:at]) + list(metric_columns) + list(SUMMARY_COLUMNS[at:])
+
+
+def _flat(row: Dict[str, Any]) -> Dict[str, Any]:
+    return {**{k: v for k, v in row.items() if k != "metrics"}, **metric_cells(row)}
+
+
+def format_markdown(rows: List[Dict[str, Any]]) -> str:
+    columns = summary_columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in map(_flat, rows):
         cells = []
-        for column in SUMMARY_COLUMNS:
+        for column in columns:
             value = row.get(column)
-            if column == "best_val_loss" and value is not None:
+            if isinstance(value, float):
                 value = f"{value:.6g}"
             cells.append("" if value is None else str(value).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -97,9 +119,9 @@ def format_markdown(rows: List[Dict[str, Any]]) -> str:
 
 def format_csv(rows: List[Dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=summary_columns(rows), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(map(_flat, rows))
     return out.getvalue()
 
 
@@ -125,6 +147,7 @@ class SweepSummary(Callback):
             "model_name": model_name,
             "overrides": " ".join(config.hydra.overrides.task),
             "error": str(job_return._return_value).splitlines()[0] if failed else None,
+            "metrics": None if failed else _job_metrics(config.get("project_root"), model_name),
         }
         atomic_write_text(os.path.join(config.hydra.runtime.output_dir, RESULT_FILE),
                           json.dumps(result, indent=2))
@@ -137,6 +160,17 @@ class SweepSummary(Callback):
         if table:
             log.info("sweep summary (%s):\n%s",
                      os.path.join(str(config.hydra.sweep.dir), "summary.md"), table)
+
+
+def _job_metrics(project_root: Any, model_name: Any) -> Optional[Dict[str, Dict[str, float]]]:
+    """The best epoch's metrics from the summary the job's training wrote, if any."""
+    from sequifier.train.run import LOGS_DIR
+    from sequifier.train.summary import read_summary, summary_path
+
+    if not isinstance(project_root, str) or not isinstance(model_name, str):
+        return None
+    summary = read_summary(summary_path(os.path.join(project_root, LOGS_DIR), model_name))
+    return summary.get("metrics") if summary else None
 
 
 def write_summary(sweep_dir: str) -> Optional[str]:

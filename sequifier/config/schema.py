@@ -108,6 +108,9 @@ class TrainingSpec:
     # opt-in torch.compile of the model for speed.
     seed: int = 1010
     compile: bool = False
+    # Not in the original field list: k of the top-k accuracy reported per epoch for
+    # categorical targets (sequifier/metrics.py).
+    accuracy_top_k: int = 5
 
 
 @dataclass

@@ -155,7 +155,8 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
     t = cfg.training_spec
     device_kind = t.device.split(":")[0]
     p.one_of(device_kind, DEVICES, "training_spec.device")
-    for name in ("epochs", "batch_size", "save_interval_epochs", "log_interval", "world_size"):
+    for name in ("epochs", "batch_size", "save_interval_epochs", "log_interval", "world_size",
+                 "accuracy_top_k"):
         p.positive(getattr(t, name), f"training_spec.{name}")
     p.positive(t.early_stopping_epochs, "training_spec.early_stopping_epochs", allow_none=True)
     p.positive(t.num_workers, "training_spec.num_workers", minimum=0)

@@ -41,6 +41,9 @@ class Batch:
     inputs: dict[str, torch.Tensor]  # [B, L]
     targets: dict[str, torch.Tensor]  # [B, L]
     target_mask: torch.Tensor  # bool [B, L]: True where the target slot is real data
+    # real target column -> [B, L]: its value in the slot before each target (for the
+    # previous-value baseline); the input tensor itself when the target is also an input
+    previous: dict[str, torch.Tensor]
 
     @property
     def size(self) -> int:
@@ -191,10 +194,13 @@ def make_batch(rows: dict[str, torch.Tensor], scored_from: torch.Tensor, input_c
     # target position j (0-based) is slot j + 1; it is scored once j + 1 >= scored_from
     slots = torch.arange(1, seq_length + 1)
     mask = slots.unsqueeze(0) >= scored_from.unsqueeze(1)
+    inputs = {c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns}
     return Batch(
-        inputs={c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns},
+        inputs=inputs,
         targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
         target_mask=mask.to(device, non_blocking=True),
+        previous={c: inputs[c] if c in inputs else rows[c][:, :-1].to(device, non_blocking=True)
+                  for c in target_columns if rows[c].is_floating_point()},
     )
 
 

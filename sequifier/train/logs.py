@@ -3,8 +3,9 @@
 Each run writes `logs/sequifier-NAME-TIMESTAMP.txt` and TensorBoard events under
 `logs/tensorboard/NAME/TIMESTAMP/` with the same scalars (train loss every
 `log_interval` batches and per epoch, validation loss total and per target, learning
-rate). The tqdm bar is shown only when stderr is a terminal, so redirected output and
-CI logs stay clean.
+rate, validation metrics per target as `epoch/validation/METRIC/TARGET` and the
+baselines beside them as `epoch/baseline/BASELINE/METRIC/TARGET`). The tqdm bar is
+shown only when stderr is a terminal, so redirected output and CI logs stay clean.
 """
 
 import os
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterable
 
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+from sequifier.metrics import BASELINE_DESCRIPTIONS
 
 RESERVED_LABELS = {PAD_ID: "<pad>", UNKNOWN_ID: "<unknown>"}
 
@@ -89,3 +91,47 @@ def class_share_lines(column: str, counts, inverse_id_map: dict[int, object] | N
         label = (inverse_id_map or {}).get(class_id, RESERVED_LABELS.get(class_id, class_id))
         parts.append(f"{label}: {counts[class_id].item() / total:.4f}")
     return f"predicted class shares for {column} (validation): " + ", ".join(parts)
+
+
+def format_number(value: float) -> str:
+    return f"{value:.5g}"
+
+
+def format_metrics(values: dict[str, float], names) -> str:
+    return ", ".join(f"{name} {format_number(values[name])}" for name in names)
+
+
+def baseline_lines(targets, baselines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The baselines block logged before the first epoch."""
+    lines = ["baselines on the validation split's scored slots (no model; read each epoch against them):"]
+    for t in targets:
+        for name, values in baselines[t.column].items():
+            shown = [m for m in values if m != "count"]
+            lines.append(f"  {t.column} {name}: {format_metrics(values, shown)} "
+                         f"({values['count']} slots; {BASELINE_DESCRIPTIONS[name]})")
+    return lines
+
+
+def metric_lines(targets, scores: dict[str, dict[str, float]],
+                 baselines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """One line per target: its validation metrics, each with the baselines' value in brackets."""
+    lines = []
+    for t in targets:
+        parts = []
+        for name in t.shown:
+            beside = ", ".join(f"{b} {format_number(v[name])}" for b, v in baselines.get(t.column, {}).items())
+            parts.append(f"{name} {format_number(scores[t.column][name])}" + (f" ({beside})" if beside else ""))
+        lines.append(f"  validation {t.column}: " + ", ".join(parts))
+    return lines
+
+
+def metric_scalars(scores: dict[str, dict[str, float]],
+                   baselines: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """TensorBoard tags of an epoch's metrics; the baselines again, as flat reference lines."""
+    scalars = {f"epoch/validation/{name}/{column}": value
+               for column, values in scores.items() for name, value in values.items() if name != "count"}
+    scalars.update({f"epoch/baseline/{baseline}/{name}/{column}": value
+                    for column, by_baseline in baselines.items()
+                    for baseline, values in by_baseline.items()
+                    for name, value in values.items() if name != "count"})
+    return scalars

@@ -1,7 +1,8 @@
 """The training loop: epochs of optimizer steps, validation, checkpoints, early stopping.
 
 Read top to bottom: `fit` runs epochs from `state.epoch + 1`; each epoch is
-`train_epoch` (forward, masked loss, backward, step) then `validate`, then the
+`train_epoch` (forward, masked loss, backward, step) then `validate` (loss and the
+per-target metrics of train/scoring.py, on the same scored slots), then the
 bookkeeping (best model, early stopping, scheduler, checkpoint). Per-batch losses stay
 on the device and are read (`.item()`) only every `log_interval` batches, so the loop
 does not stall an accelerator once per step.
@@ -13,15 +14,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from sequifier import metrics
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
 from sequifier.train.checkpoint import checkpoint_file, cpu_state_dict, save_checkpoint
 from sequifier.train.data import Batch
 from sequifier.train.device import autocast_context
-from sequifier.train.logs import TrainLogger, class_share_lines, format_losses
+from sequifier.train.logs import TrainLogger, class_share_lines, format_losses, metric_lines, metric_scalars
 from sequifier.train.losses import TargetLoss
 from sequifier.train.schedulers import is_plateau
+from sequifier.train.scoring import ScoredTarget, reduce_sums
 
 
 @dataclass
@@ -32,6 +35,9 @@ class EpochRecord:
     val_losses: dict[str, float]
     learning_rate: float
     samples_per_second: float
+    # target -> metric name -> value (sequifier.metrics); empty in checkpoints of older runs
+    val_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    val_samples_per_second: float = 0.0
 
 
 @dataclass
@@ -65,13 +71,16 @@ class ValidationResult:
     loss: float
     losses: dict[str, float]
     class_counts: dict[str, torch.Tensor]
+    metrics: dict[str, dict[str, float]]
+    samples_per_second: float
 
 
 class Trainer:
     def __init__(self, *, model, forward_model, optimizer, scheduler, scaler, losses: list[TargetLoss],
                  train_batches, val_batches, spec: TrainingSpec, logger: TrainLogger,
                  checkpoint_dir: str, model_name: str, device: torch.device,
-                 autocast_dtype: torch.dtype | None, class_share_columns: dict[str, dict]):
+                 autocast_dtype: torch.dtype | None, class_share_columns: dict[str, dict],
+                 scored_targets: list[ScoredTarget], baselines: dict[str, dict[str, dict[str, float]]]):
         self.model = model  # the bare module: states, export
         self.forward_model = forward_model  # what runs batches: maybe compiled / DDP-wrapped
         self.optimizer = optimizer
@@ -88,6 +97,8 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         # column -> inverse id map, for the columns whose predicted class shares are logged
         self.class_share_columns = class_share_columns
+        self.scored_targets = scored_targets
+        self.baselines = baselines  # target -> baseline -> metrics, on the validation split
         self.last_checkpoint: str | None = None
 
     # ---- one batch -------------------------------------------------------------------
@@ -114,7 +125,8 @@ class Trainer:
             self._check_finite(validation.loss, f"validation loss at epoch {epoch}")
             learning_rate = self.optimizer.param_groups[0]["lr"]
             record = EpochRecord(epoch, train_loss, validation.loss, validation.losses,
-                                 learning_rate, self.train_batches.n_samples / max(seconds, 1e-9))
+                                 learning_rate, self.train_batches.n_samples / max(seconds, 1e-9),
+                                 validation.metrics, validation.samples_per_second)
             state.history.append(record)
             state.epoch = epoch
             improved = validation.loss < state.best_val_loss
@@ -182,13 +194,17 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> ValidationResult:
         self.forward_model.eval()
+        start = time.perf_counter()
         totals = {t.column: torch.zeros(2, device=self.device) for t in self.losses}
+        metric_sums = {t.column: metrics.empty_sums(t.column_type, self.device) for t in self.scored_targets}
         counts = {c: torch.zeros(self.model.layout.n_classes[c], dtype=torch.int64, device=self.device)
                   for c in self.class_share_columns}
         for batch in self.val_batches:
             _, sums, outputs = self.batch_loss(batch, self.forward_model)
             for column, (loss_sum, weight_sum) in sums.items():
                 totals[column] += torch.stack([loss_sum.float(), weight_sum.float()])
+            for target in self.scored_targets:
+                metric_sums[target.column] += target.sums(outputs[target.column], batch)
             for column, count in counts.items():
                 predicted = outputs[column].argmax(dim=-1).reshape(-1)
                 count.index_add_(0, predicted, batch.target_mask.reshape(-1).to(torch.int64))
@@ -198,7 +214,10 @@ class Trainer:
             losses[t.column] = loss_sum / weight_sum if weight_sum > 0 else 0.0
         total = sum(t.loss_weight * losses[t.column] for t in self.losses)
         counts = {c: distributed.sum_across_ranks(v).cpu() for c, v in counts.items()}
-        return ValidationResult(total, losses, counts)
+        metric_sums = reduce_sums(metric_sums)
+        scores = {t.column: t.metrics(metric_sums[t.column]) for t in self.scored_targets}
+        per_second = self.val_batches.n_samples / max(time.perf_counter() - start, 1e-9)
+        return ValidationResult(total, losses, counts, scores, per_second)
 
     # ---- bookkeeping -----------------------------------------------------------------
 
@@ -222,7 +241,10 @@ class Trainer:
                    "epoch/learning_rate": record.learning_rate,
                    "epoch/samples_per_second": record.samples_per_second}
         scalars.update({f"epoch/validation_loss/{c}": v for c, v in validation.losses.items()})
+        scalars.update(metric_scalars(validation.metrics, self.baselines))
         self.logger.scalars(scalars, record.epoch)
+        for line in metric_lines(self.scored_targets, validation.metrics, self.baselines):
+            self.logger.info(line)
         for column, counts in validation.class_counts.items():
             self.logger.info(class_share_lines(column, counts, self.class_share_columns[column]))
 

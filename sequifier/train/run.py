@@ -1,8 +1,9 @@
 """`run_train(cfg)`: the `sequifier train` command.
 
 Sets up everything the loop needs from the config (device, data, model, losses,
-optimizer, scheduler, logging), resumes from the latest checkpoint when asked, trains,
-and exports the best and the last model.
+metrics and their baselines, optimizer, scheduler, logging), resumes from the latest
+checkpoint when asked, trains, exports the best and the last model, and ends with the
+run's summary (log block + logs/NAME-summary.json).
 """
 
 import dataclasses
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from sequifier.config.metadata import Metadata, read_metadata
-from sequifier.config.schema import TrainConfig
+from sequifier.config.schema import TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.io_utils import resolve_path
 from sequifier.train import distributed
@@ -32,11 +33,13 @@ from sequifier.train.device import (
     resolve_device,
     seed_everything,
 )
-from sequifier.train.logs import TrainLogger
+from sequifier.train.logs import TrainLogger, baseline_lines
 from sequifier.train.loop import EpochRecord, Trainer, TrainState
 from sequifier.train.losses import build_target_losses
 from sequifier.train.optimizers import build_optimizer
 from sequifier.train.schedulers import build_scheduler
+from sequifier.train.scoring import measure_baselines, scored_targets
+from sequifier.train.summary import build_summary, summary_lines, summary_path, write_summary
 
 CHECKPOINTS_DIR = "checkpoints"
 MODELS_DIR = "models"
@@ -45,6 +48,7 @@ LOGS_DIR = "logs"
 
 @dataclass
 class TrainResult:
+    model_name: str
     best_val_loss: float
     best_epoch: int
     last_epoch: int
@@ -54,6 +58,14 @@ class TrainResult:
     resumed_from: str | None = None
     log_path: str | None = None
     history: list[EpochRecord] = field(default_factory=list)
+    # target -> baseline -> metrics on the validation split (sequifier.metrics)
+    baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    summary_path: str | None = None  # logs/NAME-summary.json (rank 0 of a run writes it)
+
+    @property
+    def best_metrics(self) -> dict[str, dict[str, float]]:
+        """The validation metrics of the best epoch, per target."""
+        return next((r.val_metrics for r in self.history if r.epoch == self.best_epoch), {})
 
 
 def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
@@ -79,6 +91,9 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     class_share = _class_share_columns(cfg, metadata)
     losses = build_target_losses(spec, layout.target_columns, layout.target_column_types, metadata, device)
     train_batches, val_batches = make_batch_sources(cfg, metadata, layout.input_columns, device)
+    targets = scored_targets(layout.target_columns, layout.target_column_types, metadata, spec.accuracy_top_k)
+    # before the first file of the run: a split without scored slots is refused here
+    baselines = measure_baselines(targets, train_batches, val_batches, device)
 
     seed_everything(spec.seed)  # weights, dropout; shuffling is seeded per epoch
     model = build_model(cfg, metadata).to(device)
@@ -103,7 +118,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             f"and {val_batches.n_samples} validation windows, device {device}"
             + (f", autocast {amp_dtype}" if amp_dtype else "")
         )
-        for note in _unused_setting_notes(spec, device, amp_dtype):
+        for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):
             logger.info(note)
         if resume_path:
             logger.info(f"resuming from {resume_path} (epoch {state.epoch})")
@@ -111,30 +126,46 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
                 logger.info(f"{cfg.model_name} has already trained {state.epoch} of training_spec.epochs="
                             f"{spec.epochs} epochs; nothing left to train (raise epochs to continue), "
                             "exporting its best and last states")
+        for line in baseline_lines(targets, baselines):
+            logger.info(line)
         trainer = Trainer(
             model=model, forward_model=forward_model, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, losses=losses, train_batches=train_batches, val_batches=val_batches,
             spec=spec, logger=logger, checkpoint_dir=folders[CHECKPOINTS_DIR],
             model_name=cfg.model_name, device=device, autocast_dtype=amp_dtype,
-            class_share_columns=class_share,
+            class_share_columns=class_share, scored_targets=targets, baselines=baselines,
         )
         trainer.last_checkpoint = resume_path
         state = trainer.fit(state)
         result = TrainResult(
-            best_val_loss=state.best_val_loss, best_epoch=state.best_epoch, last_epoch=state.epoch,
+            model_name=cfg.model_name, best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
+            last_epoch=state.epoch,
             checkpoint_path=trainer.last_checkpoint, resumed_from=resume_path, log_path=logger.path,
-            history=list(state.history),
+            history=list(state.history), baselines=baselines,
         )
         if export and distributed.is_main_process():
             _export(cfg, model, layout, state, folders[MODELS_DIR], result, logger)
+        if distributed.is_main_process():
+            result.summary_path = summary_path(folders[LOGS_DIR], cfg.model_name)
+            summary = build_summary(result, baselines, logger.tensorboard_dir)
+            write_summary(result.summary_path, summary)
+            for line in summary_lines(summary, targets, result.summary_path):
+                logger.info(line)
         return result
     finally:
         logger.close()
 
 
-def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | None) -> list[str]:
+def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | None,
+                          target_column_types: dict[str, str]) -> list[str]:
     """Log lines for settings this run accepts but does not apply, so none is ignored silently."""
     notes = []
+    default_top_k = TrainingSpec.accuracy_top_k
+    if spec.accuracy_top_k != default_top_k and "categorical" not in target_column_types.values():
+        notes.append(
+            f"training_spec.accuracy_top_k ({spec.accuracy_top_k}) is not used: top-k accuracy "
+            "is reported for categorical targets, and this run has only real ones"
+        )
     if spec.num_workers > 0 and spec.load_full_data_to_ram and not spec.distributed:
         # In-RAM batches are one index_select per column; worker processes would only add
         # inter-process copies. Workers pay off where there is I/O: lazy or DDP shard loading.
@@ -196,6 +227,9 @@ def _resume_or_clear(cfg: TrainConfig, folders: dict[str, str]) -> str | None:
             return latest
     old = [p for _, p in list_checkpoints(folders[CHECKPOINTS_DIR], cfg.model_name)]
     old += _model_files(folders[MODELS_DIR], cfg.model_name)
+    summary = summary_path(folders[LOGS_DIR], cfg.model_name)
+    if os.path.exists(summary):
+        old.append(summary)
     if old and not cfg.overwrite:
         hint = "" if spec.continue_training else "set training_spec.continue_training: true to resume, "
         raise SequifierError(

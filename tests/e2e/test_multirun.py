@@ -6,6 +6,7 @@ the jobs don't fight over the two cores.
 
 import csv
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -55,7 +56,15 @@ def test_grid_sweep_runs_four_separate_jobs_and_writes_a_summary(tmp_path):
     assert len(glob.glob(os.path.join(sweep_dir(project), "*", ".hydra", "config.yaml"))) == 4
     # the job configs really differ: 2 layer counts reached the models
     with open(os.path.join(sweep_dir(project), "summary.md")) as f:
-        assert f.read().startswith("| job | status | best_val_loss")
+        assert f.read().startswith("| job | status | best_val_loss | itemId/cross_entropy | itemId/accuracy")
+    # each row carries its job's best-epoch validation metrics, as its summary JSON has them
+    for row in rows:
+        with open(os.path.join(project, "logs", f"{row['model_name']}-summary.json")) as f:
+            metrics = json.load(f)["metrics"]
+        for name in ("accuracy", "top5_accuracy", "cross_entropy"):
+            assert float(row[f"itemId/{name}"]) == pytest.approx(metrics["itemId"][name])
+        for name in ("mae", "rmse"):
+            assert float(row[f"itemValue/{name}"]) == pytest.approx(metrics["itemValue"][name])
 
 
 def test_optuna_preset_minimises_the_validation_loss(tmp_path):

@@ -142,6 +142,14 @@ def test_two_gloo_ranks_train_like_one_process_over_the_same_global_batch(tmp_pa
     # Same model init, same global batch size; only the order of windows differs.
     np.testing.assert_allclose(ddp_curve, single_curve, rtol=0.08)
     assert ddp_curve[-1, 1] < ddp_curve[0, 1]
+    # baselines need no model: summed over the two ranks they equal the one-process ones
+    for column, by_name in single.baselines.items():
+        for name, want in by_name.items():
+            got = ddp.baselines[column][name]
+            assert got["count"] == want["count"] > 0
+            assert got == pytest.approx(want, rel=1e-9)
+    assert [h.val_metrics["itemId"]["count"] for h in ddp.history] == \
+        [h.val_metrics["itemId"]["count"] for h in single.history]
     # rank 0 alone wrote checkpoints, logs and exports (one set, no per-rank copies)
     assert len(glob.glob(os.path.join(root, "checkpoints", "ddp-*"))) == 2
     assert len(glob.glob(os.path.join(root, "logs", "sequifier-ddp-*.txt"))) == 1
@@ -154,3 +162,36 @@ def test_an_error_in_a_rank_reaches_the_caller_as_one_line(tmp_path):
                       **{"training_spec.distributed": True, "training_spec.world_size": 2})
     with pytest.raises(SequifierError, match="needs read_format: pt"):
         run_train(cfg, export=False)
+
+
+def _validation_metric_sums(folder):
+    """Metric sums of a fixed predictor over this rank's windows, summed over the ranks."""
+    from sequifier.train.data import make_batch
+    from sequifier.train.scoring import ScoredTarget, reduce_sums
+
+    ctx = distributed.context()
+    loader = LazyWindowLoader(folder, ["itemId", "itemValue"], 5, shuffle=False, seed=0,
+                              rank=ctx.rank, world_size=ctx.world_size)
+    loader.set_epoch(0)
+    table = torch.randn(12, 12, generator=torch.Generator().manual_seed(0))
+    targets = [ScoredTarget("itemId", "categorical", 3, n_classes=12),
+               ScoredTarget("itemValue", "real", 3, std=2.0)]
+    sums = {t.column: torch.zeros(4 if t.column_type == "categorical" else 3, dtype=torch.float64)
+            for t in targets}
+    for raw in loader:
+        batch = make_batch(raw["columns"], raw["targetStart"], ["itemId", "itemValue"],
+                           ["itemId", "itemValue"], torch.device("cpu"))
+        outputs = {"itemId": table[batch.inputs["itemId"]], "itemValue": 0.5 * batch.inputs["itemValue"]}
+        for t in targets:
+            sums[t.column] += t.sums(outputs[t.column], batch)
+    return reduce_sums(sums)
+
+
+def test_validation_metric_sums_over_two_ranks_equal_one_process(tmp_path):
+    root = make_project(tmp_path, n_train=16, n_val=77, write_format="pt", context=2)
+    folder = os.path.join(root, "data/tiny-split1")
+    two = distributed.launch(_validation_metric_sums, (folder,), spec())
+    one = _validation_metric_sums(folder)
+    for column in one:
+        assert two[column][0] == one[column][0] > 0  # counts exact
+        torch.testing.assert_close(two[column], one[column], rtol=1e-12, atol=1e-9)

@@ -16,8 +16,12 @@ N_CLASSES = VOCAB + 2
 SEQ_LENGTH = 8
 
 
-def make_windows(n: int, seq_length: int, seed: int) -> Windows:
-    """Learnable windows: itemId mostly follows id -> 3*id+1 (mod VOCAB); itemValue tracks it."""
+def make_windows(n: int, seq_length: int, seed: int, context: int = 0) -> Windows:
+    """Learnable windows: itemId mostly follows id -> 3*id+1 (mod VOCAB); itemValue tracks it.
+
+    `context` > 0: up to that many slots after the padding are earlier-split context
+    (targetStart), never fewer than one scored target.
+    """
     rng = np.random.default_rng(seed)
     width = seq_length + 1
     items = np.empty((n, width), dtype=np.int64)
@@ -32,19 +36,24 @@ def make_windows(n: int, seq_length: int, seed: int) -> Windows:
     ids[pad] = PAD_ID
     values[pad] = 0.0
     positions = np.where(pad, -1, np.arange(width)[None, :] - padding[:, None])
+    target_start = None
+    if context:
+        target_start = np.minimum(padding + rng.integers(0, context + 1, n), seq_length).astype(np.int64)
     return Windows(np.arange(n), np.zeros(n, dtype=np.int64), padding.astype(np.int64),
                    positions.astype(np.int64),
-                   {"itemId": ids, "itemValue": values.astype(np.float32)})
+                   {"itemId": ids, "itemValue": values.astype(np.float32)}, target_start)
 
 
-def make_project(root, n_train=160, n_val=48, seq_length=SEQ_LENGTH, write_format="parquet") -> str:
+def make_project(root, n_train=160, n_val=48, seq_length=SEQ_LENGTH, write_format="parquet",
+                 context: int = 0, value_std: float = 1.0) -> str:
+    """A project of `make_windows` splits; `value_std` is itemValue's std in the metadata."""
     root = str(root)
     data_dir = os.path.join(root, "data")
     os.makedirs(data_dir, exist_ok=True)
     column_types = {"itemId": "categorical", "itemValue": "real"}
     split_paths = []
     for split, (n, seed) in enumerate(((n_train, 1), (n_val, 2))):
-        windows = make_windows(n, seq_length, seed)
+        windows = make_windows(n, seq_length, seed, context)
         if write_format == "pt":
             rel = f"data/tiny-split{split}"
             write_shards(windows, os.path.join(root, rel), f"tiny-split{split}", 64, column_types)
@@ -56,7 +65,7 @@ def make_project(root, n_train=160, n_val=48, seq_length=SEQ_LENGTH, write_forma
         name="tiny", seq_length=seq_length, write_format=write_format, column_types=column_types,
         id_maps={"itemId": {str(100 + v): v + 2 for v in range(VOCAB)}},
         n_classes={"itemId": N_CLASSES},
-        selected_columns_statistics={"itemValue": {"mean": 0.0, "std": 1.0}},
+        selected_columns_statistics={"itemValue": {"mean": 0.0, "std": value_std}},
         original_dtypes={"itemId": "int64"}, split_paths=split_paths,
     )
     write_metadata(metadata, os.path.join(root, "configs/metadata_configs/tiny.json"))

@@ -1,0 +1,197 @@
+"""Training reports metrics and baselines per target: values checked against numpy,
+logs, TensorBoard, checkpoint history, accuracy_top_k, the end-of-run summary."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from train_data import SEQ_LENGTH, log_text, make_config, make_project, single_thread  # noqa: F401
+
+from sequifier.config.metadata import read_metadata
+from sequifier.config.schema import PAD_ID
+from sequifier.data.windows import read_windows
+from sequifier.errors import SequifierError
+from sequifier.train.checkpoint import load_checkpoint
+from sequifier.train.run import run_train
+
+STD = 2.5  # itemValue's std in the metadata: MAE/RMSE must come out in these units
+
+
+@pytest.fixture
+def root(tmp_path):
+    # windows begin with up to 3 slots of earlier-split context that must not be scored
+    return make_project(tmp_path, context=3, value_std=STD)
+
+
+def _split(root, split):
+    metadata = read_metadata(os.path.join(root, "configs/metadata_configs/tiny.json"))
+    windows = read_windows(os.path.join(root, metadata.split_paths[split]), "parquet",
+                           metadata.column_types)
+    scored = np.arange(1, SEQ_LENGTH + 1)[None, :] >= windows.target_start[:, None]
+    return windows.values, scored
+
+
+def _model_outputs(root, cfg, weights, values):
+    from sequifier.model.transformer import build_model
+
+    metadata = read_metadata(os.path.join(root, cfg.metadata_config_path))
+    model = build_model(cfg, metadata)
+    model.load_state_dict(weights)
+    model.eval()
+    inputs = {c: torch.from_numpy(np.ascontiguousarray(v[:, :-1])) for c, v in values.items()}
+    with torch.no_grad():
+        return {c: o.numpy().astype(np.float64) for c, o in model(inputs).items()}
+
+
+def _numpy_categorical(logits, targets, k):
+    log_softmax = logits - logits.max(axis=1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    order = np.argsort(-logits, axis=1)
+    return {"count": len(targets),
+            "cross_entropy": -log_softmax[np.arange(len(targets)), targets].mean(),
+            "accuracy": np.mean(order[:, 0] == targets),
+            f"top{k}_accuracy": np.mean((order[:, :k] == targets[:, None]).any(axis=1))}
+
+
+def _numpy_real(predicted, truth):
+    errors = (predicted - truth) * STD
+    return {"count": len(truth), "mae": np.abs(errors).mean(), "mse": (errors**2).mean(),
+            "rmse": np.sqrt((errors**2).mean())}
+
+
+def _assert_close(got: dict, want: dict):
+    assert set(got) == set(want)
+    assert got["count"] == want["count"]
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-9), name
+
+
+def test_epoch_metrics_and_baselines_equal_an_independent_numpy_computation(root):
+    cfg = make_config(root, **{"training_spec.epochs": 1, "training_spec.accuracy_top_k": 3})
+    result = run_train(cfg, export=False)
+    values, scored = _split(root, 1)
+    outputs = _model_outputs(root, cfg, load_checkpoint(result.checkpoint_path)["model"], values)
+
+    got = result.history[0].val_metrics
+    ids = values["itemId"][:, 1:]
+    _assert_close(got["itemId"], _numpy_categorical(outputs["itemId"][scored], ids[scored], 3))
+    reals = values["itemValue"][:, 1:].astype(np.float64)
+    _assert_close(got["itemValue"], _numpy_real(outputs["itemValue"].reshape(reals.shape)[scored],
+                                                reals[scored]))
+    # context slots exist and were left out
+    assert got["itemId"]["count"] == scored.sum() < scored.size - (values["itemId"][:, 1:] == PAD_ID).sum()
+
+    train_values, train_scored = _split(root, 0)
+    counts = np.bincount(train_values["itemId"][:, 1:][train_scored], minlength=12).astype(np.float64)
+    smoothed = counts + 1
+    smoothed[PAD_ID] = 0
+    p = smoothed / smoothed.sum()
+    ranked = np.argsort(-p, kind="stable")
+    truth = ids[scored]
+    _assert_close(result.baselines["itemId"]["unigram"], {
+        "count": len(truth), "cross_entropy": -np.log(p[truth]).mean(),
+        "accuracy": np.mean(truth == ranked[0]), "top3_accuracy": np.mean(np.isin(truth, ranked[:3]))})
+    mean = train_values["itemValue"][:, 1:][train_scored].astype(np.float64).mean()
+    _assert_close(result.baselines["itemValue"]["training_mean"],
+                  _numpy_real(np.full(scored.sum(), mean), reals[scored]))
+    previous = values["itemValue"][:, :-1].astype(np.float64)
+    _assert_close(result.baselines["itemValue"]["previous_value"],
+                  _numpy_real(previous[scored], reals[scored]))
+
+
+def test_metrics_reach_log_tensorboard_history_and_summary(root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_train(make_config(root, **{"training_spec.epochs": 2}))
+    text = log_text(result)
+    # baselines once, before the first epoch
+    assert text.count("baselines on the validation split") == 1
+    assert text.index("itemId unigram: cross_entropy") < text.index("epoch 1/2:")
+    assert "itemValue previous_value: mae" in text and "itemValue training_mean: mae" in text
+    for epoch in (1, 2):
+        record = result.history[epoch - 1]
+        accuracy = record.val_metrics["itemId"]["accuracy"]
+        unigram = result.baselines["itemId"]["unigram"]["accuracy"]
+        assert "validation itemId: cross_entropy" in text
+        assert f"accuracy {accuracy:.5g} (unigram {unigram:.5g})" in text
+        assert f"rmse {record.val_metrics['itemValue']['rmse']:.5g} (training_mean" in text
+    # the history in the checkpoint carries the metrics
+    saved = load_checkpoint(result.checkpoint_path)["state"]["history"]
+    assert [r["val_metrics"] for r in saved] == [r.val_metrics for r in result.history]
+
+    (run,) = glob.glob(os.path.join(root, "logs", "tensorboard", "tiny", "*"))
+    events = EventAccumulator(run)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("epoch/validation/accuracy/itemId", "epoch/validation/top5_accuracy/itemId",
+                "epoch/validation/cross_entropy/itemId", "epoch/validation/mae/itemValue",
+                "epoch/validation/rmse/itemValue", "epoch/baseline/unigram/accuracy/itemId",
+                "epoch/baseline/training_mean/mse/itemValue",
+                "epoch/baseline/previous_value/mse/itemValue"):
+        assert tag in tags, tag
+    accuracy = [e.value for e in events.Scalars("epoch/validation/accuracy/itemId")]
+    assert accuracy == pytest.approx([r.val_metrics["itemId"]["accuracy"] for r in result.history])
+
+    # the end-of-run summary: log block and JSON
+    assert result.summary_path == os.path.join(root, "logs", "tiny-summary.json")
+    with open(result.summary_path) as f:
+        summary = json.load(f)
+    assert summary["best_epoch"] == result.best_epoch
+    assert summary["best_val_loss"] == pytest.approx(result.best_val_loss)
+    assert summary["metrics"] == result.best_metrics == result.history[result.best_epoch - 1].val_metrics
+    assert summary["baselines"] == result.baselines
+    assert summary["models"] == {"best": result.best_model_paths, "last": result.last_model_paths}
+    assert summary["models"]["best"] and all(os.path.isfile(p) for p in summary["models"]["best"])
+    assert summary["log"] == result.log_path and os.path.isdir(summary["tensorboard"])
+    block = text[text.index("summary of tiny:"):]
+    assert f"best epoch {result.best_epoch} of 2" in block
+    assert "validation itemId: cross_entropy" in block
+    assert all(p in block for p in result.best_model_paths + result.last_model_paths)
+    assert summary["tensorboard"] in block and result.summary_path in block
+
+    # the summary is an output of the run: not replaced unless asked
+    for path in glob.glob(os.path.join(root, "checkpoints", "*")) + glob.glob(os.path.join(root, "models", "*")):
+        os.remove(path)
+    with pytest.raises(SequifierError, match="tiny-summary.json"):
+        run_train(make_config(root, **{"training_spec.continue_training": False}), export=False)
+
+
+def test_accuracy_top_k_sets_k_and_is_validated(root):
+    from sequifier.config.validate import validate_train
+
+    result = run_train(make_config(root, **{"training_spec.epochs": 1,
+                                            "training_spec.accuracy_top_k": 1}), export=False)
+    scores = result.history[0].val_metrics["itemId"]
+    assert "top5_accuracy" not in scores and scores["top1_accuracy"] == scores["accuracy"]
+    assert result.baselines["itemId"]["unigram"]["top1_accuracy"] == result.baselines["itemId"]["unigram"]["accuracy"]
+    cfg = make_config(root, **{"training_spec.accuracy_top_k": 0})
+    with pytest.raises(SequifierError, match="training_spec.accuracy_top_k: must be >= 1"):
+        validate_train(cfg)
+    # only real targets: k has nothing to apply to, and the log says so
+    only_real = run_train(make_config(
+        root, model_name="real", target_columns=["itemValue"],
+        target_column_types={"itemValue": "real"},
+        **{"training_spec.epochs": 1, "training_spec.accuracy_top_k": 3,
+           "training_spec.criterion": {"itemValue": "MSELoss"}}), export=False)
+    assert "training_spec.accuracy_top_k (3) is not used" in log_text(only_real)
+    assert set(only_real.history[0].val_metrics) == {"itemValue"}
+
+
+def test_a_validation_split_without_scored_slots_is_one_line_and_writes_nothing(tmp_path):
+    from train_data import make_windows
+
+    from sequifier.data.windows import Windows, write_windows
+
+    root = make_project(tmp_path)
+    windows = make_windows(8, SEQ_LENGTH, 5)
+    no_targets = Windows(windows.sequence_id, windows.subsequence_id, windows.padding,
+                         windows.item_position, windows.values,
+                         np.full(8, SEQ_LENGTH + 1, dtype=np.int64))
+    write_windows(no_targets, os.path.join(root, "data", "tiny-split1.parquet"), "parquet")
+    with pytest.raises(SequifierError, match="^validation_data_path: the validation split has no scored"):
+        run_train(make_config(root), export=False)
+    assert not os.path.exists(os.path.join(root, "logs"))
+    assert not os.path.exists(os.path.join(root, "checkpoints"))
