@@ -58,6 +58,10 @@ class ModelSpec:
     rope_theta: float = 10000.0
     normalization: str = "rmsnorm"
     norm_first: bool = True
+    # Not in the original field list: output logits of a categorical column that is both
+    # an input and a target reuse its input embedding table. true = every such column,
+    # a list = those columns, false = none (OmegaConf cannot type a bool-or-list union).
+    tie_embeddings: Any = False
 
 
 # The optimizer and scheduler blocks: `name` plus the class's keyword arguments, checked
@@ -85,7 +89,8 @@ class TrainingSpec:
     optimizer: Dict[str, Any] = field(default_factory=_default_optimizer)
     scheduler: Dict[str, Any] = field(default_factory=_default_scheduler)
     scheduler_step_on: str = "epoch"
-    criterion: Dict[str, str] = MISSING
+    # target -> loss class name, or {name: LossName, argument: value, ...}
+    criterion: Dict[str, Any] = MISSING
     loss_weights: Optional[Dict[str, float]] = None
     # target column -> list of per-class weights (index = class id) or {class value: weight}
     class_weights: Optional[Dict[str, Any]] = None

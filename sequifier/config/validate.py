@@ -48,12 +48,6 @@ class Problems:
             raise SequifierError("\n".join(self.lines))
 
 
-def known_criteria() -> List[str]:
-    import torch.nn
-
-    return sorted(n for n in dir(torch.nn) if n.endswith("Loss") and isinstance(getattr(torch.nn, n), type))
-
-
 def validate(command: str, cfg) -> None:
     {"preprocess": validate_preprocess, "train": validate_train, "infer": validate_infer}[command](cfg)
 
@@ -172,12 +166,9 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
         if col not in t.criterion:
             p.add(f"training_spec.criterion.{col}",
                   "missing: give a loss for every target (e.g. CrossEntropyLoss, MSELoss)")
-    criteria = known_criteria()
-    for col, name in t.criterion.items():
+    for col in t.criterion:
         if col not in targets:
             p.add(f"training_spec.criterion.{col}", f"'{col}' is not in target_columns {targets}")
-        elif name not in criteria:
-            p.add(f"training_spec.criterion.{col}", f"unknown loss '{name}'; known: {', '.join(criteria)}")
     for field, keys in (("loss_weights", t.loss_weights), ("class_weights", t.class_weights)):
         for col in keys or {}:
             p.check(col in targets, f"training_spec.{field}.{col}", f"'{col}' is not in target_columns {targets}")
@@ -227,6 +218,16 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
                 f"'{col}' is not a column of the preprocessed data {sorted(available)}")
     p.check(len(inputs) > 0, "input_columns", "needs at least one column")
     _check_feature_embedding_dims(cfg, inputs, available, p)
+    # These import torch: only here, and checked against the data's own column types.
+    from sequifier.model.transformer import tie_embeddings_problems
+    from sequifier.train.losses import criterion_problems
+
+    for col, entry in cfg.training_spec.criterion.items():
+        if col in available and col in cfg.target_columns:
+            p.lines.extend(criterion_problems(entry, col, available[col]))
+
+    for line in tie_embeddings_problems(cfg.model_spec.tie_embeddings, inputs, list(cfg.target_columns), available):
+        p.lines.append(line)
 
 
 def _check_feature_embedding_dims(cfg: TrainConfig, inputs, available, p: Problems) -> None:

@@ -37,6 +37,29 @@ class Embedding(DtypeAwareLayer, nn.Embedding):
         return F.embedding(ids, self.compute_weight(self.weight))
 
 
+class TiedDecoder(DtypeAwareLayer, nn.Module):
+    """An output head whose class vectors are an input embedding table (weight tying).
+
+    logits = project(hidden) @ table.T + bias. The table is passed to `forward`, not
+    held, so it stays one parameter owned by the column embedding (one state-dict key,
+    one optimizer entry, one gradient). `project` maps dim_model to the table's width
+    when they differ; the per-class bias keeps the class frequencies out of the table.
+    """
+
+    layer_type = "decoder"
+
+    def __init__(self, dim_model: int, width: int, n_classes: int):
+        super().__init__()
+        self.project = DecoderLinear(dim_model, width, bias=False) if width != dim_model else None
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, hidden: Tensor, table: "Embedding") -> Tensor:
+        if self.project is not None:
+            hidden = self.project(hidden)
+        weight = table.compute_weight(table.weight)
+        return F.linear(hidden.to(weight.dtype), weight, self.compute_weight(self.bias).to(weight.dtype))
+
+
 class RMSNorm(DtypeAwareLayer, nn.RMSNorm):
     layer_type = "norm"
 
@@ -251,6 +274,7 @@ __all__ = [
     "Linear",
     "DecoderLinear",
     "Embedding",
+    "TiedDecoder",
     "RMSNorm",
     "LayerNorm",
     "make_norm",

@@ -8,6 +8,7 @@ the loss. Outputs at the last position - the one used for prediction - always se
 whole real sequence.
 """
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Dict, List
 
@@ -24,6 +25,7 @@ from sequifier.model.layers import (
     Embedding,
     Linear,
     RotaryEmbedding,
+    TiedDecoder,
     TransformerBlock,
     concat_chunked,
     init_weights,
@@ -111,6 +113,48 @@ def feature_embedding_dims(spec: ModelSpec, layout: ColumnLayout) -> Dict[str, i
     return {c: total // len(columns) for c in columns}
 
 
+def tie_embeddings_problems(setting, input_columns: List[str], target_columns: List[str],
+                            column_types: Dict[str, str]) -> List[str]:
+    """One line per problem of `model_spec.tie_embeddings` (for the validation gate)."""
+    field = "model_spec.tie_embeddings"
+    if setting is None or setting is False:
+        return []
+    eligible = [c for c in target_columns if c in input_columns and column_types.get(c) == "categorical"]
+    if setting is True:
+        if eligible:
+            return []
+        return [f"{field}: true, but no categorical column is both an input and a target "
+                f"(targets {list(target_columns)}); set it to false"]
+    if isinstance(setting, str) or not isinstance(setting, Sequence) \
+            or not all(isinstance(c, str) for c in setting):
+        return [f"{field}: must be true, false or a list of column names, got {setting!r}"]
+    problems = []
+    for column in setting:
+        if column_types.get(column) == "real":
+            problems.append(f"{field}: '{column}' is real-valued; only categorical columns have an "
+                            "embedding table to tie, remove it from the list")
+        elif column not in target_columns:
+            problems.append(f"{field}: '{column}' is not a target column {list(target_columns)}; "
+                            "only a predicted column has output logits to tie")
+        elif column not in input_columns:
+            problems.append(f"{field}: '{column}' is not an input column, so it has no embedding "
+                            "table to tie its logits to; add it to input_columns or remove it here")
+    return problems
+
+
+def tied_columns(setting, layout: "ColumnLayout") -> List[str]:
+    """The columns whose logits reuse their input embedding table, in target order."""
+    problems = tie_embeddings_problems(setting, layout.input_columns, layout.target_columns,
+                                       layout.column_types)
+    if problems:
+        raise SequifierError("\n".join(problems))
+    if setting is None or setting is False:
+        return []
+    chosen = set(layout.target_columns) if setting is True else set(setting)
+    return [c for c in layout.target_columns
+            if c in chosen and c in layout.input_columns and layout.column_types[c] == "categorical"]
+
+
 class ColumnEmbedding(nn.Module):
     """Embeds each input column and concatenates them to [B, L, initial_embedding_dim].
 
@@ -195,14 +239,14 @@ class SequifierModel(nn.Module):
         )
         # Post-LN blocks already end in a norm; pre-LN needs one after the last block.
         self.final_norm = make_norm(spec.normalization, dim) if spec.norm_first else nn.Identity()
-        self.heads = nn.ModuleDict(
-            {
-                column: DecoderLinear(
-                    dim, layout.n_classes[column] if kind == "categorical" else 1
-                )
-                for column, kind in layout.target_column_types.items()
-            }
-        )
+        self.tied_columns = tied_columns(spec.tie_embeddings, layout)
+        self.heads = nn.ModuleDict()
+        for column, kind in layout.target_column_types.items():
+            if column in self.tied_columns:
+                width = self.embedding.tables[column].embedding_dim
+                self.heads[column] = TiedDecoder(dim, width, layout.n_classes[column])
+            else:
+                self.heads[column] = DecoderLinear(dim, layout.n_classes[column] if kind == "categorical" else 1)
         self.apply(init_weights)
 
     def hidden_states(self, inputs: Dict[str, Tensor]) -> Tensor:
@@ -225,12 +269,25 @@ class SequifierModel(nn.Module):
         """Per target: categorical logits [..., n_classes]; real values [...] (float32)."""
         outputs = {}
         for column, head in self.heads.items():
-            out = head(hidden).float()
+            if column in self.tied_columns:
+                out = head(hidden, self.embedding.tables[column]).float()
+            else:
+                out = head(hidden).float()
             outputs[column] = out if self.layout.target_column_types[column] == "categorical" else out.squeeze(-1)
         return outputs
 
     def forward(self, inputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return self.decode(self.hidden_states(inputs))
+
+
+def tied_parameter_saving(model: SequifierModel) -> int:
+    """Parameters an untied model of the same spec would have in addition."""
+    saving = 0
+    for column in model.tied_columns:
+        head = model.heads[column]
+        own = head.project.weight.numel() if head.project is not None else 0
+        saving += model.spec.dim_model * model.layout.n_classes[column] - own
+    return saving
 
 
 def _kv_heads(spec: ModelSpec) -> int:

@@ -103,11 +103,13 @@ class Trainer:
 
     # ---- one batch -------------------------------------------------------------------
 
-    def batch_loss(self, batch: Batch, model) -> tuple:
-        """(total loss, {target: (loss sum, weight sum)}) of one batch."""
+    def batch_loss(self, batch: Batch, model, training: bool = True) -> tuple:
+        """(total loss, {target: (loss sum, weight sum)}, outputs) of one batch.
+
+        `training=False` uses each target's validation criterion (no label smoothing)."""
         with autocast_context(self.device, self.autocast_dtype):
             outputs = model(batch.inputs)
-        sums = {t.column: t.sums(outputs[t.column], batch.targets[t.column], batch.target_mask)
+        sums = {t.column: t.sums(outputs[t.column], batch.targets[t.column], batch.target_mask, training)
                 for t in self.losses}
         total = sum(t.loss_weight * sums[t.column][0] / sums[t.column][1].clamp_min(1e-12)
                     for t in self.losses)
@@ -200,7 +202,7 @@ class Trainer:
         counts = {c: torch.zeros(self.model.layout.n_classes[c], dtype=torch.int64, device=self.device)
                   for c in self.class_share_columns}
         for batch in self.val_batches:
-            _, sums, outputs = self.batch_loss(batch, self.forward_model)
+            _, sums, outputs = self.batch_loss(batch, self.forward_model, training=False)
             for column, (loss_sum, weight_sum) in sums.items():
                 totals[column] += torch.stack([loss_sum.float(), weight_sum.float()])
             for target in self.scored_targets:

@@ -1,13 +1,17 @@
 """Per-target losses, masked so padded target slots count for nothing.
 
-`training_spec.criterion` names a `torch.nn` loss class per target. Every loss is built
+`training_spec.criterion` names a `torch.nn` loss class per target, optionally with
+keyword arguments (`{name: CrossEntropyLoss, label_smoothing: 0.1}`). Every loss is built
 with `reduction="none"` and reduced here as a (weighted) mean over the real target slots,
 so that padding, class weights and batching all agree: a split's loss is
 sum(losses) / sum(weights) whatever the batch size. Targets are combined as
 sum_t loss_weights[t] * loss_t (default weight 1).
 """
 
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,31 +33,77 @@ class TargetLoss:
     loss_weight: float
     class_weights: torch.Tensor | None  # [n_classes] or None
     log_probs: bool  # feed log_softmax(logits) instead of logits
+    # the criterion without training-only regularisers (label smoothing), for validation
+    eval_criterion: nn.Module | None = None
 
-    def sums(self, output: torch.Tensor, target: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sums(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+             training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weighted per-slot losses, sum of their weights) over real slots."""
+        criterion = self.criterion if training or self.eval_criterion is None else self.eval_criterion
         mask = mask.reshape(-1)
         if self.column_type == "categorical":
             logits = output.float().reshape(-1, output.shape[-1])
             if self.log_probs:
                 logits = F.log_softmax(logits, dim=-1)
             target = target.reshape(-1)
-            per_slot = self.criterion(logits, target)  # already scaled by class weight
+            per_slot = criterion(logits, target)  # already scaled by class weight
             weight = mask.float()
             if self.class_weights is not None:
                 weight = weight * self.class_weights.index_select(0, target)
             return (per_slot * mask).sum(), weight.sum()
-        per_slot = self.criterion(output.float().reshape(-1), target.reshape(-1).float())
+        per_slot = criterion(output.float().reshape(-1), target.reshape(-1).float())
         weight = mask.float()
         return (per_slot * weight).sum(), weight.sum()
+
+
+# Arguments the loss module owns: the reduction is always "none" (see module docstring)
+# and per-class weights come from training_spec.class_weights.
+RESERVED_ARGUMENTS = {
+    "reduction": "sequifier reduces every loss itself (a masked mean); remove it",
+    "size_average": "sequifier reduces every loss itself (a masked mean); remove it",
+    "reduce": "sequifier reduces every loss itself (a masked mean); remove it",
+    "weight": "give per-class weights with training_spec.class_weights instead",
+    "ignore_index": "padding is already left out of every loss; remove it",
+}
+# Arguments that only regularise training: validation losses are computed without them,
+# so runs with and without them compare on the same scale.
+TRAINING_ONLY_ARGUMENTS = ("label_smoothing",)
+
+
+@dataclass
+class CriterionSpec:
+    """One `training_spec.criterion` entry: a loss class name and its keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+    @staticmethod
+    def parse(entry: Any, column: str) -> "CriterionSpec":
+        """'CrossEntropyLoss' or {name: CrossEntropyLoss, label_smoothing: 0.1}."""
+        if isinstance(entry, str):
+            return CriterionSpec(entry, {})
+        if isinstance(entry, Mapping) and "name" in entry:
+            kwargs = {str(k): _plain(v) for k, v in entry.items() if k != "name"}
+            return CriterionSpec(str(entry["name"]), kwargs)
+        raise SequifierError(
+            f"training_spec.criterion.{column}: give a loss name or {{name: LossName, argument: value}}, "
+            f"got {entry!r}"
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _criterion_class(name: str, column: str, column_type: str) -> type:
     cls = getattr(nn, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, nn.modules.loss._Loss)):
         raise SequifierError(
-            f"training_spec.criterion.{column}: '{name}' is not a torch.nn loss class "
+            f"training_spec.criterion.{column}: unknown loss '{name}'; use a torch.nn loss class "
             "(e.g. CrossEntropyLoss, MSELoss, L1Loss, HuberLoss)"
         )
     if column_type == "categorical" and name not in CATEGORICAL_CRITERIA:
@@ -67,6 +117,65 @@ def _criterion_class(name: str, column: str, column_type: str) -> type:
             "use e.g. MSELoss, L1Loss or HuberLoss"
         )
     return cls
+
+
+def _check_arguments(cls: type, kwargs: dict[str, Any], column: str) -> None:
+    """Refuse arguments the loss class does not take, or that sequifier sets itself."""
+    field = f"training_spec.criterion.{column}"
+    for key in kwargs:
+        if key in RESERVED_ARGUMENTS:
+            raise SequifierError(f"{field}.{key}: {RESERVED_ARGUMENTS[key]}")
+    accepted = [n for n in inspect.signature(cls.__init__).parameters
+                if n != "self" and n not in RESERVED_ARGUMENTS]
+    for key in kwargs:
+        if key not in accepted:
+            raise SequifierError(f"{field}.{key}: {cls.__name__} takes no argument '{key}'; accepted: {accepted}")
+    smoothing = kwargs.get("label_smoothing", 0.0)
+    # torch checks only the upper end; 1 would make every target uniform.
+    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+        raise SequifierError(f"{field}.label_smoothing: must be in [0, 1), got {smoothing!r}")
+
+
+def make_criterion(entry: Any, column: str, column_type: str,
+                   class_weights: torch.Tensor | None = None, training: bool = True) -> nn.Module:
+    """The loss module of one target, with reduction "none"; checks the entry fully.
+
+    Values are checked too: the loss is built and run once on a two-slot dummy batch,
+    so e.g. label_smoothing: 1.5 fails here, in the validation gate, with the field's
+    name, not in the middle of the first epoch.
+    """
+    spec = CriterionSpec.parse(entry, column)
+    cls = _criterion_class(spec.name, column, column_type)
+    _check_arguments(cls, spec.kwargs, column)
+    kwargs = dict(spec.kwargs)
+    if not training:
+        for key in TRAINING_ONLY_ARGUMENTS:
+            kwargs.pop(key, None)
+    if class_weights is not None:
+        kwargs["weight"] = class_weights
+    try:
+        criterion = cls(reduction="none", **kwargs)
+        if column_type == "categorical":
+            n = 3 if class_weights is None else class_weights.numel()
+            criterion(torch.zeros(2, n, device=getattr(class_weights, "device", None)),
+                      torch.tensor([0, 1], device=getattr(class_weights, "device", None)))
+        else:
+            criterion(torch.zeros(2), torch.ones(2))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SequifierError(
+            f"training_spec.criterion.{column}: {spec.name} rejected its arguments {spec.kwargs}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    return criterion
+
+
+def criterion_problems(entry: Any, column: str, column_type: str) -> list[str]:
+    """The problem line of one criterion entry, if any (for the validation gate)."""
+    try:
+        make_criterion(entry, column, column_type)
+    except SequifierError as e:
+        return [str(e)]
+    return []
 
 
 def class_weight_vector(column: str, raw, metadata: Metadata) -> torch.Tensor:
@@ -113,7 +222,6 @@ def build_target_losses(spec: TrainingSpec, target_columns: list[str],
         col_type = target_column_types[col]
         if col not in criteria:
             raise SequifierError(f"training_spec.criterion.{col}: no loss given for target '{col}'")
-        cls = _criterion_class(criteria[col], col, col_type)
         weights = None
         if col in class_weights:
             if col_type != "categorical":
@@ -121,10 +229,9 @@ def build_target_losses(spec: TrainingSpec, target_columns: list[str],
                     f"training_spec.class_weights.{col}: class weights need a categorical target"
                 )
             weights = class_weight_vector(col, class_weights[col], metadata).to(device)
-        kwargs = {"reduction": "none"}
-        if weights is not None:
-            kwargs["weight"] = weights
-        losses.append(TargetLoss(col, col_type, cls(**kwargs).to(device),
-                                 float(loss_weights.get(col, 1.0)), weights,
-                                 log_probs=(criteria[col] == "NLLLoss")))
+        criterion = make_criterion(criteria[col], col, col_type, weights).to(device)
+        eval_criterion = make_criterion(criteria[col], col, col_type, weights, training=False).to(device)
+        name = CriterionSpec.parse(criteria[col], col).name
+        losses.append(TargetLoss(col, col_type, criterion, float(loss_weights.get(col, 1.0)), weights,
+                                 log_probs=(name == "NLLLoss"), eval_criterion=eval_criterion))
     return losses

@@ -84,7 +84,7 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
 
 def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: dict[str, str],
            resume_path: str | None, export: bool) -> TrainResult:
-    from sequifier.model.transformer import ColumnLayout, build_model
+    from sequifier.model.transformer import ColumnLayout, build_model, tied_parameter_saving
 
     spec = cfg.training_spec
     layout = ColumnLayout.from_config(cfg, metadata)
@@ -113,8 +113,10 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     logger = TrainLogger(folders[LOGS_DIR], cfg.model_name, enabled=distributed.is_main_process())
     try:
         n_params = sum(p.numel() for p in model.parameters())
+        tied = (f" ({tied_parameter_saving(model):,} fewer than untied: tie_embeddings "
+                f"{', '.join(model.tied_columns)})" if model.tied_columns else "")
         logger.info(
-            f"training {cfg.model_name}: {n_params:,} parameters, {train_batches.n_samples} training "
+            f"training {cfg.model_name}: {n_params:,} parameters{tied}, {train_batches.n_samples} training "
             f"and {val_batches.n_samples} validation windows, device {device}"
             + (f", autocast {amp_dtype}" if amp_dtype else "")
         )

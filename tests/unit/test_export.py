@@ -166,3 +166,22 @@ def test_output_name_clash_is_refused(tmp_path):
     model = SequifierModel(make_spec(feature_embedding_dims=None, initial_embedding_dim=16), layout)
     with pytest.raises(SequifierError, match="clash"):
         export_pt(model, str(tmp_path / "c.pt"), "generative", False)
+
+
+def test_tied_model_exports_one_table_and_round_trips(tmp_path):
+    model = make_model(seed=5, tie_embeddings=True)
+    cfg = config(export_onnx=True, export_pt=True, export_embedding_model=False,
+                 model_spec=model.spec)
+    export_models(model, model.layout, cfg, str(tmp_path), "best", 1, {})
+    # ONNX: the class vectors of "a" are stored once, as its input table.
+    shapes = [tuple(i.dims) for i in onnx.load(str(tmp_path / "sequifier-m-best-1.onnx")).graph.initializer]
+    assert shapes.count((7, 6)) == 1 and (7, 16) not in shapes
+    inputs = make_inputs(batch=4, seed=3)
+    with torch.no_grad():
+        expected = GenerativeHead(model)(*inputs.values())
+    got = onnx_outputs(str(tmp_path / "sequifier-m-best-1.onnx"), inputs)
+    np.testing.assert_allclose(got[0], expected[0].numpy(), atol=1e-4, rtol=1e-4)
+    loaded, _, info = load_pt_model(str(tmp_path / "sequifier-m-best-1.pt"))
+    assert loaded.tied_columns == ["a"] and info["model_spec"]["tie_embeddings"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(make_head(loaded, "generative")(*inputs.values())[0], expected[0])

@@ -10,16 +10,18 @@ from test_model import make_inputs, make_model
 from sequifier.export import EmbeddingHead, GenerativeHead, export_onnx, output_name
 
 # A covering subset of the option product: every value of every option at least once,
-# plus GQA with RoPE (the combination most likely to break in export).
+# plus GQA with RoPE (the combination most likely to break in export), and tied
+# embeddings with and without the projection to the table's width.
 COVERING = [
     dict(attention_type="mha", positional_encoding="learned", activation_fn="swiglu",
          normalization="rmsnorm", norm_first=True),
     dict(attention_type="mqa", positional_encoding="rope", activation_fn="gelu",
-         normalization="layer_norm", norm_first=False),
+         normalization="layer_norm", norm_first=False, tie_embeddings=True),
     dict(attention_type="gqa", n_kv_heads=2, positional_encoding="rope", activation_fn="relu",
          normalization="rmsnorm", norm_first=False),
     dict(attention_type="gqa", n_kv_heads=2, positional_encoding="learned",
-         activation_fn="swiglu", normalization="layer_norm", norm_first=True),
+         activation_fn="swiglu", normalization="layer_norm", norm_first=True, tie_embeddings=["a"],
+         initial_embedding_dim=22, feature_embedding_dims={"a": 16, "b": 5, "x": 1}),
 ]
 
 

@@ -347,3 +347,75 @@ def test_layout_refuses_unknown_columns_and_wrong_types():
             make_train_config(target_column_types={"a": "categorical", "x": "categorical"}),
             make_metadata(),
         )
+
+
+# ---- tied embeddings (model_spec.tie_embeddings) ----------------------------------------
+
+def test_tied_logits_use_the_input_table_through_a_projection():
+    model = make_model(seed=4, tie_embeddings=True)
+    assert model.tied_columns == ["a"]  # "x" is real: never tied
+    table = model.embedding.tables["a"]
+    head = model.heads["a"]
+    # The head owns no class-vector matrix: only the projection (width 6 -> dim_model 16) and a bias.
+    assert {n: tuple(p.shape) for n, p in head.named_parameters()} == {"bias": (7,), "project.weight": (6, 16)}
+    # The table is one parameter of the model, not a copy.
+    assert sum(p is table.weight for p in model.parameters()) == 1
+    inputs = make_inputs()
+    hidden = model.hidden_states(inputs)
+    expected = head.project(hidden) @ table.weight.T + head.bias
+    torch.testing.assert_close(model.decode(hidden)["a"], expected)
+    # Training the logits trains the input table (shared storage, shared gradient).
+    model.train()
+    model(inputs)["a"].logsumexp(-1).sum().backward()
+    assert table.weight.grad is not None and table.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        table.weight[3] += 1.0
+        changed = model(inputs)["a"]
+    assert not torch.allclose(changed[..., 3], expected[..., 3].detach())
+
+
+def test_tied_head_needs_no_projection_at_dim_model_width():
+    model = make_model(tie_embeddings=["a"], initial_embedding_dim=22,
+                       feature_embedding_dims={"a": 16, "b": 5, "x": 1})
+    assert model.heads["a"].project is None
+    with torch.no_grad():
+        hidden = model.hidden_states(make_inputs())
+        torch.testing.assert_close(model.decode(hidden)["a"],
+                                   hidden @ model.embedding.tables["a"].weight.T + model.heads["a"].bias)
+
+
+def test_tying_saves_parameters_and_counts_the_saving():
+    from sequifier.model.transformer import tied_parameter_saving
+
+    tied, untied = make_model(tie_embeddings=True), make_model()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert tied_parameter_saving(tied) == count(untied) - count(tied) == 7 * 16 - 6 * 16
+    assert tied_parameter_saving(untied) == 0
+
+
+def test_tied_model_with_reduced_precision_tables_runs():
+    model = make_model(tie_embeddings=True)
+    apply_layer_type_dtypes(model, {"embedding": "bfloat16"})
+    out = model(make_inputs())
+    assert out["a"].dtype == torch.float32 and torch.isfinite(out["a"]).all()
+
+
+@pytest.mark.parametrize("setting,message", [
+    (["x"], "'x' is real-valued"),
+    (["b"], "'b' is not a target column"),
+    ("a", "must be true, false or a list of column names"),
+])
+def test_tie_embeddings_refusals(setting, message):
+    with pytest.raises(SequifierError, match=f"model_spec.tie_embeddings: .*{message}"):
+        make_model(tie_embeddings=setting)
+
+
+def test_tie_embeddings_needs_an_input_table_and_an_eligible_column():
+    layout = ColumnLayout(["b", "x"], {"a": "categorical", "b": "categorical", "x": "real"},
+                          {"a": 7, "b": 5}, ["a"], {"a": "categorical"}, L)
+    spec = make_spec(feature_embedding_dims={"b": 11, "x": 1}, tie_embeddings=["a"])
+    with pytest.raises(SequifierError, match="'a' is not an input column, so it has no embedding table"):
+        SequifierModel(spec, layout)
+    spec.tie_embeddings = True
+    with pytest.raises(SequifierError, match="true, but no categorical column is both an input and a target"):
+        SequifierModel(spec, layout)

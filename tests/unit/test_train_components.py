@@ -148,10 +148,44 @@ def test_loss_weights_and_criterion_errors(project, metadata):
         losses_for(project, metadata, **{"training_spec.criterion": {"itemId": "CrossEntropyLoss"}})
     with pytest.raises(SequifierError, match=r"training_spec.criterion.itemId: categorical"):
         losses_for(project, metadata, **{"training_spec.criterion": {"itemId": "MSELoss", "itemValue": "MSELoss"}})
-    with pytest.raises(SequifierError, match=r"training_spec.criterion.itemValue: 'Foo'"):
+    with pytest.raises(SequifierError, match=r"training_spec.criterion.itemValue: unknown loss 'Foo'"):
         losses_for(project, metadata, **{"training_spec.criterion": {"itemId": "CrossEntropyLoss", "itemValue": "Foo"}})
     with pytest.raises(SequifierError, match=r"training_spec.loss_weights.other"):
         losses_for(project, metadata, **{"training_spec.loss_weights": {"other": 1.0}})
+
+
+def test_criterion_arguments_reach_the_loss(project, metadata):
+    criteria = {"itemId": {"name": "CrossEntropyLoss", "label_smoothing": 0.2},
+                "itemValue": {"name": "HuberLoss", "delta": 0.5}}
+    ce, huber = losses_for(project, metadata, **{"training_spec.criterion": criteria})
+    assert ce.criterion.label_smoothing == 0.2 and huber.criterion.delta == 0.5
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, N_CLASSES), torch.randint(2, N_CLASSES, (2, 3))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    smoothed, n = ce.sums(logits, target, mask)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), target.reshape(-1),
+                                                 label_smoothing=0.2)
+    torch.testing.assert_close(smoothed / n, expected)
+    # Validation measures the plain loss, so runs with and without smoothing compare.
+    plain, n = ce.sums(logits, target, mask, training=False)
+    torch.testing.assert_close(plain / n, torch.nn.functional.cross_entropy(
+        logits.reshape(-1, N_CLASSES), target.reshape(-1)))
+    # Plain names keep working and give the unsmoothed loss in training too.
+    ce_plain, _ = losses_for(project, metadata)
+    torch.testing.assert_close(ce_plain.sums(logits, target, mask)[0], plain)
+
+
+def test_criterion_argument_errors(project, metadata):
+    cases = [({"name": "CrossEntropyLoss", "weight": [1.0]}, r"criterion.itemId.weight: give per-class weights"),
+             ({"name": "CrossEntropyLoss", "label_smoothing": -0.1}, r"criterion.itemId.label_smoothing: must be in \[0, 1\)"),
+             ({"name": "CrossEntropyLoss", "ignore_index": 0}, r"criterion.itemId.ignore_index: padding")]
+    for entry, message in cases:
+        with pytest.raises(SequifierError, match=message):
+            losses_for(project, metadata, **{"training_spec.criterion": {"itemId": entry, "itemValue": "MSELoss"}})
+    # values are checked by running the loss once
+    with pytest.raises(SequifierError, match=r"criterion.itemValue: HuberLoss rejected its arguments \{'delta': -1.0\}"):
+        losses_for(project, metadata, **{"training_spec.criterion": {
+            "itemId": "CrossEntropyLoss", "itemValue": {"name": "HuberLoss", "delta": -1.0}}})
 
 
 # ---- batches ------------------------------------------------------------------------

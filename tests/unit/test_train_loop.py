@@ -3,6 +3,7 @@
 import glob
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -254,3 +255,15 @@ def test_real_compile_trains_like_eager(tmp_path):
     eager = train(make_project(tmp_path / "a"), **{"training_spec.epochs": 1})
     compiled = train(make_project(tmp_path / "b"), **{"training_spec.epochs": 1, "training_spec.compile": True})
     assert compiled.history[0].val_loss == pytest.approx(eager.history[0].val_loss, rel=1e-3)
+
+
+def test_tied_embeddings_train_and_log_the_parameter_saving(root):
+    dims = {"model_spec.feature_embedding_dims": {"itemId": 4, "itemValue": 12}}
+    untied = train(root, model_name="untied", **dims)
+    tied = train(root, model_name="tied", **dims, **{"training_spec.epochs": 3, "model_spec.tie_embeddings": True})
+    count = lambda result: int(re.search(r"([\d,]+) parameters", log_text(result)).group(1).replace(",", ""))  # noqa: E731
+    # itemId (12 classes, width 4, dim_model 16): the 12 x 16 head matrix becomes a 4 x 16 projection
+    assert count(untied) - count(tied) == 12 * 16 - 4 * 16
+    assert f"parameters ({12 * 16 - 4 * 16} fewer than untied: tie_embeddings itemId)" in log_text(tied)
+    losses = [r.val_loss for r in tied.history]
+    assert losses[-1] < losses[0]

@@ -46,6 +46,8 @@ def errors(command, cfg):
 
 def test_valid_config_passes(root):
     validate("train", train_cfg(root))
+    validate("train", train_cfg(root, model_spec__tie_embeddings=True, training_spec__criterion={
+        "itemId": {"name": "CrossEntropyLoss", "label_smoothing": 0.1}}))
 
 
 CASES = [
@@ -100,6 +102,21 @@ CASES = [
     ({"training_spec__class_share_log_columns": ["value"]}, "training_spec.class_share_log_columns: 'value' must be a categorical target"),
     ({"training_spec__layer_type_dtypes": {"linear": "int4"}}, "training_spec.layer_type_dtypes.linear: 'int4' is not one of"),
     ({"training_spec__layer_type_dtypes": {"conv": "float16"}}, "training_spec.layer_type_dtypes.conv: 'conv' is not one of"),
+    ({"model_spec__tie_embeddings": ["sup1"]}, "model_spec.tie_embeddings: 'sup1' is not a target column"),
+    ({"model_spec__tie_embeddings": ["value"]}, "model_spec.tie_embeddings: 'value' is real-valued"),
+    ({"input_columns": ["sup1"], "model_spec__tie_embeddings": True},
+     "model_spec.tie_embeddings: true, but no categorical column is both an input and a target"),
+    ({"training_spec__criterion": {"itemId": {"name": "CrossEntropyLoss", "label_smoothing": 1.5}}},
+     "training_spec.criterion.itemId.label_smoothing: must be in [0, 1), got 1.5"),
+    ({"training_spec__criterion": {"itemId": {"name": "NLLLoss", "ignore_index": "x"}}},
+     "training_spec.criterion.itemId.ignore_index: padding is already left out"),
+    ({"training_spec__criterion": {"itemId": {"name": "CrossEntropyLoss", "smoothing": 0.1}}},
+     "training_spec.criterion.itemId.smoothing: CrossEntropyLoss takes no argument 'smoothing'"),
+    ({"training_spec__criterion": {"itemId": {"name": "CrossEntropyLoss", "reduction": "sum"}}},
+     "training_spec.criterion.itemId.reduction: sequifier reduces every loss itself"),
+    ({"training_spec__criterion": {"itemId": {"label_smoothing": 0.1}}},
+     "training_spec.criterion.itemId: give a loss name or {name: LossName, argument: value}"),
+    ({"training_spec__criterion": {"itemId": "MSELoss"}}, "training_spec.criterion.itemId: categorical targets need"),
     ({"model_name": "a/b"}, "model_name: 'a/b' must be a plain name"),
     ({"read_format": "xlsx"}, "read_format: 'xlsx' is not one of parquet, csv, pt"),
 ]
