@@ -8,7 +8,6 @@ sum(losses) / sum(weights) whatever the batch size. Targets are combined as
 sum_t loss_weights[t] * loss_t (default weight 1).
 """
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
+from sequifier.train.class_blocks import argument_problems
 
 # Losses that take class ids as targets; NLLLoss expects log-probabilities.
 CATEGORICAL_CRITERIA = ("CrossEntropyLoss", "NLLLoss")
@@ -125,14 +125,12 @@ def _check_arguments(cls: type, kwargs: dict[str, Any], column: str) -> None:
     for key in kwargs:
         if key in RESERVED_ARGUMENTS:
             raise SequifierError(f"{field}.{key}: {RESERVED_ARGUMENTS[key]}")
-    accepted = [n for n in inspect.signature(cls.__init__).parameters
-                if n != "self" and n not in RESERVED_ARGUMENTS]
-    for key in kwargs:
-        if key not in accepted:
-            raise SequifierError(f"{field}.{key}: {cls.__name__} takes no argument '{key}'; accepted: {accepted}")
+    problems = argument_problems(cls, kwargs, field)
+    if problems:
+        raise SequifierError(problems[0])
     smoothing = kwargs.get("label_smoothing", 0.0)
     # torch checks only the upper end; 1 would make every target uniform.
-    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+    if not 0.0 <= smoothing < 1.0:
         raise SequifierError(f"{field}.label_smoothing: must be in [0, 1), got {smoothing!r}")
 
 
