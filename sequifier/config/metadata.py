@@ -9,7 +9,7 @@ standardise each real column, column types and the paths of the splits.
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_write_text
@@ -35,6 +35,15 @@ class Metadata:
     split_paths: List[str]
     split_ratios: List[float] = field(default_factory=list)
     stride_by_split: List[int] = field(default_factory=list)
+    # the user's id and position columns: outputs are written under these names
+    sequence_id_column: str = "sequenceId"
+    position_column: str = "itemPosition"
+    # "integer", or the time type positions were read as ("timestamp[s]", "date32[day]",
+    # ...); windows hold them as int64 ticks of that type
+    position_type: str = "integer"
+    # text sequence ids in sorted order: windows hold the index into this list
+    # (None: the ids are integers and windows hold them as they are)
+    sequence_ids: Optional[List[str]] = None
 
     @property
     def columns(self) -> List[str]:

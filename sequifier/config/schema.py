@@ -20,6 +20,9 @@ UNKNOWN_ID = 1
 class PreprocessConfig:
     project_root: str = MISSING
     data_path: str = MISSING
+    # the user's names of the id and position columns (outputs use them too)
+    sequence_id_column: str = "sequenceId"
+    position_column: str = "itemPosition"
     read_format: str = "csv"
     write_format: str = "parquet"
     merge_output: bool = True

@@ -58,6 +58,10 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
     p = Problems()
     p.one_of(cfg.read_format, ("csv", "parquet"), "read_format")
     p.one_of(cfg.write_format, ("parquet", "csv", "pt"), "write_format")
+    for field in ("sequence_id_column", "position_column"):
+        p.check(bool(getattr(cfg, field)), field, "must name a column of the input")
+    p.check(cfg.sequence_id_column != cfg.position_column, "position_column",
+            f"'{cfg.position_column}' is also sequence_id_column; ids and positions need two columns")
     if cfg.write_format == "pt" and cfg.merge_output:
         p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
     p.positive(cfg.seq_length, "seq_length")

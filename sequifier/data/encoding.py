@@ -15,7 +15,7 @@ are merged into one `ColumnEncoding`, which every worker then applies to its row
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
-from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, feature_kind
+from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, LongTable, feature_kind
 from sequifier.data.splits import segment_bounds
 from sequifier.errors import SequifierError
 
@@ -38,17 +38,25 @@ class FileSummary:
     n_rows: int
     columns: List[str]  # feature columns in file order
     kinds: Dict[str, str]  # column -> "real" | "int64" | "str"
-    sequence_ids: np.ndarray  # unique, ascending
+    # unique, ascending: int64 ids, or text ids (object array) until `number_sequences`
+    sequence_ids: np.ndarray
     sequence_offsets: np.ndarray  # row where each sequence starts, plus n_rows at the end
+    position_type: str  # read_table.canonical_position
+    # the original text ids when `number_sequences` has replaced them by numbers
+    sequence_labels: Optional[np.ndarray] = None
     uniques: Dict[str, np.ndarray] = field(default_factory=dict)  # categorical values
     # real column -> (count, mean, sum of squared deviations) over training rows
     moments: Dict[str, Tuple[int, float, float]] = field(default_factory=dict)
 
 
-def sequence_offsets(sequence_column: np.ndarray) -> np.ndarray:
+def sequence_offsets(sequence_column) -> np.ndarray:
     """Start row of each run of equal ids in a sorted column, plus the total at the end."""
     n = len(sequence_column)
-    starts = np.flatnonzero(np.r_[True, sequence_column[1:] != sequence_column[:-1]])
+    if n == 1:
+        return np.array([0, 1], dtype=np.int64)
+    changed = pc.not_equal(sequence_column[1:], sequence_column[:-1])
+    changed = np.asarray(changed.to_numpy(zero_copy_only=False), dtype=bool)
+    starts = np.flatnonzero(np.r_[True, changed])
     return np.r_[starts, n].astype(np.int64)
 
 
@@ -59,12 +67,14 @@ def training_row_mask(offsets: np.ndarray, split_ratios: Sequence[float]) -> np.
     return within < np.repeat(split0_end, lengths)
 
 
-def summarize_table(path: str, table: pa.Table, split_ratios: Sequence[float]) -> FileSummary:
-    seq = table.column(SEQUENCE_COLUMN).to_numpy()
+def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float]) -> FileSummary:
+    table = long.table
+    seq = table.column(SEQUENCE_COLUMN)
     offsets = sequence_offsets(seq)
+    ids = seq.take(pa.array(offsets[:-1])).to_numpy()
     columns = [c for c in table.column_names if c not in KEY_COLUMNS]
     kinds = {c: feature_kind(table.column(c).type) for c in columns}
-    summary = FileSummary(path, table.num_rows, columns, kinds, seq[offsets[:-1]], offsets)
+    summary = FileSummary(path, table.num_rows, columns, kinds, ids, offsets, long.position_type)
     train_rows = None
     for c in columns:
         if kinds[c] == "real":
@@ -79,9 +89,19 @@ def summarize_table(path: str, table: pa.Table, split_ratios: Sequence[float]) -
     return summary
 
 
+def _id_kind(summary: FileSummary) -> str:
+    return "text" if summary.sequence_ids.dtype == object else "integer"
+
+
 def _check_same_schema(summaries: List[FileSummary]) -> None:
     first = summaries[0]
     for other in summaries[1:]:
+        for what, get in (("sequence ids", _id_kind), ("positions", lambda s: s.position_type)):
+            if get(other) != get(first):
+                raise SequifierError(
+                    f"data_path: files mix schemas: {what} are {get(first)} in '{first.path}' "
+                    f"but {get(other)} in '{other.path}'; give them one type in all files"
+                )
         if set(other.columns) != set(first.columns):
             raise SequifierError(
                 f"data_path: files mix schemas: '{first.path}' has columns {first.columns} "
@@ -108,10 +128,24 @@ def _check_disjoint_sequences(summaries: List[FileSummary]) -> None:
     if len(clash):
         i = clash[0]
         raise SequifierError(
-            f"data_path: {SEQUENCE_COLUMN} {ids[i]} appears in both "
+            f"data_path: sequence id {ids[i]!r} appears in both "
             f"'{summaries[owner[i]].path}' and '{summaries[owner[i + 1]].path}'; keep each "
             "sequence in one file"
         )
+
+
+def number_sequences(summaries: List[FileSummary]) -> Optional[List[str]]:
+    """Give text sequence ids integer numbers (in place): their index in the sorted list
+    of all ids, which is returned for the metadata. Integer ids stay; returns None."""
+    if _id_kind(summaries[0]) == "integer":
+        return None
+    ids = pa.array(np.concatenate([s.sequence_ids for s in summaries]), type=pa.string())
+    ordered = ids.take(pc.array_sort_indices(ids))  # files hold disjoint ids (checked before)
+    for s in summaries:
+        s.sequence_labels = s.sequence_ids
+        s.sequence_ids = pc.index_in(pa.array(s.sequence_ids, type=pa.string()),
+                                     value_set=ordered).to_numpy().astype(np.int64)
+    return ordered.to_pylist()
 
 
 @dataclass

@@ -36,9 +36,11 @@ from sequifier.data.encoding import (
     FileSummary,
     encoding_from_metadata,
     merge_summaries,
+    number_sequences,
     summarize_table,
 )
 from sequifier.data.progress import Progress
+from sequifier.data.read_table import KeyColumns, LongTable
 from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
 from sequifier.data.windows import Windows, write_shards, write_windows
 from sequifier.errors import SequifierError
@@ -70,6 +72,7 @@ class Plan:
     metadata_path: str
     work_dir: str
     n_workers: int
+    keys: KeyColumns
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.project_root, relative)
@@ -134,6 +137,10 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
     root = cfg.project_root
     data_path = resolve_path(root, cfg.data_path)
     inputs = read_table.list_input_files(data_path, cfg.read_format)
+    keys = KeyColumns(cfg.sequence_id_column, cfg.position_column)
+    for path in inputs:  # column names are checked before anything is written
+        read_table.choose_columns(path, read_table.read_header(path, cfg.read_format),
+                                  cfg.selected_columns, keys)
     name = _dataset_name(cfg, data_path)
     if cfg.write_format == "pt":
         split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
@@ -144,7 +151,7 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
         split_ratios=ratios, strides=strides, split_paths=split_paths,
         metadata_path=os.path.join(root, "configs", "metadata_configs", f"{name}.json"),
         work_dir=os.path.join(root, "data", f".{name}-preprocess-work"),
-        n_workers=cfg.n_cores or _default_workers(),
+        n_workers=cfg.n_cores or _default_workers(), keys=keys,
     )
 
 
@@ -165,7 +172,8 @@ def _settings_fingerprint(cfg: PreprocessConfig, data_path: str) -> dict:
     """The settings every cached input depends on; a resumed run must use the same."""
     return {"data_path": os.path.abspath(data_path), "read_format": cfg.read_format,
             "selected_columns": None if cfg.selected_columns is None else list(cfg.selected_columns),
-            "max_rows": cfg.max_rows}
+            "max_rows": cfg.max_rows, "sequence_id_column": cfg.sequence_id_column,
+            "position_column": cfg.position_column}
 
 
 def _source_stamp(path: str) -> str:
@@ -193,7 +201,8 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
             if json.load(f) != settings:
                 raise SequifierError(
                     f"continue_preprocessing: the unfinished run in '{plan.work_dir}' used other "
-                    "settings (data_path, read_format, selected_columns or max_rows); "
+                    "settings (data_path, read_format, selected_columns, max_rows or the "
+                    "id/position columns); "
                     "set continue_preprocessing: false to start over"
                 )
         return [_cache_is_current(plan.cache_path(i), path) for i, path in enumerate(plan.inputs)]
@@ -212,8 +221,9 @@ def _remove_work_dir_without_cache(plan: Plan) -> None:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
 
 
-def _write_cache(table: pa.Table, path: str, source: str) -> None:
-    table = table.replace_schema_metadata({"sequifier_source": _source_stamp(source)})
+def _write_cache(long: LongTable, path: str, source: str) -> None:
+    table = long.table.replace_schema_metadata({"sequifier_source": _source_stamp(source),
+                                                "sequifier_position_type": long.position_type})
     with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
             pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -222,6 +232,11 @@ def _write_cache(table: pa.Table, path: str, source: str) -> None:
 def _read_cache(path: str) -> pa.Table:
     # memory-mapped: a task slicing out its sequences touches only those pages
     return pa.ipc.open_file(pa.memory_map(path)).read_all()
+
+
+def _read_cached_long_table(path: str) -> LongTable:
+    table = _read_cache(path)
+    return LongTable(table, table.schema.metadata[b"sequifier_position_type"].decode())
 
 
 # ---------------------------------------------------------------- worker tasks
@@ -235,18 +250,19 @@ class ReadTask:
     selected_columns: Optional[List[str]]
     max_rows: Optional[int]
     split_ratios: List[float]
+    keys: KeyColumns
 
 
 def read_input(task: ReadTask) -> FileSummary:
     """Stage 1 for one input file: read, check, sort, cache and summarise."""
     if task.use_cache:
-        table = _read_cache(task.cache_path)
+        long = _read_cached_long_table(task.cache_path)
     else:
-        table = read_table.read_long_table(
-            task.path, task.read_format, task.selected_columns, task.max_rows
+        long = read_table.read_long_table(
+            task.path, task.read_format, task.selected_columns, task.max_rows, task.keys
         )
-        _write_cache(table, task.cache_path, task.path)
-    return summarize_table(task.path, table, task.split_ratios)
+        _write_cache(long, task.cache_path, task.path)
+    return summarize_table(task.path, long, task.split_ratios)
 
 
 @dataclass
@@ -256,6 +272,7 @@ class WindowTask:
     row_start: int
     row_stop: int
     sequence_ids: np.ndarray
+    sequence_labels: np.ndarray  # the ids as the user wrote them, for messages
     offsets: np.ndarray  # sequence starts relative to row_start, plus the row count
     encoding: ColumnEncoding
     window_length: int
@@ -312,7 +329,7 @@ def build_windows(task: WindowTask) -> List[Windows]:
         except StrideMismatch as e:
             raise SequifierError(
                 f"stride_by_split[{k}]={stride} does not fit with subsequence_start_mode: exact: "
-                f"split {k} of sequence {task.sequence_ids[e.sequence_index]} in '{task.path}' "
+                f"split {k} of sequence {task.sequence_labels[e.sequence_index]} in '{task.path}' "
                 f"has {e.segment_length} items, which leaves {e.leftover} items after the last "
                 f"window of {task.window_length}; use subsequence_start_mode: distribute or a "
                 "stride that divides every segment's (length - seq_length - 1)"
@@ -363,7 +380,7 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
                 workers: Workers) -> List[FileSummary]:
     tasks = [
         ReadTask(path, plan.cache_path(i), cached[i], cfg.read_format, cfg.selected_columns,
-                 cfg.max_rows, plan.split_ratios)
+                 cfg.max_rows, plan.split_ratios, plan.keys)
         for i, path in enumerate(plan.inputs)
     ]
     if any(cached):
@@ -399,12 +416,13 @@ def _window_tasks(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary
     tasks = []
     for i, s in enumerate(summaries):
         offsets = s.sequence_offsets
+        labels = s.sequence_ids if s.sequence_labels is None else s.sequence_labels
         cuts = np.searchsorted(offsets, np.arange(target, s.n_rows, target))
         bounds = np.unique(np.r_[0, cuts, len(offsets) - 1])
         for lo, hi in zip(bounds[:-1], bounds[1:]):  # noqa: RUF007 (numpy pairs)
             tasks.append(WindowTask(
                 s.path, plan.cache_path(i), int(offsets[lo]), int(offsets[hi]),
-                s.sequence_ids[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
+                s.sequence_ids[lo:hi], labels[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
                 plan.window_length, plan.split_ratios, plan.strides, cfg.subsequence_start_mode,
             ))
     return tasks
@@ -442,7 +460,8 @@ def choose_encoding(cfg: PreprocessConfig, summaries: List[FileSummary]) -> Colu
     return encoding
 
 
-def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding) -> Metadata:
+def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding,
+                  summaries: List[FileSummary], sequence_ids: Optional[List[str]]) -> Metadata:
     categorical = [c for c in encoding.columns if not encoding.is_real(c)]
     id_maps = {c: encoding.id_map(c) for c in categorical}
     return Metadata(
@@ -460,6 +479,10 @@ def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding) -
         split_paths=list(plan.split_paths),
         split_ratios=list(plan.split_ratios),
         stride_by_split=list(plan.strides),
+        sequence_id_column=plan.keys.sequence_id,
+        position_column=plan.keys.position,
+        position_type=summaries[0].position_type,
+        sequence_ids=sequence_ids,
     )
 
 
@@ -498,8 +521,9 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
         with Workers(plan.n_workers) as workers:
             summaries = read_inputs(plan, cfg, cached, workers)
             encoding = choose_encoding(cfg, summaries)
+            sequence_ids = number_sequences(summaries)
             splits = make_windows(plan, cfg, summaries, encoding, workers)
-        metadata = make_metadata(plan, cfg, encoding)
+        metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)
         write_outputs(plan, cfg, splits, metadata)
     except BaseException:
         _remove_work_dir_without_cache(plan)

@@ -2,14 +2,18 @@
 
 Every problem with an input file becomes a one-line SequifierError naming the file and
 the column. The result of `read_long_table` is the canonical form the rest of
-preprocessing works on: `sequenceId` and `itemPosition` as int64, sorted by them, no
-missing values, integer features as int64, real features as float64, everything else
-as strings.
+preprocessing works on: the user's id and position columns (named by
+`sequence_id_column` / `position_column`) renamed to `sequenceId` and `itemPosition`,
+sorted by them; ids as int64 or strings, positions as int64 (times as ticks of their
+unit, dates as days, see `position_type`); integer features as int64, real features as
+float64, everything else as strings.
 """
 
 import csv
 import os
-from typing import Iterable, List, Optional
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +24,21 @@ from sequifier.errors import SequifierError
 SEQUENCE_COLUMN = "sequenceId"
 POSITION_COLUMN = "itemPosition"
 KEY_COLUMNS = (SEQUENCE_COLUMN, POSITION_COLUMN)
+# position_type of integer positions; times are "timestamp[UNIT]" or
+# "timestamp[UNIT, tz=ZONE]", dates "date32[day]" (pyarrow's names of those types)
+INTEGER_POSITIONS = "integer"
+
+
+@dataclass(frozen=True)
+class KeyColumns:
+    """The user's names of the sequence id and position columns."""
+
+    sequence_id: str = SEQUENCE_COLUMN
+    position: str = POSITION_COLUMN
+
+    @property
+    def names(self) -> Tuple[str, str]:
+        return (self.sequence_id, self.position)
 EXTENSIONS = {"csv": ".csv", "parquet": ".parquet"}
 # Cells read as missing. Deliberately short: "NA" and "None" can be real category names.
 NULL_VALUES = ["", "NaN", "nan", "NULL", "null"]
@@ -85,30 +104,38 @@ def read_header(path: str, read_format: str) -> List[str]:
         ) from None
 
 
-def choose_columns(path: str, header: List[str], selected_columns: Optional[List[str]]) -> List[str]:
+def choose_columns(path: str, header: List[str], selected_columns: Optional[List[str]],
+                   keys: KeyColumns = KeyColumns()) -> List[str]:
     """Key columns plus the feature columns to keep, checked against the file's header."""
-    missing_keys = [c for c in KEY_COLUMNS if c not in header]
-    if missing_keys:
-        raise SequifierError(
-            f"input file '{path}' has no column {' or '.join(repr(c) for c in missing_keys)}; "
-            f"every input needs {SEQUENCE_COLUMN} and {POSITION_COLUMN} columns (found {header[:10]})"
-        )
+    for field, name, holds in (("sequence_id_column", keys.sequence_id, "sequence ids"),
+                               ("position_column", keys.position, "item positions or times")):
+        if name not in header:
+            raise SequifierError(
+                f"{field}: input file '{path}' has no column '{name}' (its columns: "
+                f"{header[:10]}); set {field} to the column that holds your {holds}"
+            )
     if selected_columns is None:
-        features = [c for c in header if c not in KEY_COLUMNS]
+        features = [c for c in header if c not in keys.names]
     else:
         unknown = [c for c in selected_columns if c not in header]
         if unknown:
             raise SequifierError(
                 f"selected_columns: {unknown} not in input file '{path}' (its columns: "
-                f"{[c for c in header if c not in KEY_COLUMNS][:20]}); fix selected_columns"
+                f"{[c for c in header if c not in keys.names][:20]}); fix selected_columns"
             )
-        features = [c for c in selected_columns if c not in KEY_COLUMNS]
+        features = [c for c in selected_columns if c not in keys.names]
+    clash = [c for c in features if c in KEY_COLUMNS]
+    if clash:
+        raise SequifierError(
+            f"input file '{path}': feature column '{clash[0]}' has the name sequifier uses for "
+            "the id/position columns; drop it with selected_columns or rename it"
+        )
     if not features:
         raise SequifierError(
-            f"input file '{path}' has no feature column besides {SEQUENCE_COLUMN}/"
-            f"{POSITION_COLUMN}; add at least one column or fix selected_columns"
+            f"input file '{path}' has no feature column besides {keys.sequence_id}/"
+            f"{keys.position}; add at least one column or fix selected_columns"
         )
-    return list(KEY_COLUMNS) + features
+    return list(keys.names) + features
 
 
 def _first_rows(batches: Iterable[pa.RecordBatch], schema: pa.Schema, max_rows: int) -> pa.Table:
@@ -157,18 +184,91 @@ def _canonical_feature(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column.cast(pa.string())
 
 
-def _canonical_key(path: str, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def canonical_sequence_id(path: str, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Integer ids as int64, any other id (text, e.g. 'u_00017') as strings."""
+    column = _plain(column)
+    if pa.types.is_integer(column.type):
+        return column.cast(pa.int64())
+    if pa.types.is_floating(column.type):
+        try:
+            return column.cast(pa.int64())  # safe cast: fails on fractional floats
+        except pa.ArrowException:
+            raise SequifierError(
+                f"sequence_id_column: column '{name}' of input file '{path}' holds fractional "
+                "numbers; give each sequence an integer or text id"
+            ) from None
+    return column.cast(pa.string())
+
+
+def canonical_position(path: str, name: str, column: pa.ChunkedArray) -> Tuple[pa.ChunkedArray, str]:
+    """Positions as int64 and their `position_type`: integers as they are, times as
+    ticks of their unit since 1970, dates as days since 1970 (order is all that counts)."""
+    column = _plain(column)
+    kind = column.type
+    if _is_text(kind):
+        try:  # ISO 8601 text that the CSV reader did not take for a time (e.g. in parquet)
+            column = column.cast(pa.timestamp("ns"))
+            kind = column.type
+        except pa.ArrowException:
+            example = pc.drop_null(column)[:1].to_pylist()
+            raise SequifierError(
+                f"position_column: column '{name}' of input file '{path}' is neither numeric "
+                f"nor a parseable time (e.g. {example}); give integer positions or ISO 8601 "
+                "times such as 2024-05-01 13:45:00"
+            ) from None
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        ticks = column.cast(pa.int32() if pa.types.is_date32(kind) else pa.int64())
+        return ticks.cast(pa.int64()), str(kind)
     try:
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
             raise pa.ArrowInvalid("not numeric")
-        return column.cast(pa.int64())  # safe cast: fails on fractional floats
+        return column.cast(pa.int64()), INTEGER_POSITIONS  # safe cast: fails on fractions
     except pa.ArrowException:
         raise SequifierError(
-            f"input file '{path}': column '{name}' must hold integers (found {column.type}); "
-            f"convert {name} to integer ids/positions"
+            f"position_column: column '{name}' of input file '{path}' must hold integers, "
+            f"times or dates (found {kind}); convert it to integer positions or ISO 8601 times"
         ) from None
+
+
+def position_arrow_type(position_type: str) -> pa.DataType:
+    """The pyarrow type a recorded `position_type` stands for (int64 for integers)."""
+    if position_type == INTEGER_POSITIONS:
+        return pa.int64()
+    if position_type.startswith("date32"):
+        return pa.date32()
+    if position_type.startswith("date64"):
+        return pa.date64()
+    match = re.fullmatch(r"timestamp\[(\w+)(?:, tz=(.+))?\]", position_type)
+    if match is None:
+        raise SequifierError(f"metadata: unknown position_type '{position_type}'; re-run preprocess")
+    return pa.timestamp(match.group(1), tz=match.group(2))
+
+
+def positions_to_user(positions, position_type: str) -> pa.Array:
+    """int64 positions (as stored in windows) back to the user's integers, times or dates."""
+    ticks = pa.array(np.asarray(positions, dtype=np.int64), type=pa.int64())
+    kind = position_arrow_type(position_type)
+    if pa.types.is_date32(kind):
+        return ticks.cast(pa.int32()).cast(kind)
+    return ticks.cast(kind)
+
+
+def sequence_order_keys(column: pa.ChunkedArray) -> np.ndarray:
+    """int64 keys that sort like the ids: the ids themselves, or ranks of text ids."""
+    if pa.types.is_integer(column.type):
+        return column.to_numpy()
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
+    rank[pc.sort_indices(encoded.dictionary).to_numpy()] = np.arange(len(rank))
+    return rank[encoded.indices.to_numpy()]
 
 
 def _check_missing(path: str, table: pa.Table) -> None:
@@ -227,8 +327,8 @@ def _check_numbers_as_text(path: str, table: pa.Table) -> None:
         )
 
 
-def _sort_and_check_keys(path: str, table: pa.Table) -> pa.Table:
-    seq = table.column(SEQUENCE_COLUMN).to_numpy()
+def _sort_and_check_keys(path: str, table: pa.Table, keys: KeyColumns) -> pa.Table:
+    seq = sequence_order_keys(table.column(SEQUENCE_COLUMN))
     pos = table.column(POSITION_COLUMN).to_numpy()
     in_order = (seq[1:] > seq[:-1]) | ((seq[1:] == seq[:-1]) & (pos[1:] >= pos[:-1]))
     if not in_order.all():  # most inputs arrive sorted; sorting is the costly part
@@ -236,20 +336,30 @@ def _sort_and_check_keys(path: str, table: pa.Table) -> pa.Table:
         table, seq, pos = table.take(order), seq[order], pos[order]
     dup = np.flatnonzero((seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1]))
     if len(dup):
-        i = dup[0]
+        i = int(dup[0])
+        example = (table.column(SEQUENCE_COLUMN)[i].as_py(), table.column(POSITION_COLUMN)[i].as_py())
         raise SequifierError(
-            f"input file '{path}': {len(dup)} duplicate ({SEQUENCE_COLUMN}, {POSITION_COLUMN}) "
-            f"pairs, e.g. ({seq[i]}, {pos[i]}); each item needs its own {POSITION_COLUMN}"
+            f"position_column: input file '{path}' has {len(dup)} duplicate ({keys.sequence_id}, "
+            f"{keys.position}) pairs, e.g. {example}; each item of a sequence needs its own "
+            f"{keys.position}"
         )
     return table
 
 
+@dataclass
+class LongTable:
+    """One input file in canonical form (see the module docstring)."""
+
+    table: pa.Table
+    position_type: str
+
+
 def read_long_table(path: str, read_format: str, selected_columns: Optional[List[str]],
-                    max_rows: Optional[int] = None) -> pa.Table:
+                    max_rows: Optional[int] = None, keys: KeyColumns = KeyColumns()) -> LongTable:
     """Read, check and sort one input file (see the module docstring for the result)."""
     if os.path.getsize(path) == 0:
         raise _empty_file_error(path)
-    columns = choose_columns(path, read_header(path, read_format), selected_columns)
+    columns = choose_columns(path, read_header(path, read_format), selected_columns, keys)
     try:
         if read_format == "csv":
             table = _read_csv(path, columns, max_rows)
@@ -264,16 +374,13 @@ def read_long_table(path: str, read_format: str, selected_columns: Optional[List
         raise _empty_file_error(path)
     table = table.combine_chunks()
     _check_missing(path, table)
-    arrays = []
-    for name in columns:
-        column = table.column(name)
-        if name in KEY_COLUMNS:
-            arrays.append(_canonical_key(path, name, column))
-        else:
-            arrays.append(_canonical_feature(column))
-    table = pa.table(arrays, names=columns)
+    arrays = [canonical_sequence_id(path, keys.sequence_id, table.column(keys.sequence_id))]
+    positions, position_type = canonical_position(path, keys.position, table.column(keys.position))
+    arrays.append(positions)
+    arrays += [_canonical_feature(table.column(name)) for name in columns[2:]]
+    table = pa.table(arrays, names=list(KEY_COLUMNS) + columns[2:])
     _check_numbers_as_text(path, table)
-    return _sort_and_check_keys(path, table)
+    return LongTable(_sort_and_check_keys(path, table, keys), position_type)
 
 
 def feature_kind(column_type: pa.DataType) -> str:

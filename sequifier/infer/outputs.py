@@ -1,4 +1,9 @@
-"""Where infer writes, and how: pyarrow tables written atomically as csv or parquet."""
+"""Where infer writes, and how: pyarrow tables written atomically as csv or parquet.
+
+Every output row names its item in the user's terms: `key_columns` turns the windows'
+internal sequence numbers and int64 positions back into the original ids and positions
+(times, dates) under the user's column names. Every writer of outputs goes through it.
+"""
 
 import os
 
@@ -33,9 +38,30 @@ def refuse_to_overwrite(paths: list[str]) -> None:
         )
 
 
-def _column(values: np.ndarray):
+def key_columns(metadata, sequence_id: np.ndarray, item_position: np.ndarray) -> dict:
+    """{sequence id column: original ids, position column: original positions} for
+    output rows given the windows' `sequence_id` and `item_position` values."""
+    from sequifier.data.read_table import positions_to_user
+
+    sequence_id = np.asarray(sequence_id, dtype=np.int64)
+    if metadata.sequence_ids is not None:
+        known = len(metadata.sequence_ids)
+        if len(sequence_id) and (sequence_id.min() < 0 or sequence_id.max() >= known):
+            raise SequifierError(
+                f"metadata_config_path: the data holds sequence numbers up to {sequence_id.max()} "
+                f"but the metadata lists {known} sequence ids; use the metadata written by the "
+                "preprocess run that made the data"
+            )
+        sequence_id = np.asarray(metadata.sequence_ids, dtype=object)[sequence_id]
+    return {metadata.sequence_id_column: sequence_id,
+            metadata.position_column: positions_to_user(item_position, metadata.position_type)}
+
+
+def _column(values):
     import pyarrow as pa
 
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
     if values.dtype == object:
         return pa.array(values, type=pa.string())
     return pa.array(values)

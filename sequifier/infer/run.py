@@ -293,7 +293,7 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
     job.runner.reseed(cfg.seed)
     inputs = _model_inputs(metadata, job.info, windows)
     if job.info.model_type == "embedding":
-        return _infer_embeddings(cfg, job, windows, inputs)
+        return _infer_embeddings(cfg, metadata, job, windows, inputs)
     return _infer_generative(cfg, metadata, job, windows, inputs)
 
 
@@ -302,17 +302,15 @@ def _batches(n: int, batch_size: int):
         yield start, min(start + batch_size, n)
 
 
-def _infer_embeddings(cfg: InferConfig, job: ModelJob, windows: Windows, inputs):
+def _infer_embeddings(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows, inputs):
     parts = []
     for start, end in _batches(len(windows), cfg.inference_batch_size):
         batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
         parts.append(np.asarray(job.runner.run(batch)[EMBEDDING_OUTPUT], dtype=np.float32))
     embeddings = np.concatenate(parts)
     # the embedding summarises the window up to its last input slot (L-1)
-    columns = {
-        "sequenceId": windows.sequence_id,
-        "itemPosition": windows.item_position[:, job.info.seq_length - 1],
-    }
+    columns = outputs.key_columns(metadata, windows.sequence_id,
+                                  windows.item_position[:, job.info.seq_length - 1])
     columns.update({str(j): embeddings[:, j] for j in range(embeddings.shape[1])})
     return {outputs.embedding_path(cfg.project_root, job.name, cfg.write_format): columns}
 
@@ -322,8 +320,7 @@ def _infer_generative(cfg, metadata: Metadata, job: ModelJob, windows: Windows, 
     predictions, probabilities = _predict(cfg, metadata, job, inputs, len(windows), steps)
     info, root, fmt = job.info, cfg.project_root, cfg.write_format
     positions = windows.item_position[:, info.seq_length][:, None] + np.arange(steps)
-    keys = {"sequenceId": np.repeat(windows.sequence_id, steps),
-            "itemPosition": positions.reshape(-1)}
+    keys = outputs.key_columns(metadata, np.repeat(windows.sequence_id, steps), positions.reshape(-1))
     table = dict(keys)
     for column in info.target_columns:
         values = predictions[column].reshape(-1)

@@ -243,3 +243,41 @@ def test_existing_output_needs_overwrite(project):
         run_infer(cfg)
     cfg.overwrite = True
     assert run_infer(cfg)
+
+
+def test_outputs_use_the_users_columns_ids_and_times(project):
+    """Every output names its rows by the user's id and position columns, in their values."""
+    from sequifier.config.metadata import read_metadata, write_metadata
+
+    path = str(project / "configs/metadata_configs/toy.json")
+    metadata = read_metadata(path)
+    metadata.sequence_id_column, metadata.position_column = "user_id", "event time"
+    metadata.position_type = "timestamp[s]"
+    metadata.sequence_ids = ["u_00017", "u_00020", "ü_3"]
+    write_metadata(metadata, path)
+    windows = make_windows()
+    ids = np.array(metadata.sequence_ids, dtype=object)[windows.sequence_id]
+    for model, kind in (("gen", "generative"), ("emb", "embedding")):
+        written = run_infer(infer_config(project, f"models/{model}.onnx", model_type=kind,
+                                         output_probabilities=kind == "generative",
+                                         write_format="parquet"))
+        slot = SEQ_LENGTH if kind == "generative" else SEQ_LENGTH - 1
+        for out in written:
+            frame = pd.read_parquet(out)
+            assert list(frame.columns[:2]) == ["user_id", "event time"], out
+            assert frame["user_id"].tolist() == ids.tolist()
+            np.testing.assert_array_equal(
+                frame["event time"], pd.to_datetime(windows.item_position[:, slot], unit="s"))
+
+
+def test_sequence_numbers_beyond_the_metadata_are_refused(project):
+    from sequifier.config.metadata import read_metadata, write_metadata
+    from sequifier.errors import SequifierError
+
+    path = str(project / "configs/metadata_configs/toy.json")
+    metadata = read_metadata(path)
+    metadata.sequence_ids = ["only-one"]
+    write_metadata(metadata, path)
+    with pytest.raises(SequifierError, match="metadata_config_path: the data holds sequence numbers"):
+        run_infer(infer_config(project, "models/gen.onnx"))
+    assert not os.path.exists(project / "outputs/predictions/gen-predictions.csv")

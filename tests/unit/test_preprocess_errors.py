@@ -29,7 +29,7 @@ def expect_error(tmp_path, cfg, *fragments):
 def test_missing_key_column(tmp_path, column):
     path = write_input(long_table().drop(columns=[column]), tmp_path / "items.csv")
     expect_error(tmp_path, config(tmp_path, path), "items.csv", f"'{column}'",
-                 "needs sequenceId and itemPosition")
+                 "set sequence_id_column" if column == "sequenceId" else "set position_column")
 
 
 def test_split_ratios_must_sum_to_one(tmp_path):
@@ -133,7 +133,8 @@ def test_duplicate_positions(tmp_path):
 def test_non_integer_positions(tmp_path):
     path = write_input(long_table().assign(itemPosition=lambda f: f["itemPosition"] + 0.5),
                        tmp_path / "items.csv")
-    expect_error(tmp_path, config(tmp_path, path), "'itemPosition' must hold integers")
+    expect_error(tmp_path, config(tmp_path, path), "position_column", "'itemPosition'",
+                 "must hold integers, times or dates")
 
 
 def test_pt_needs_sharded_output(tmp_path):

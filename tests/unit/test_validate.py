@@ -172,6 +172,8 @@ def preprocess_cfg(**changes):
     ({"subsequence_start_mode": "random"}, "subsequence_start_mode: 'random' is not one of distribute, exact"),
     ({"read_format": "json"}, "read_format: 'json' is not one of csv, parquet"),
     ({"batches_per_file": 0}, "batches_per_file: must be >= 1"),
+    ({"sequence_id_column": "t", "position_column": "t"}, "position_column: 't' is also sequence_id_column"),
+    ({"sequence_id_column": ""}, "sequence_id_column: must name a column"),
 ])
 def test_preprocess_rules(changes, message):
     assert any(message in line for line in errors("preprocess", preprocess_cfg(**changes)))
