@@ -15,6 +15,8 @@ from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_write_text
 
 COLUMN_TYPES = ("categorical", "real")
+# the category of missing cells under missing_values: fill (sequifier/data/missing.py)
+MISSING_CATEGORY = "<missing>"
 
 
 @dataclass
@@ -50,9 +52,10 @@ class Metadata:
         return list(self.column_types)
 
     def inverse_id_map(self, column: str) -> Dict[int, object]:
-        """id -> original value (ints restored for integer columns)."""
+        """id -> original value (ints restored for integer columns; the `<missing>`
+        category that missing_values: fill adds stays text)."""
         cast = int if self.original_dtypes.get(column) == "int64" else str
-        return {i: cast(v) for v, i in self.id_maps[column].items()}
+        return {i: v if v == MISSING_CATEGORY else cast(v) for v, i in self.id_maps[column].items()}
 
 
 def write_metadata(metadata: Metadata, path: str) -> None:

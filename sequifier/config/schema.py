@@ -23,6 +23,12 @@ class PreprocessConfig:
     # the user's names of the id and position columns (outputs use them too)
     sequence_id_column: str = "sequenceId"
     position_column: str = "itemPosition"
+    # error | drop_rows | fill | {fill: VALUE}, or {column: policy, "*": policy}
+    # (see sequifier/data/missing.py); OmegaConf cannot type a str-or-dict union
+    missing_values: Any = "error"
+    # {column: real | categorical}: read a column as this type instead of the one its
+    # values suggest (e.g. integer counts as real, a time as real ticks)
+    column_types: Optional[Dict[str, str]] = None
     read_format: str = "csv"
     write_format: str = "parquet"
     merge_output: bool = True

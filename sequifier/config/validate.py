@@ -62,6 +62,15 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
         p.check(bool(getattr(cfg, field)), field, "must name a column of the input")
     p.check(cfg.sequence_id_column != cfg.position_column, "position_column",
             f"'{cfg.position_column}' is also sequence_id_column; ids and positions need two columns")
+    for col, kind in (cfg.column_types or {}).items():
+        p.one_of(kind, COLUMN_TYPES, f"column_types.{col}")
+        p.check(col not in (cfg.sequence_id_column, cfg.position_column), f"column_types.{col}",
+                "is the id or position column, not a feature")
+    from sequifier.data.missing import parse_missing_values
+
+    for line in parse_missing_values(cfg.missing_values, (cfg.sequence_id_column, cfg.position_column))[1]:
+        field, _, message = line.partition(": ")
+        p.add(field, message)
     if cfg.write_format == "pt" and cfg.merge_output:
         p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
     p.positive(cfg.seq_length, "seq_length")

@@ -12,10 +12,13 @@ are merged into one `ColumnEncoding`, which every worker then applies to its row
   (training) only, so standardisation does not leak validation/test data. The std is
   the population std (ddof=0); a constant column, or one without training rows, gets
   std 1.0 so values stay finite.
+* Cells that `missing_values: fill` leaves null (missing.py) are left out of both; a
+  real one is encoded as 0.0 (the training mean, standardised), a categorical one as
+  the column's own `<missing>` category, the last id of its map.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +26,7 @@ import pyarrow.compute as pc
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+from sequifier.data.missing import MISSING_CATEGORY, MissingReport
 from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, LongTable, feature_kind
 from sequifier.data.splits import segment_bounds
 from sequifier.errors import SequifierError
@@ -47,6 +51,8 @@ class FileSummary:
     uniques: Dict[str, np.ndarray] = field(default_factory=dict)  # categorical values
     # real column -> (count, mean, sum of squared deviations) over training rows
     moments: Dict[str, Tuple[int, float, float]] = field(default_factory=dict)
+    missing: MissingReport = field(default_factory=MissingReport)
+    date_like: List[str] = field(default_factory=list)
 
 
 def sequence_offsets(sequence_column) -> np.ndarray:
@@ -74,17 +80,20 @@ def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float]) -
     ids = seq.take(pa.array(offsets[:-1])).to_numpy()
     columns = [c for c in table.column_names if c not in KEY_COLUMNS]
     kinds = {c: feature_kind(table.column(c).type) for c in columns}
-    summary = FileSummary(path, table.num_rows, columns, kinds, ids, offsets, long.position_type)
+    summary = FileSummary(path, table.num_rows, columns, kinds, ids, offsets, long.position_type,
+                          missing=long.missing, date_like=long.date_like)
     train_rows = None
     for c in columns:
         if kinds[c] == "real":
             if train_rows is None:
                 train_rows = training_row_mask(offsets, split_ratios)
             x = table.column(c).to_numpy()[train_rows]
+            if table.column(c).null_count:
+                x = x[~np.isnan(x)]
             mean = float(x.mean()) if len(x) else 0.0
             summary.moments[c] = (len(x), mean, float(((x - mean) ** 2).sum()))
         else:
-            values = pc.unique(table.column(c))
+            values = pc.unique(pc.drop_null(table.column(c)))
             summary.uniques[c] = np.unique(values.to_numpy(zero_copy_only=False))
     return summary
 
@@ -157,12 +166,17 @@ class ColumnEncoding:
     values: Dict[str, np.ndarray]  # categorical column -> sorted known values
     mean: Dict[str, float]
     std: Dict[str, float]
+    # categorical columns with a <missing> category (id FIRST_ID + number of values)
+    missing_category: Set[str] = field(default_factory=set)
 
     def is_real(self, column: str) -> bool:
         return self.kinds[column] == "real"
 
     def id_map(self, column: str) -> Dict[str, int]:
-        return {str(v): i + FIRST_ID for i, v in enumerate(self.values[column].tolist())}
+        ids = {str(v): i + FIRST_ID for i, v in enumerate(self.values[column].tolist())}
+        if column in self.missing_category:
+            ids[MISSING_CATEGORY] = FIRST_ID + len(ids)
+        return ids
 
     def encode(self, table: pa.Table) -> Dict[str, np.ndarray]:
         """Column -> int64 ids (categorical) or float64 standardised values (real)."""
@@ -171,15 +185,58 @@ class ColumnEncoding:
             column = table.column(c)
             if self.is_real(c):
                 out[c] = (column.to_numpy() - self.mean[c]) / self.std[c]
+                if column.null_count:  # filled with the training mean
+                    out[c][np.isnan(out[c])] = 0.0
             else:
                 index = pc.index_in(column, value_set=pa.array(self.values[c]))
+                if column.null_count and c in self.missing_category:
+                    index = pc.if_else(pc.is_null(column), len(self.values[c]), index)
                 # every value was seen while building the maps; UNKNOWN_ID is a safety net
+                # (and the id of missing cells when a reused map has no <missing> category)
                 index = pc.fill_null(index, UNKNOWN_ID - FIRST_ID)
                 out[c] = index.to_numpy().astype(np.int64) + FIRST_ID
         return out
 
 
-def merge_summaries(summaries: List[FileSummary]) -> ColumnEncoding:
+# text that starts like an ISO date or time: 2024-05-01, 2024-05-01T13:45, 13:45:00
+DATE_TEXT = r"^\s*(\d{4}-\d{2}-\d{2}|\d{2}:\d{2}(:\d{2})?)([ T]\d{2}:\d{2}.*)?\s*$"
+
+
+def column_warnings(summaries: List[FileSummary], encoding: ColumnEncoding) -> List[str]:
+    """Warnings about categorical columns that are probably not categories: nearly one
+    class per row (ids, times, free text), or values that look like dates or times."""
+    n_rows = sum(s.n_rows for s in summaries)
+    date_like = {c for s in summaries for c in s.date_like}
+    lines = []
+    options = ("drop it (selected_columns), read it as real (column_types: {{{c}: real}}) or use "
+               "it as the position (position_column: {c})")
+    for c in encoding.columns:
+        if encoding.is_real(c):
+            continue
+        values = encoding.values[c]
+        looks_like_dates = c in date_like or (
+            encoding.kinds[c] == "str" and len(values) > 0
+            and bool(pc.all(pc.match_substring_regex(pa.array(values[:1000], pa.string()), DATE_TEXT)).as_py()))
+        if looks_like_dates:
+            lines.append(f"column '{c}' looks like dates or times and is read as categorical "
+                         f"({len(values)} classes); " + options.format(c=c))
+        elif len(values) > n_rows / 2:
+            lines.append(f"categorical column '{c}' has {len(values)} distinct values in {n_rows} "
+                         "rows (an id, a time or free text?); " + options.format(c=c))
+    return lines
+
+
+def _check_missing_category_free(column: str, values: np.ndarray) -> None:
+    if MISSING_CATEGORY in values.tolist():
+        raise SequifierError(
+            f"missing_values.{column}: the column already holds the value '{MISSING_CATEGORY}', "
+            "the category fill gives missing cells; rename that value or use {fill: VALUE}")
+
+
+def merge_summaries(summaries: List[FileSummary], filled_later: Set[str] = frozenset()
+                    ) -> ColumnEncoding:
+    """Merge the files' summaries; `filled_later` are the columns whose missing cells take
+    the training mean (real) or a <missing> category (categorical)."""
     _check_same_schema(summaries)
     _check_disjoint_sequences(summaries)
     first = summaries[0]
@@ -188,6 +245,8 @@ def merge_summaries(summaries: List[FileSummary]) -> ColumnEncoding:
     for c in columns:
         if kinds[c] != "real":
             values[c] = np.unique(np.concatenate([s.uniques[c] for s in summaries]))
+            if c in filled_later:
+                _check_missing_category_free(c, values[c])
             continue
         # Chan et al.: combine per-file counts, means and squared deviations exactly
         n, m, m2 = 0, 0.0, 0.0
@@ -203,12 +262,14 @@ def merge_summaries(summaries: List[FileSummary]) -> ColumnEncoding:
         sd = float(np.sqrt(m2 / n)) if n else 0.0
         mean[c] = float(m)
         std[c] = sd if sd > 0 else 1.0
-    return ColumnEncoding(columns, kinds, values, mean, std)
+    missing = {c for c in columns if c in filled_later and kinds[c] != "real"}
+    return ColumnEncoding(columns, kinds, values, mean, std, missing)
 
 
 def _known_values(metadata: Metadata, column: str) -> np.ndarray:
     """A column's known values ordered by id, so index i is id FIRST_ID + i (as `encode` needs)."""
-    items = sorted(metadata.id_maps[column].items(), key=lambda kv: kv[1])
+    items = sorted(((v, i) for v, i in metadata.id_maps[column].items() if v != MISSING_CATEGORY),
+                   key=lambda kv: kv[1])
     ids = [i for _, i in items]
     if ids != list(range(FIRST_ID, FIRST_ID + len(ids))):
         raise SequifierError(f"reuse_metadata_path: the id map of '{column}' is not a sequifier id map "
@@ -251,4 +312,7 @@ def encoding_from_metadata(metadata: Metadata, source: str, summaries: List[File
             values[c] = _known_values(metadata, c)
             seen = np.unique(np.concatenate([s.uniques[c] for s in summaries]))
             unknown[c] = seen[~np.isin(seen, values[c])]
-    return ColumnEncoding(list(expected), {c: first.kinds[c] for c in expected}, values, mean, std), unknown
+    missing = {c for c in values if MISSING_CATEGORY in metadata.id_maps[c]}
+    encoding = ColumnEncoding(list(expected), {c: first.kinds[c] for c in expected}, values, mean, std,
+                              missing)
+    return encoding, unknown

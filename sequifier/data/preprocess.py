@@ -34,11 +34,13 @@ from sequifier.data import read_table
 from sequifier.data.encoding import (
     ColumnEncoding,
     FileSummary,
+    column_warnings,
     encoding_from_metadata,
     merge_summaries,
     number_sequences,
     summarize_table,
 )
+from sequifier.data.missing import MissingReport, MissingValues, parse_missing_values, report_lines
 from sequifier.data.progress import Progress
 from sequifier.data.read_table import KeyColumns, LongTable
 from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
@@ -73,6 +75,7 @@ class Plan:
     work_dir: str
     n_workers: int
     keys: KeyColumns
+    missing_values: MissingValues
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.project_root, relative)
@@ -138,9 +141,17 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
     data_path = resolve_path(root, cfg.data_path)
     inputs = read_table.list_input_files(data_path, cfg.read_format)
     keys = KeyColumns(cfg.sequence_id_column, cfg.position_column)
+    missing_values, problems = parse_missing_values(cfg.missing_values, keys.names)
+    if problems:
+        raise SequifierError(problems[0])
     for path in inputs:  # column names are checked before anything is written
-        read_table.choose_columns(path, read_table.read_header(path, cfg.read_format),
-                                  cfg.selected_columns, keys)
+        header = read_table.read_header(path, cfg.read_format)
+        read_table.choose_columns(path, header, cfg.selected_columns, keys)
+        for field, named in (("missing_values", missing_values.by_column), ("column_types", cfg.column_types or {})):
+            unknown = [c for c in named if c not in header]
+            if unknown:
+                raise SequifierError(f"{field}.{unknown[0]}: no such column in input file "
+                                     f"'{path}' (its columns: {header[:10]}); fix the column name")
     name = _dataset_name(cfg, data_path)
     if cfg.write_format == "pt":
         split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
@@ -151,7 +162,7 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
         split_ratios=ratios, strides=strides, split_paths=split_paths,
         metadata_path=os.path.join(root, "configs", "metadata_configs", f"{name}.json"),
         work_dir=os.path.join(root, "data", f".{name}-preprocess-work"),
-        n_workers=cfg.n_cores or _default_workers(), keys=keys,
+        n_workers=cfg.n_cores or _default_workers(), keys=keys, missing_values=missing_values,
     )
 
 
@@ -168,12 +179,14 @@ def _check_overwrite(plan: Plan, overwrite: bool) -> None:
 
 # ---------------------------------------------------------------- work folder (resume)
 
-def _settings_fingerprint(cfg: PreprocessConfig, data_path: str) -> dict:
+def _settings_fingerprint(plan: Plan, cfg: PreprocessConfig, data_path: str) -> dict:
     """The settings every cached input depends on; a resumed run must use the same."""
     return {"data_path": os.path.abspath(data_path), "read_format": cfg.read_format,
             "selected_columns": None if cfg.selected_columns is None else list(cfg.selected_columns),
             "max_rows": cfg.max_rows, "sequence_id_column": cfg.sequence_id_column,
-            "position_column": cfg.position_column}
+            "position_column": cfg.position_column,
+            "missing_values": plan.missing_values.as_setting(),
+            "column_types": dict(cfg.column_types or {})}
 
 
 def _source_stamp(path: str) -> str:
@@ -189,20 +202,22 @@ def _cache_is_current(cache_path: str, source: str) -> bool:
         schema = pa.ipc.open_file(pa.memory_map(cache_path)).schema
     except pa.ArrowException:
         return False
-    return (schema.metadata or {}).get(b"sequifier_source", b"").decode() == _source_stamp(source)
+    metadata = schema.metadata or {}
+    return (b"sequifier_found" in metadata  # written by this version
+            and metadata.get(b"sequifier_source", b"").decode() == _source_stamp(source))
 
 
 def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
     """Set up the work folder; return, per input, whether its cached result can be reused."""
     marker = os.path.join(plan.work_dir, "settings.json")
-    settings = _settings_fingerprint(cfg, resolve_path(plan.project_root, cfg.data_path))
+    settings = _settings_fingerprint(plan, cfg, resolve_path(plan.project_root, cfg.data_path))
     if cfg.continue_preprocessing and os.path.isfile(marker):
         with open(marker) as f:
             if json.load(f) != settings:
                 raise SequifierError(
                     f"continue_preprocessing: the unfinished run in '{plan.work_dir}' used other "
-                    "settings (data_path, read_format, selected_columns, max_rows or the "
-                    "id/position columns); "
+                    "settings (data_path, read_format, selected_columns, max_rows, "
+                    "missing_values, column_types or the id/position columns); "
                     "set continue_preprocessing: false to start over"
                 )
         return [_cache_is_current(plan.cache_path(i), path) for i, path in enumerate(plan.inputs)]
@@ -222,8 +237,11 @@ def _remove_work_dir_without_cache(plan: Plan) -> None:
 
 
 def _write_cache(long: LongTable, path: str, source: str) -> None:
+    # what reading found besides the table, so that a resumed run reports it again
+    found = {"position_type": long.position_type, "date_like": long.date_like,
+             "dropped_rows": long.missing.dropped_rows, "missing": long.missing.counts}
     table = long.table.replace_schema_metadata({"sequifier_source": _source_stamp(source),
-                                                "sequifier_position_type": long.position_type})
+                                                "sequifier_found": json.dumps(found)})
     with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
             pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -236,7 +254,9 @@ def _read_cache(path: str) -> pa.Table:
 
 def _read_cached_long_table(path: str) -> LongTable:
     table = _read_cache(path)
-    return LongTable(table, table.schema.metadata[b"sequifier_position_type"].decode())
+    found = json.loads(table.schema.metadata[b"sequifier_found"])
+    missing = MissingReport(found["dropped_rows"], {c: tuple(v) for c, v in found["missing"].items()})
+    return LongTable(table, found["position_type"], missing, found["date_like"])
 
 
 # ---------------------------------------------------------------- worker tasks
@@ -251,6 +271,8 @@ class ReadTask:
     max_rows: Optional[int]
     split_ratios: List[float]
     keys: KeyColumns
+    missing_values: MissingValues
+    column_types: Dict[str, str]
 
 
 def read_input(task: ReadTask) -> FileSummary:
@@ -259,7 +281,8 @@ def read_input(task: ReadTask) -> FileSummary:
         long = _read_cached_long_table(task.cache_path)
     else:
         long = read_table.read_long_table(
-            task.path, task.read_format, task.selected_columns, task.max_rows, task.keys
+            task.path, task.read_format, task.selected_columns, task.max_rows, task.keys,
+            task.missing_values, task.column_types,
         )
         _write_cache(long, task.cache_path, task.path)
     return summarize_table(task.path, long, task.split_ratios)
@@ -380,7 +403,8 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
                 workers: Workers) -> List[FileSummary]:
     tasks = [
         ReadTask(path, plan.cache_path(i), cached[i], cfg.read_format, cfg.selected_columns,
-                 cfg.max_rows, plan.split_ratios, plan.keys)
+                 cfg.max_rows, plan.split_ratios, plan.keys, plan.missing_values,
+                 dict(cfg.column_types or {}))
         for i, path in enumerate(plan.inputs)
     ]
     if any(cached):
@@ -442,10 +466,12 @@ def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary]
     return [Windows.concat(p) for p in parts]
 
 
-def choose_encoding(cfg: PreprocessConfig, summaries: List[FileSummary]) -> ColumnEncoding:
+def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary]) -> ColumnEncoding:
     """New id maps and statistics from the data, or those of `reuse_metadata_path`."""
     if cfg.reuse_metadata_path is None:
-        return merge_summaries(summaries)
+        columns = summaries[0].columns
+        filled_later = {c for c in columns if plan.missing_values.policy(c).fills_later}
+        return merge_summaries(summaries, filled_later)
     source = resolve_path(cfg.project_root, cfg.reuse_metadata_path)
     if not os.path.isfile(source):
         raise SequifierError(f"reuse_metadata_path: file '{source}' not found; point it at the "
@@ -520,7 +546,11 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
     try:
         with Workers(plan.n_workers) as workers:
             summaries = read_inputs(plan, cfg, cached, workers)
-            encoding = choose_encoding(cfg, summaries)
+            encoding = choose_encoding(plan, cfg, summaries)
+            for line in report_lines([s.missing for s in summaries]):
+                print(f"[preprocess] missing values: {line}", file=sys.stderr)
+            for line in column_warnings(summaries, encoding):
+                print(f"[preprocess] warning: {line}", file=sys.stderr)
             sequence_ids = number_sequences(summaries)
             splits = make_windows(plan, cfg, summaries, encoding, workers)
         metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)

@@ -13,12 +13,13 @@ import csv
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sequifier.data.missing import MissingReport, MissingValues, apply_missing_values
 from sequifier.errors import SequifierError
 
 SEQUENCE_COLUMN = "sequenceId"
@@ -184,8 +185,39 @@ def _canonical_feature(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column.cast(pa.string())
 
 
+def read_as(path: str, name: str, column: pa.ChunkedArray, wanted: str) -> pa.ChunkedArray:
+    """A feature column read as the type `column_types` asks for, instead of the type its
+    values suggest: `real` (integers, text numbers, times as ticks, dates as days) or
+    `categorical` (floats as their values)."""
+    if wanted not in ("real", "categorical"):
+        raise SequifierError(f"column_types.{name}: '{wanted}' is not one of categorical, real")
+    column = _plain(column)
+    kind = column.type
+    if wanted == "categorical":
+        if not pa.types.is_floating(kind):
+            return column
+        try:
+            return column.cast(pa.int64())  # whole numbers stay integer categories
+        except pa.ArrowException:
+            return column.cast(pa.string())
+    if _is_time(kind):
+        column = column.cast(pa.int32() if pa.types.is_date32(kind) else pa.int64())
+    try:
+        return column.cast(pa.float64())
+    except pa.ArrowException:
+        example = pc.drop_null(column)[:3].to_pylist()
+        raise SequifierError(
+            f"column_types.{name}: column '{name}' of input file '{path}' cannot be read as real "
+            f"(values such as {example}); fix those cells or read it as categorical"
+        ) from None
+
+
 def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def _is_time(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind)
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -271,25 +303,6 @@ def sequence_order_keys(column: pa.ChunkedArray) -> np.ndarray:
     return rank[encoded.indices.to_numpy()]
 
 
-def _check_missing(path: str, table: pa.Table) -> None:
-    counts = {}
-    for name in table.column_names:
-        column = table.column(name)
-        n = column.null_count
-        if pa.types.is_floating(column.type):
-            n += pc.sum(pc.is_nan(column)).as_py() or 0
-        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            n += pc.sum(pc.equal(column, "")).as_py() or 0
-        if n:
-            counts[name] = n
-    if counts:
-        listed = ", ".join(f"'{c}' ({n} rows)" for c, n in counts.items())
-        raise SequifierError(
-            f"input file '{path}': NaN or empty values in column {listed}; "
-            "fill or drop those rows before preprocessing"
-        )
-
-
 # Text that reads as a number: with a decimal point or exponent (float-like), or any number.
 FLOAT_TEXT = r"^\s*[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)\s*$"
 NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -298,13 +311,13 @@ NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 NUMBER_TEXT_SHARE = 0.9
 
 
-def _check_numbers_as_text(path: str, table: pa.Table) -> None:
+def _check_numbers_as_text(path: str, table: pa.Table, skip=()) -> None:
     """A real column that arrives as text (numbers stored as strings, or a few cells such
     as '1,5' or '3 kg' that keep a CSV column from reading as floats) would otherwise
     become a categorical column with one class per distinct value."""
     for name in table.column_names:
         column = table.column(name)
-        if name in KEY_COLUMNS or not pa.types.is_string(column.type):
+        if name in KEY_COLUMNS or name in skip or not pa.types.is_string(column.type):
             continue
         values = pc.unique(column)
         if not pc.any(pc.match_substring_regex(values, FLOAT_TEXT)).as_py():
@@ -352,10 +365,14 @@ class LongTable:
 
     table: pa.Table
     position_type: str
+    missing: MissingReport
+    date_like: List[str]  # feature columns read as times or dates (they become categorical)
 
 
 def read_long_table(path: str, read_format: str, selected_columns: Optional[List[str]],
-                    max_rows: Optional[int] = None, keys: KeyColumns = KeyColumns()) -> LongTable:
+                    max_rows: Optional[int] = None, keys: KeyColumns = KeyColumns(),
+                    missing_values: Optional[MissingValues] = None,
+                    column_types: Optional[Dict[str, str]] = None) -> LongTable:
     """Read, check and sort one input file (see the module docstring for the result)."""
     if os.path.getsize(path) == 0:
         raise _empty_file_error(path)
@@ -373,14 +390,23 @@ def read_long_table(path: str, read_format: str, selected_columns: Optional[List
     if table.num_rows == 0:
         raise _empty_file_error(path)
     table = table.combine_chunks()
-    _check_missing(path, table)
+    table, missing = apply_missing_values(path, table, missing_values or MissingValues(), keys.names)
+    if table.num_rows == 0:
+        raise SequifierError(f"input file '{path}': missing_values dropped every row; check the "
+                             "file or the missing_values policy")
+    column_types = column_types or {}
+    date_like = [c for c in columns[2:] if _is_time(table.column(c).type) and c not in column_types]
     arrays = [canonical_sequence_id(path, keys.sequence_id, table.column(keys.sequence_id))]
     positions, position_type = canonical_position(path, keys.position, table.column(keys.position))
     arrays.append(positions)
-    arrays += [_canonical_feature(table.column(name)) for name in columns[2:]]
+    for name in columns[2:]:
+        column = table.column(name)
+        if name in column_types:
+            column = read_as(path, name, column, column_types[name])
+        arrays.append(_canonical_feature(column))
     table = pa.table(arrays, names=list(KEY_COLUMNS) + columns[2:])
-    _check_numbers_as_text(path, table)
-    return LongTable(_sort_and_check_keys(path, table, keys), position_type)
+    _check_numbers_as_text(path, table, skip=column_types)
+    return LongTable(_sort_and_check_keys(path, table, keys), position_type, missing, date_like)
 
 
 def feature_kind(column_type: pa.DataType) -> str:

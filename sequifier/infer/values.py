@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from sequifier.config.metadata import Metadata
+from sequifier.config.metadata import MISSING_CATEGORY, Metadata
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,12 @@ class CategoryDecoder:
         labels = np.full(n, RESERVED_LABELS[UNKNOWN_ID], dtype=object)
         for i, label in RESERVED_LABELS.items():
             labels[i] = label
+        self.is_integer = metadata.original_dtypes.get(column) == "int64"
+        if self.is_integer:  # an integer column's <missing> category is text, like <pad>
+            for i in [i for i, v in inverse.items() if v == MISSING_CATEGORY]:
+                labels[i] = inverse.pop(i)
         ids = np.fromiter(inverse.keys(), dtype=np.int64, count=len(inverse))
         self.reserved[ids] = False
-        self.is_integer = metadata.original_dtypes.get(column) == "int64"
         originals = list(inverse.values())
         if self.is_integer:
             self.int_values = np.zeros(n, dtype=np.int64)
@@ -53,7 +56,8 @@ class CategoryDecoder:
     def class_names(self) -> list:
         """One distinct name per class id, for probability column headers."""
         return [
-            RESERVED_LABELS.get(i, f"<id {i}>") if self.reserved[i] else str(label)
+            (label if label == MISSING_CATEGORY else RESERVED_LABELS.get(i, f"<id {i}>"))
+            if self.reserved[i] else str(label)
             for i, label in enumerate(self.labels)
         ]
 

@@ -131,3 +131,27 @@ def test_duplicate_positions_after_parsing(tmp_path):
     expect_error(tmp_path, config(tmp_path, path, read_format="parquet", sequence_id_column="user_id",
                                   position_column="event_pos"),
                  "position_column", "duplicate (user_id, event_pos) pairs", "events.parquet")
+
+
+def test_column_types_read_a_column_as_asked(tmp_path):
+    frame = long_table()
+    frame["when"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(len(frame)), unit="h")
+    frame["score"] = np.round(np.linspace(0, 2, len(frame)), 1)
+    path = write_input(frame, tmp_path / "items.csv")
+    metadata = run_preprocess(config(tmp_path, path, column_types={
+        "code": "real", "when": "real", "score": "categorical"}))
+    assert metadata.column_types["code"] == "real" and metadata.column_types["when"] == "real"
+    assert metadata.column_types["score"] == "categorical" and "1.5" in metadata.id_maps["score"]
+    rebuilt = rebuild_long_table(tmp_path, "items")
+    want = frame.sort_values(["sequenceId", "itemPosition"]).reset_index(drop=True)
+    np.testing.assert_allclose(rebuilt["code"], want["code"], rtol=1e-6)
+    seconds = (want["when"] - pd.Timestamp("1970-01-01")).dt.total_seconds()
+    np.testing.assert_allclose(rebuilt["when"], seconds, rtol=1e-6)  # windows hold float32
+
+
+def test_column_types_bad_input(tmp_path):
+    path = write_input(long_table(), tmp_path / "in" / "items.csv")
+    expect_error(tmp_path, config(tmp_path, path, column_types={"colour": "real"}),
+                 "column_types.colour", "cannot be read as real", "items.csv")
+    expect_error(tmp_path, config(tmp_path, path, column_types={"colr": "real"}),
+                 "column_types.colr: no such column")

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from sequifier.data.lazy import count_windows, read_piece, Piece
+from sequifier.data.lazy import Piece, count_windows, read_piece
 from sequifier.data.windows import read_shard
 from sequifier.errors import SequifierError
 
