@@ -122,6 +122,9 @@ class TrainingSpec:
     # opt-in torch.compile of the model for speed.
     seed: int = 1010
     compile: bool = False
+    # Not in the original field list: clip the total gradient norm to this value before
+    # every optimizer step (null: no clipping).
+    max_grad_norm: Optional[float] = None
     # Not in the original field list: k of the top-k accuracy reported per epoch for
     # categorical targets (sequifier/metrics.py).
     accuracy_top_k: int = 5

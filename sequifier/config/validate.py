@@ -170,6 +170,8 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
     p.positive(t.device_max_concat_length, "training_spec.device_max_concat_length", minimum=2)
     p.check(t.learning_rate > 0, "training_spec.learning_rate", f"must be > 0, got {t.learning_rate}")
     p.check(0 <= t.dropout < 1, "training_spec.dropout", f"must be in [0, 1), got {t.dropout}")
+    p.check(t.max_grad_norm is None or t.max_grad_norm > 0, "training_spec.max_grad_norm",
+            f"must be > 0, or null for no clipping, got {t.max_grad_norm}")
     p.check(t.max_ram_gb > 0, "training_spec.max_ram_gb", f"must be > 0, got {t.max_ram_gb}")
     p.one_of(t.scheduler_step_on, ("epoch", "batch"), "training_spec.scheduler_step_on")
     p.one_of(t.backend, BACKENDS, "training_spec.backend")

@@ -82,6 +82,7 @@ class Trainer:
                  autocast_dtype: torch.dtype | None, class_share_columns: dict[str, dict],
                  scored_targets: list[ScoredTarget], baselines: dict[str, dict[str, dict[str, float]]]):
         self.model = model  # the bare module: states, export
+        self.trained_parameters = [p for p in model.parameters() if p.requires_grad]
         self.forward_model = forward_model  # what runs batches: maybe compiled / DDP-wrapped
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -163,6 +164,8 @@ class Trainer:
         n_batches = len(self.train_batches)
         epoch_sum = torch.zeros((), device=self.device)
         window_sum = torch.zeros((), device=self.device)
+        # [sum of pre-clip gradient norms, steps clipped] over the log window
+        window_norms = torch.zeros(2, device=self.device)
         window_count = 0
         batches = self.logger.progress(self.train_batches, n_batches, f"epoch {epoch}")
         for index, batch in enumerate(batches, start=1):
@@ -170,28 +173,56 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+                grad_norm = self.clip_gradients()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
                 loss.backward()
+                grad_norm = self.clip_gradients()
                 self.optimizer.step()
             if self.scheduler is not None and spec.scheduler_step_on == "batch":
                 self.scheduler.step()
             detached = loss.detach()
             epoch_sum += detached
             window_sum += detached
+            window_norms += grad_norm
             window_count += 1
             if index % spec.log_interval == 0 or index == n_batches:
                 mean = distributed.mean_across_ranks(window_sum).item() / window_count
                 self._check_finite(mean, f"training loss at epoch {epoch}, batch {index}")
                 if index % spec.log_interval == 0:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.logger.info(f"epoch {epoch} batch {index}/{n_batches}: train loss {mean:.5f}, lr {lr:.3g}")
-                    step = (epoch - 1) * n_batches + index
-                    self.logger.scalars({"train/loss": mean, "train/learning_rate": lr}, step)
+                    self._log_window(epoch, index, n_batches, mean, window_norms, window_count)
                 window_sum.zero_()
+                window_norms.zero_()
                 window_count = 0
         return distributed.mean_across_ranks(epoch_sum).item() / max(n_batches, 1)
+
+    def clip_gradients(self) -> torch.Tensor:
+        """[total gradient norm before clipping, 1 if clipped else 0]; clips to max_grad_norm.
+
+        After DDP's backward every rank holds the same averaged gradients, so the norm,
+        and with it the clipping, is the same on all ranks: the global norm, no extra
+        communication. Stays a tensor: read only when the window is logged.
+        """
+        grads = [p.grad for p in self.trained_parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads).float() if grads else torch.zeros((), device=self.device)
+        limit = self.spec.max_grad_norm
+        if limit is None:
+            return torch.stack([norm, torch.zeros_like(norm)])
+        torch.nn.utils.clip_grads_with_norm_(self.trained_parameters, limit, norm)
+        return torch.stack([norm, (norm > limit).float()])
+
+    def _log_window(self, epoch: int, index: int, n_batches: int, mean: float,
+                    window_norms: torch.Tensor, window_count: int) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        norm_sum, clipped = window_norms.tolist()
+        grad_norm = norm_sum / window_count
+        clipping = f" (clipped {int(clipped)}/{window_count})" if self.spec.max_grad_norm is not None else ""
+        self.logger.info(f"epoch {epoch} batch {index}/{n_batches}: train loss {mean:.5f}, lr {lr:.3g}, "
+                         f"grad norm {grad_norm:.3g}{clipping}")
+        step = (epoch - 1) * n_batches + index
+        self.logger.scalars({"train/loss": mean, "train/learning_rate": lr, "train/grad_norm": grad_norm}, step)
 
     @torch.no_grad()
     def validate(self) -> ValidationResult:

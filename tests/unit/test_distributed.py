@@ -129,7 +129,9 @@ def test_ddp_update_equals_single_process_on_the_global_batch(tmp_path):
 
 def test_two_gloo_ranks_train_like_one_process_over_the_same_global_batch(tmp_path):
     root = make_project(tmp_path, n_train=256, n_val=64, write_format="pt")
-    common = {"read_format": "pt", "training_spec.epochs": 2}
+    # with clipping: DDP clips the averaged (global) gradient, as one process does
+    common = {"read_format": "pt", "training_spec.epochs": 2, "training_spec.max_grad_norm": 0.5,
+              "training_spec.log_interval": 4}
     ddp = run_train(make_config(root, model_name="ddp", **common,
                                 **{"training_spec.distributed": True,
                                    "training_spec.world_size": 2,
@@ -153,6 +155,8 @@ def test_two_gloo_ranks_train_like_one_process_over_the_same_global_batch(tmp_pa
     # rank 0 alone wrote checkpoints, logs and exports (one set, no per-rank copies)
     assert len(glob.glob(os.path.join(root, "checkpoints", "ddp-*"))) == 2
     assert len(glob.glob(os.path.join(root, "logs", "sequifier-ddp-*.txt"))) == 1
+    with open(glob.glob(os.path.join(root, "logs", "sequifier-ddp-*.txt"))[0]) as f:
+        assert "grad norm" in f.read()
     assert ddp.best_model_paths and all(os.path.isfile(p) for p in ddp.best_model_paths)
 
 

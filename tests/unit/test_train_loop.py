@@ -267,3 +267,54 @@ def test_tied_embeddings_train_and_log_the_parameter_saving(root):
     assert f"parameters ({12 * 16 - 4 * 16} fewer than untied: tie_embeddings itemId)" in log_text(tied)
     losses = [r.val_loss for r in tied.history]
     assert losses[-1] < losses[0]
+
+
+# ---- gradient clipping (training_spec.max_grad_norm) -------------------------------------
+
+def _weight_change(root, name, **overrides):
+    settings = {"training_spec.optimizer": {"name": "SGD"}, "training_spec.learning_rate": 0.05,
+                "training_spec.epochs": 1, "training_spec.log_interval": 5, **overrides}
+    before = run_train(make_config(root, model_name=name + "-0", **{**settings, "training_spec.epochs": 1,
+                                                                     "training_spec.learning_rate": 1e-12}),
+                       export=False)
+    after = train(root, model_name=name, **settings)
+    start, end = final_weights(before), final_weights(after)
+    change = torch.sqrt(sum(((end[k] - start[k]) ** 2).sum() for k in start))
+    return float(change), after
+
+
+def test_clipping_bounds_every_update_and_logs_the_norm(root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    free, free_run = _weight_change(root, "free")
+    clipped, clipped_run = _weight_change(root, "clipped", **{"training_spec.max_grad_norm": 0.01})
+    n_steps = 10  # 160 windows / batch 16
+    # plain SGD: each step moves the weights by lr * (clipped) gradient, at most 0.05 * 0.01
+    assert clipped <= n_steps * 0.05 * 0.01 * (1 + 1e-4)
+    assert free > 10 * clipped
+    norms = [float(m) for m in re.findall(r"grad norm ([\d.e+-]+) \(clipped (\d+)/5\)", log_text(clipped_run))
+             for m in m[:1]]
+    assert len(norms) == 2 and min(norms) > 0.01  # the pre-clip norm is logged
+    assert "grad norm" in log_text(free_run) and "clipped" not in log_text(free_run)
+    runs = glob.glob(os.path.join(root, "logs", "tensorboard", "clipped", "*"))
+    events = EventAccumulator(runs[0])
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/grad_norm")] == pytest.approx(norms, rel=5e-3)  # log: 3 digits
+
+
+def test_clipping_sees_unscaled_gradients_under_a_gradient_scaler(root, monkeypatch):
+    from sequifier.train import loop
+
+    plain = train(root, model_name="plain", **{"training_spec.max_grad_norm": 0.05})
+    original = loop.Trainer.__init__
+
+    def with_scaler(self, **kwargs):
+        original(self, **kwargs)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", with_scaler)
+    scaled = train(root, model_name="scaled", **{"training_spec.max_grad_norm": 0.05})
+    norms = lambda r: [float(x) for x in re.findall(r"grad norm ([\d.e+-]+)", log_text(r))]  # noqa: E731
+    # Unscaled first: the same norms as without a scaler, not 4096 times larger.
+    assert norms(scaled) == pytest.approx(norms(plain), rel=5e-3)
+    torch.testing.assert_close(final_weights(scaled), final_weights(plain), rtol=1e-4, atol=1e-5)

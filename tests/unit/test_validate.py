@@ -117,6 +117,8 @@ CASES = [
     ({"training_spec__criterion": {"itemId": {"label_smoothing": 0.1}}},
      "training_spec.criterion.itemId: give a loss name or {name: LossName, argument: value}"),
     ({"training_spec__criterion": {"itemId": "MSELoss"}}, "training_spec.criterion.itemId: categorical targets need"),
+    ({"training_spec__max_grad_norm": 0.0}, "training_spec.max_grad_norm: must be > 0, or null for no clipping"),
+    ({"training_spec__max_grad_norm": -1.0}, "training_spec.max_grad_norm: must be > 0, or null for no clipping"),
     ({"model_name": "a/b"}, "model_name: 'a/b' must be a plain name"),
     ({"read_format": "xlsx"}, "read_format: 'xlsx' is not one of parquet, csv, pt"),
 ]
