@@ -65,7 +65,7 @@ def unigram_entropy(metadata_path: str) -> float:
     windows = read_windows(os.path.join(OUT, metadata.split_paths[0]), metadata.write_format,
                            metadata.column_types, ["itemId"])
     targets = windows.values["itemId"][:, 1:]
-    real = np.arange(1, targets.shape[1] + 1)[None, :] >= windows.scored_from[:, None]
+    real = np.arange(1, targets.shape[1] + 1)[None, :] >= windows.target_start[:, None]
     counts = np.bincount(targets[real].astype(np.int64))
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())

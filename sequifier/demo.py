@@ -6,7 +6,6 @@ driven by the item), then runs `sequifier preprocess`, `train` and `infer` throu
 real command line, and prints where predictions, logs and models are.
 """
 
-import glob
 import os
 import shutil
 import subprocess
@@ -116,8 +115,7 @@ def main(folder: str = "demo") -> None:
             yaml.safe_dump(cfg, f, sort_keys=False)
     run_step(["preprocess"], folder)
     run_step(["train"], folder)
-    best = sorted(glob.glob(os.path.join(folder, "models", "sequifier-demo-best-*[0-9].onnx")))[-1]
-    infer = dict(INFER, model_path=os.path.relpath(best, folder))
+    infer = dict(INFER, model_path="models/sequifier-demo-best.onnx")
     with open(os.path.join(folder, "configs", "infer.yaml"), "w") as f:
         yaml.safe_dump(infer, f, sort_keys=False)
     run_step(["infer"], folder)

@@ -5,13 +5,14 @@ I/O contract of every export (also in docs/model.md):
   [batch, seq_length], int64 ids for categorical columns, float32 standardised values for
   real ones; sequences LEFT-padded with PAD_ID / 0.0. Any batch size works.
 - generative outputs, one per target, named `output_name(target)` ("<target>_output";
-  ONNX forbids an output sharing its name with an input, and targets are usually inputs
-  too): categorical -> [batch, n_classes] logits of the last position; real -> [batch]
-  value of the last position on the standardised scale.
+  names, version and file names live in `export_format`, which infer reads too):
+  categorical -> [batch, n_classes] logits of the last position; real -> [batch] value
+  of the last position on the standardised scale.
 - embedding output "embedding": [batch, dim_model] hidden state of the last position.
 - metadata (ONNX metadata_props, JSON-encoded strings; .pt: the saved dict's "info"):
   sequifier_format, model_type, input_columns, target_columns, target_column_types,
-  column_types, seq_length, with_dropout, output_names, plus the caller's extra entries.
+  column_types, seq_length, with_dropout, output_names, plus the caller's extra entries
+  (train adds model_name, tag, epoch, best_epoch, best_val_loss).
 
 Exports always compute in float32: weights trained in float16/bfloat16 are upcast
 (values unchanged) and float8-quantised weights are stored rounded to their float8 grid.
@@ -30,19 +31,20 @@ from torch import Tensor, nn
 
 from sequifier.config.schema import ModelSpec, TrainConfig
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_path
+from sequifier.export_format import (
+    EMBEDDING_OUTPUT,
+    FORMAT_VERSION,
+    TAGS,
+    check_model_type,
+    model_file_name,
+    model_not_found,
+    output_keys,
+    output_name,
+)
+from sequifier.io_utils import atomic_path, output_set
 from sequifier.model.dtypes import bake_weight_quantization, layer_type_dtype_names
 from sequifier.model.layers import Dropout
 from sequifier.model.transformer import ColumnLayout, SequifierModel
-
-FORMAT_VERSION = 1
-MODEL_TYPES = ("generative", "embedding")
-EMBEDDING_OUTPUT = "embedding"
-
-
-def output_name(target: str) -> str:
-    """Name of a generative export's output for `target`."""
-    return f"{target}_output"
 
 
 def output_names(layout: ColumnLayout, model_type: str) -> List[str]:
@@ -87,11 +89,6 @@ class EmbeddingHead(_LastPositionHead):
 
     def forward(self, *inputs: Tensor) -> Tuple[Tensor]:
         return (self.last_hidden(inputs),)
-
-
-def check_model_type(model_type: str) -> None:
-    if model_type not in MODEL_TYPES:
-        raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
 
 
 def make_head(model: SequifierModel, model_type: str) -> nn.Module:
@@ -151,10 +148,7 @@ def export_info(
         column_types=dict(layout.column_types),
         seq_length=int(layout.seq_length),
         with_dropout=bool(with_dropout),
-        output_names=dict(zip(
-            [EMBEDDING_OUTPUT] if model_type == "embedding" else layout.target_columns,
-            output_names(layout, model_type),
-        )),
+        output_names=dict(zip(output_keys(model_type, layout.target_columns), output_names(layout, model_type))),
     )
     return info
 
@@ -319,7 +313,7 @@ def load_pt_model(path: str) -> Tuple[SequifierModel, ColumnLayout, dict]:
     the ONNX export, and `set_dropout_active` for Monte Carlo dropout.
     """
     if not os.path.isfile(path):
-        raise SequifierError(f"model_path: file '{path}' not found; check the path or run train")
+        raise model_not_found(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors of many types for foreign files
@@ -354,21 +348,22 @@ def load_pt_model(path: str) -> Tuple[SequifierModel, ColumnLayout, dict]:
     return model.eval(), layout, info
 
 
-def model_file_name(model_name: str, tag: str, epoch: int, model_type: str, extension: str) -> str:
-    suffix = "-embedding" if model_type == "embedding" else ""
-    return f"sequifier-{model_name}-{tag}-{epoch}{suffix}.{extension}"
-
-
-def planned_exports(cfg: TrainConfig, models_dir: str, tag: str, epoch: int) -> List[Tuple[str, str, str]]:
-    """(path, model_type, format) of every file `export_models` writes for this config."""
+def planned_exports(cfg: TrainConfig, models_dir: str, tag: str) -> List[Tuple[str, str, str]]:
+    """(path, model_type, format) of every file `export_models` writes for this config
+    under its stable name (`export_format.model_file_name`)."""
     model_types = [t for t, on in (("generative", cfg.export_generative_model),
                                    ("embedding", cfg.export_embedding_model)) if on]
     formats = [f for f, on in (("onnx", cfg.export_onnx), ("pt", cfg.export_pt)) if on]
     return [
-        (os.path.join(models_dir, model_file_name(cfg.model_name, tag, epoch, t, f)), t, f)
+        (os.path.join(models_dir, model_file_name(cfg.model_name, tag, t, f)), t, f)
         for t in model_types
         for f in formats
     ]
+
+
+def epoch_path(path: str, cfg: TrainConfig, tag: str, model_type: str, file_format: str, epoch: int) -> str:
+    """The epoch-named twin of a stable export path."""
+    return os.path.join(os.path.dirname(path), model_file_name(cfg.model_name, tag, model_type, file_format, epoch))
 
 
 def export_models(
@@ -380,15 +375,19 @@ def export_models(
     epoch: int,
     extra_metadata: Optional[dict] = None,
 ) -> List[str]:
-    """Write every export the config asks for; returns the paths written.
+    """Write every export the config asks for as one set; returns the stable paths.
 
-    Files: models_dir/sequifier-NAME-{tag}-{epoch}[-embedding].{onnx,pt}. Nothing is
-    written if any target exists and cfg.overwrite is false.
+    Files: models_dir/sequifier-NAME-{tag}[-embedding].{onnx,pt}, each with its
+    epoch-named twin sequifier-NAME-{tag}-{epoch}[...] (a hard link to the same file).
+    Nothing is written if any target exists and cfg.overwrite is false.
     """
+    if tag not in TAGS:
+        raise ValueError(f"export_models: tag must be one of {TAGS}, got {tag}")
     model = unwrap(model)
     if layout.to_dict() != model.layout.to_dict():
         raise ValueError("export_models: layout differs from the model's own layout")
-    plan = planned_exports(cfg, models_dir, tag, epoch)
+    plan = planned_exports(cfg, models_dir, tag)
+    twins = {p: epoch_path(p, cfg, tag, t, f, epoch) for p, t, f in plan}
     existing = [p for p, _, _ in plan if os.path.exists(p)]
     if existing and not cfg.overwrite:
         raise SequifierError(
@@ -401,9 +400,22 @@ def export_models(
     extra.setdefault("epoch", int(epoch))
     extra.setdefault("tag", tag)
     extra.setdefault("layer_type_dtypes", layer_type_dtype_names(model))
-    for path, model_type, file_format in plan:
-        if file_format == "onnx":
-            export_onnx(model, path, model_type, cfg.inference_batch_size, with_dropout, extra)
-        else:
-            export_pt(model, path, model_type, with_dropout, extra)
+    with output_set([p for p, _, _ in plan] + list(twins.values())) as tmps:
+        for path, model_type, file_format in plan:
+            if file_format == "onnx":
+                export_onnx(model, tmps[path], model_type, cfg.inference_batch_size, with_dropout, extra)
+            else:
+                export_pt(model, tmps[path], model_type, with_dropout, extra)
+            _link(tmps[path], tmps[twins[path]])
     return [p for p, _, _ in plan]
+
+
+def _link(source: str, twin: str) -> None:
+    """Make `twin` the same file as `source` (a copy where hard links are not supported)."""
+    os.remove(twin)
+    try:
+        os.link(source, twin)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, twin)

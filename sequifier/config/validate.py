@@ -12,6 +12,7 @@ from typing import List
 from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
 from sequifier.errors import SequifierError
+from sequifier.export_format import MODEL_TYPES
 from sequifier.io_utils import resolve_path
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
@@ -276,7 +277,7 @@ def validate_infer(cfg: InferConfig) -> None:
     paths = cfg.model_path if isinstance(cfg.model_path, list) else [cfg.model_path]
     p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
             f"must be a model file path or a list of them, got {cfg.model_path!r}")
-    p.one_of(cfg.model_type, ("generative", "embedding"), "model_type")
+    p.one_of(cfg.model_type, MODEL_TYPES, "model_type")
     p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
     p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")

@@ -40,6 +40,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from sequifier.data.windows import (
+    TARGET_START_COLUMN,
     Windows,
     check_shard_columns,
     list_shards,
@@ -84,7 +85,7 @@ def read_piece(path: str, piece: Piece, columns: Sequence[str]) -> Windows:
 
 
 def windows_nbytes(w: Windows) -> int:
-    arrays = [w.sequence_id, w.subsequence_id, w.scored_from, w.item_position, *w.values.values()]
+    arrays = [w.sequence_id, w.subsequence_id, w.target_start, w.item_position, *w.values.values()]
     return int(sum(a.nbytes for a in arrays))
 
 
@@ -229,7 +230,7 @@ def windows_to_tensors(windows: Windows) -> Dict[str, object]:
         "sequenceId": torch.from_numpy(windows.sequence_id),
         "subsequenceId": torch.from_numpy(windows.subsequence_id),
         "padding": torch.from_numpy(windows.padding),
-        "targetStart": torch.from_numpy(windows.scored_from),
+        TARGET_START_COLUMN: torch.from_numpy(windows.target_start),
         "itemPosition": torch.from_numpy(windows.item_position),
         "columns": {c: torch.from_numpy(v) for c, v in windows.values.items()},
     }

@@ -52,13 +52,13 @@ class Windows:
     padding: np.ndarray  # int64 [N]
     item_position: np.ndarray  # int64 [N, L+1]
     values: Dict[str, np.ndarray]
-    # int64 [N]: first slot of the window's own split (None: same as padding)
+    # int64 [N]: first slot of the window's own split, the first target scored (earlier
+    # slots are padding or context from earlier splits). None when built: from `padding`.
     target_start: Optional[np.ndarray] = None
 
-    @property
-    def scored_from(self) -> np.ndarray:
-        """First slot whose item is a target to learn from (earlier: padding or context)."""
-        return self.padding if self.target_start is None else self.target_start
+    def __post_init__(self) -> None:
+        if self.target_start is None:  # windows of files written before targetStart existed
+            self.target_start = self.padding.copy()
 
     def __len__(self) -> int:
         return len(self.sequence_id)
@@ -74,7 +74,7 @@ class Windows:
             self.padding[index],
             self.item_position[index],
             {c: v[index] for c, v in self.values.items()},
-            None if self.target_start is None else self.target_start[index],
+            self.target_start[index],
         )
 
     @staticmethod
@@ -86,8 +86,7 @@ class Windows:
             np.concatenate([p.padding for p in parts]),
             np.concatenate([p.item_position for p in parts]),
             {c: np.concatenate([p.values[c] for p in parts]) for c in cols},
-            None if any(p.target_start is None for p in parts)
-            else np.concatenate([p.target_start for p in parts]),
+            np.concatenate([p.target_start for p in parts]),
         )
 
 
@@ -105,8 +104,7 @@ def windows_to_frame(windows: Windows):
     frame = pd.DataFrame(data, columns=_position_names(width))
     k = len(blocks)
     frame.insert(0, "inputCol", np.repeat([name for name, _ in blocks], n))
-    if windows.target_start is not None:
-        frame.insert(0, TARGET_START_COLUMN, np.tile(windows.target_start, k))
+    frame.insert(0, TARGET_START_COLUMN, np.tile(windows.target_start, k))
     frame.insert(0, "padding", np.tile(windows.padding, k))
     frame.insert(0, "subsequenceId", np.tile(windows.subsequence_id, k))
     frame.insert(0, "sequenceId", np.tile(windows.sequence_id, k))
@@ -135,7 +133,7 @@ def shard_dict(windows: Windows, column_types: Dict[str, str]):
         "sequenceId": torch.from_numpy(windows.sequence_id.astype(np.int64)),
         "subsequenceId": torch.from_numpy(windows.subsequence_id.astype(np.int64)),
         "padding": torch.from_numpy(windows.padding.astype(np.int64)),
-        "targetStart": torch.from_numpy(windows.scored_from.astype(np.int64)),
+        TARGET_START_COLUMN: torch.from_numpy(windows.target_start.astype(np.int64)),
         "itemPosition": torch.from_numpy(windows.item_position.astype(np.int64)),
         "columns": {
             c: torch.from_numpy(

@@ -5,85 +5,18 @@ columns, sequence length, whether dropout was exported) and `run(inputs)`, which
 one `[batch, seq_length]` array per input column and returns the export's outputs as
 numpy arrays (`{target: logits [batch, n_classes] | values [batch]}` for generative
 models, `{"embedding": [batch, dim]}` for embedding models). Everything above this
-module is format-agnostic.
+module is format-agnostic. What an export says about itself is read in `model_info`;
+the `.pt` runner lives in `torch_runner` (imported only when a `.pt` file is opened, so
+ONNX inference does not import torch).
 """
 
-import json
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from sequifier.errors import SequifierError
-
-FORMAT_VERSION = "1"
-MODEL_TYPES = ("generative", "embedding")
-EMBEDDING_OUTPUT = "embedding"
-
-
-@dataclass
-class ModelInfo:
-    """What an export records about itself (ONNX metadata_props / .pt export info)."""
-
-    model_type: str
-    input_columns: list[str]
-    target_columns: list[str]
-    target_column_types: dict[str, str]
-    column_types: dict[str, str]
-    seq_length: int
-    # dropout runs on every call (an ONNX export with dropout baked in)
-    with_dropout: bool
-    # dropout can be switched on for Monte Carlo dropout (infer_with_dropout)
-    can_sample_dropout: bool
-    # output name of each target (or "embedding"), when the export records it
-    output_names: dict[str, str] | None = None
-    # categorical column -> number of classes, where the export shows it
-    n_classes: dict[str, int] | None = None
-
-
-def _decode(value: str):
-    """metadata_props values are JSON strings; tolerate a bare string (e.g. model_type)."""
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return value
-
-
-def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
-    """Build ModelInfo from the export's key/value metadata, or say why it is not one."""
-    if str(_decode(props.get("sequifier_format", "null"))) != FORMAT_VERSION:
-        raise SequifierError(
-            f"model_path: '{path}' is not a sequifier export (no sequifier_format "
-            f"'{FORMAT_VERSION}' metadata); export it with `sequifier train`"
-        )
-    fields = ("model_type", "input_columns", "target_columns", "target_column_types",
-              "column_types", "seq_length")
-    missing = [k for k in fields if k not in props]
-    if missing:
-        raise SequifierError(
-            f"model_path: '{path}' lacks export metadata {missing}; re-export it with "
-            "`sequifier train`"
-        )
-    values = {k: _decode(props[k]) if isinstance(props[k], str) else props[k] for k in fields}
-    dropout = props.get("with_dropout", False)
-    dropout = bool(_decode(dropout) if isinstance(dropout, str) else dropout)
-    names = props.get("output_names")
-    info = ModelInfo(
-        model_type=str(values["model_type"]),
-        input_columns=list(values["input_columns"]),
-        target_columns=list(values["target_columns"]),
-        target_column_types=dict(values["target_column_types"]),
-        column_types=dict(values["column_types"]),
-        seq_length=int(values["seq_length"]),
-        with_dropout=dropout,
-        can_sample_dropout=dropout,
-        output_names=dict(_decode(names)) if isinstance(names, str) else names,
-    )
-    if info.model_type not in MODEL_TYPES:
-        raise SequifierError(
-            f"model_path: '{path}' has unknown model_type '{info.model_type}' in its metadata"
-        )
-    return info
+from sequifier.export_format import model_not_found, output_keys
+from sequifier.infer.model_info import info_from_props
 
 
 def _usable_cores() -> int:
@@ -129,9 +62,7 @@ class OnnxRunner:
                 f"model_path: '{path}' has inputs {inputs}, which do not match its metadata "
                 f"(input_columns {self.info.input_columns}); re-export it with `sequifier train`"
             )
-        wanted = (
-            [EMBEDDING_OUTPUT] if self.info.model_type == "embedding" else self.info.target_columns
-        )
+        wanted = output_keys(self.info.model_type, self.info.target_columns)
         self._output_names = _match_outputs(wanted, outputs, self.info.output_names, path)
         self._keys = wanted
         shapes = {o.name: o.shape for o in self.session.get_outputs()}
@@ -189,7 +120,7 @@ def load_runner(path: str, device: str, training_config_path: str, model_type: s
                 metadata, infer_with_dropout: bool, seed: int):
     """Open `path` with the runner its extension calls for."""
     if not os.path.isfile(path):
-        raise SequifierError(f"model_path: file '{path}' not found; check the path or run train")
+        raise model_not_found(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
         return OnnxRunner(path, device, seed)

@@ -21,8 +21,10 @@ from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
 from sequifier.data.windows import TABULAR_FORMATS, Windows, read_windows
 from sequifier.errors import SequifierError
+from sequifier.export_format import EMBEDDING_OUTPUT
 from sequifier.infer import outputs
-from sequifier.infer.model_runner import EMBEDDING_OUTPUT, ModelInfo, load_runner
+from sequifier.infer.model_info import ModelInfo
+from sequifier.infer.model_runner import load_runner
 from sequifier.infer.values import (
     CategoryDecoder,
     choose_ids,

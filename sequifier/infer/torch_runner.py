@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 from sequifier.config.metadata import Metadata
 from sequifier.errors import SequifierError
-from sequifier.infer.model_runner import EMBEDDING_OUTPUT, ModelInfo
+from sequifier.export_format import output_keys
+from sequifier.infer.model_info import ModelInfo
 
 
 def torch_device(device: str):
@@ -38,9 +39,7 @@ class TorchRunner:
         # MC dropout: eval mode (no batch-norm-like state here) with dropout layers sampling
         set_dropout_active(head, infer_with_dropout and info.can_sample_dropout)
         self.head = head.to(self.device)
-        self._keys = (
-            [EMBEDDING_OUTPUT] if info.model_type == "embedding" else list(info.target_columns)
-        )
+        self._keys = output_keys(info.model_type, info.target_columns)
 
     def reseed(self, seed: int) -> None:
         """Dropout masks (infer_with_dropout) follow torch's global generator."""

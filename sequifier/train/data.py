@@ -30,10 +30,10 @@ SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
 class WindowTensors:
     values: dict[str, torch.Tensor]  # column -> [N, L+1]; int64 ids or float32 values
     # int64 [N]: first slot scored as a target (earlier: padding or earlier-split context)
-    scored_from: torch.Tensor
+    target_start: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.scored_from.shape[0])
+        return int(self.target_start.shape[0])
 
 
 @dataclass
@@ -98,7 +98,7 @@ def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns
             values[col] = _tensor(array, np.int64)
         else:
             values[col] = _tensor(array, np.float32)
-    return WindowTensors(values, _tensor(windows.scored_from, np.int64))
+    return WindowTensors(values, _tensor(windows.target_start, np.int64))
 
 
 def _is_empty_table(path: str, read_format: str) -> bool:
@@ -183,17 +183,17 @@ class InRamBatches:
 
     def gather(self, index: torch.Tensor) -> Batch:
         rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
-        return make_batch(rows, self.data.scored_from.index_select(0, index), self.input_columns,
+        return make_batch(rows, self.data.target_start.index_select(0, index), self.input_columns,
                           self.target_columns, self.device)
 
 
-def make_batch(rows: dict[str, torch.Tensor], scored_from: torch.Tensor, input_columns: list[str],
+def make_batch(rows: dict[str, torch.Tensor], target_start: torch.Tensor, input_columns: list[str],
                target_columns: list[str], device: torch.device) -> Batch:
     """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`."""
     seq_length = rows[target_columns[0]].shape[1] - 1
-    # target position j (0-based) is slot j + 1; it is scored once j + 1 >= scored_from
+    # target position j (0-based) is slot j + 1; it is scored once j + 1 >= target_start
     slots = torch.arange(1, seq_length + 1)
-    mask = slots.unsqueeze(0) >= scored_from.unsqueeze(1)
+    mask = slots.unsqueeze(0) >= target_start.unsqueeze(1)
     inputs = {c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns}
     return Batch(
         inputs=inputs,

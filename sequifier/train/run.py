@@ -7,9 +7,7 @@ run's summary (log block + logs/NAME-summary.json).
 """
 
 import dataclasses
-import glob
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
+from sequifier.export_format import is_export_of, list_exports, parse_export_name
 from sequifier.io_utils import resolve_path
 from sequifier.train import distributed
 from sequifier.train.checkpoint import (
@@ -210,9 +209,7 @@ def _restore(path: str, model, optimizer, scheduler, scaler) -> TrainState:
 
 
 def _model_files(models_dir: str, model_name: str) -> list[str]:
-    pattern = re.compile(rf"^sequifier-{re.escape(model_name)}-(best|last)-\d+")
-    return sorted(p for p in glob.glob(os.path.join(glob.escape(models_dir), "*"))
-                  if pattern.match(os.path.basename(p)))
+    return [os.path.join(models_dir, n) for n in list_exports(models_dir) if is_export_of(model_name, n)]
 
 
 def _resume_or_clear(cfg: TrainConfig, folders: dict[str, str]) -> str | None:
@@ -262,18 +259,16 @@ def _export(cfg, model, layout, state: TrainState, models_dir: str, result: Trai
             logger: TrainLogger) -> None:
     """Export the best and the last state via sequifier.export (tags "best" / "last").
 
-    A resumed run continues an earlier one, so it replaces that run's exports of this
-    model_name (same files overwritten, files of other epochs removed afterwards).
+    The stable names always hold the current best/last model; a resumed run replaces
+    its earlier exports, and epoch-named twins of earlier epochs are removed.
     """
     from sequifier.export import export_models
 
     resumed = result.resumed_from is not None
     export_cfg = dataclasses.replace(cfg, overwrite=True) if resumed else cfg
-    previous = {os.path.abspath(p) for p in _model_files(models_dir, cfg.model_name)} if resumed else set()
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.eval()
-    written = []
     try:
         for tag, epoch, weights in (("best", state.best_epoch, state.best_model),
                                     ("last", state.epoch, last_state)):
@@ -282,7 +277,6 @@ def _export(cfg, model, layout, state: TrainState, models_dir: str, result: Trai
             model.load_state_dict(weights)
             extra = {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch}
             paths = [str(p) for p in export_models(model, layout, export_cfg, models_dir, tag, epoch, extra)]
-            written += paths
             if tag == "best":
                 result.best_model_paths = paths
             else:
@@ -291,5 +285,13 @@ def _export(cfg, model, layout, state: TrainState, models_dir: str, result: Trai
     finally:
         model.load_state_dict(last_state)
         model.train(was_training)
-    for stale in previous - {os.path.abspath(p) for p in written}:
-        os.remove(stale)
+    _remove_stale_epoch_twins(cfg, models_dir, state)
+
+
+def _remove_stale_epoch_twins(cfg, models_dir: str, state: TrainState) -> None:
+    """Epoch-named exports of this model other than the current best and last epoch."""
+    current = {("best", state.best_epoch), ("last", state.epoch)}
+    for name in list_exports(models_dir):
+        parsed = parse_export_name(cfg.model_name, name)
+        if parsed is not None and parsed[1] is not None and parsed not in current:
+            os.remove(os.path.join(models_dir, name))

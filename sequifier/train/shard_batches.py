@@ -16,6 +16,7 @@ import torch
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainConfig
 from sequifier.data.lazy import LazyWindowLoader
+from sequifier.data.windows import TARGET_START_COLUMN
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
 from sequifier.train.data import (
@@ -62,7 +63,7 @@ class ShardBatches:
         # Lazy data cannot be checked up front; one min/max per column and batch is cheap.
         for col, n in self.n_classes.items():
             check_id_range(columns[col], col, n, self.where)
-        return make_batch(columns, raw["targetStart"], self.input_columns, self.target_columns,
+        return make_batch(columns, raw[TARGET_START_COLUMN], self.input_columns, self.target_columns,
                           self.device)
 
 

@@ -41,9 +41,12 @@ def test_pt_exports_named_per_flags_and_round_trip(tmp_path):
     cfg = config(export_generative_model=True, export_embedding_model=True)
     written = export_models(model, model.layout, cfg, str(tmp_path), "best", 4, {"note": "x"})
     assert sorted(os.path.basename(p) for p in written) == [
-        "sequifier-m-best-4-embedding.pt", "sequifier-m-best-4.pt"]
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
-    loaded, layout, info = load_pt_model(str(tmp_path / "sequifier-m-best-4.pt"))
+        "sequifier-m-best-embedding.pt", "sequifier-m-best.pt"]
+    # each stable name has an epoch-named twin: the same file
+    assert sorted(os.listdir(tmp_path)) == ["sequifier-m-best-4-embedding.pt", "sequifier-m-best-4.pt",
+                                            "sequifier-m-best-embedding.pt", "sequifier-m-best.pt"]
+    assert os.path.samefile(tmp_path / "sequifier-m-best-4.pt", tmp_path / "sequifier-m-best.pt")
+    loaded, layout, info = load_pt_model(str(tmp_path / "sequifier-m-best.pt"))
     assert layout == make_layout()
     assert info["model_type"] == "generative" and info["note"] == "x" and info["epoch"] == 4
     assert info["with_dropout"] is False and info["input_columns"] == ["a", "b", "x"]
@@ -51,12 +54,12 @@ def test_pt_exports_named_per_flags_and_round_trip(tmp_path):
     with torch.no_grad():
         for a, b in zip(GenerativeHead(model)(*inputs.values()), make_head(loaded, "generative")(*inputs.values())):
             torch.testing.assert_close(a, b)
-    emb_model, _, emb_info = load_pt_model(str(tmp_path / "sequifier-m-best-4-embedding.pt"))
+    emb_model, _, emb_info = load_pt_model(str(tmp_path / "sequifier-m-best-embedding.pt"))
     assert emb_info["model_type"] == "embedding"
     with torch.no_grad():
         torch.testing.assert_close(EmbeddingHead(emb_model)(*inputs.values())[0], model.hidden_states(inputs)[:, -1])
     # plain containers only
-    raw = torch.load(str(tmp_path / "sequifier-m-best-4.pt"), weights_only=True)
+    raw = torch.load(str(tmp_path / "sequifier-m-best.pt"), weights_only=True)
     assert raw["sequifier_format"] == 1 and set(raw) >= {"state_dict", "model_spec", "layout", "dropout"}
 
 
@@ -64,7 +67,7 @@ def test_flags_select_files(tmp_path):
     model = make_model()
     cfg = config(export_generative_model=False, export_embedding_model=True, export_pt=True)
     written = export_models(model, model.layout, cfg, str(tmp_path), "last", 1, {})
-    assert [os.path.basename(p) for p in written] == ["sequifier-m-last-1-embedding.pt"]
+    assert [os.path.basename(p) for p in written] == ["sequifier-m-last-embedding.pt"]
     cfg = config(export_pt=False, export_onnx=False)
     assert export_models(model, model.layout, cfg, str(tmp_path / "none"), "last", 1, {}) == []
     assert not os.path.exists(tmp_path / "none")
@@ -74,8 +77,8 @@ def test_onnx_export_files_and_metadata(tmp_path):
     model = make_model(seed=2)
     cfg = config(export_onnx=True, export_pt=True, export_embedding_model=False, inference_batch_size=3)
     written = export_models(model, model.layout, cfg, str(tmp_path), "last", 2, {"dataset": "d"})
-    assert sorted(os.path.basename(p) for p in written) == ["sequifier-m-last-2.onnx", "sequifier-m-last-2.pt"]
-    path = str(tmp_path / "sequifier-m-last-2.onnx")
+    assert sorted(os.path.basename(p) for p in written) == ["sequifier-m-last.onnx", "sequifier-m-last.pt"]
+    path = str(tmp_path / "sequifier-m-last.onnx")
     proto = onnx.load(path)
     assert not proto.graph.initializer or all(not i.external_data for i in proto.graph.initializer)
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
@@ -83,14 +86,14 @@ def test_onnx_export_files_and_metadata(tmp_path):
     assert props["input_columns"] == ["a", "b", "x"] and props["target_columns"] == ["a", "x"]
     assert props["target_column_types"] == {"a": "categorical", "x": "real"}
     assert props["column_types"]["b"] == "categorical" and props["seq_length"] == 6
-    assert props["with_dropout"] is False and props["dataset"] == "d"
+    assert props["with_dropout"] is False and props["dataset"] == "d" and props["epoch"] == 2 and props["tag"] == "last"
     assert props["output_names"] == {"a": "a_output", "x": "x_output"}
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [(i.name, i.type) for i in session.get_inputs()] == [
         ("a", "tensor(int64)"), ("b", "tensor(int64)"), ("x", "tensor(float)")]
     assert [o.name for o in session.get_outputs()] == [output_name("a"), output_name("x")]
     # .pt and .onnx of one export give the same outputs
-    loaded, _, _ = load_pt_model(str(tmp_path / "sequifier-m-last-2.pt"))
+    loaded, _, _ = load_pt_model(str(tmp_path / "sequifier-m-last.pt"))
     inputs = make_inputs(batch=4, seed=9)
     with torch.no_grad():
         expected = make_head(loaded, "generative")(*inputs.values())
@@ -102,14 +105,14 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     model = make_model()
     cfg = config()
     export_models(model, model.layout, cfg, str(tmp_path), "best", 1, {})
-    before = os.path.getmtime(tmp_path / "sequifier-m-best-1.pt")
+    before = sorted(os.listdir(tmp_path))
     with pytest.raises(SequifierError, match="overwrite"):
-        export_models(model, model.layout, cfg, str(tmp_path), "best", 1, {})
-    # nothing half-written: the embedding file of the refused run was not created either
-    assert sorted(os.listdir(tmp_path)) == ["sequifier-m-best-1-embedding.pt", "sequifier-m-best-1.pt"]
+        export_models(model, model.layout, cfg, str(tmp_path), "best", 2, {})
+    # nothing half-written: no file of the refused run was created
+    assert sorted(os.listdir(tmp_path)) == before
     cfg.overwrite = True
-    export_models(make_model(seed=7), model.layout, cfg, str(tmp_path), "best", 1, {})
-    assert os.path.getmtime(tmp_path / "sequifier-m-best-1.pt") >= before
+    export_models(make_model(seed=7), model.layout, cfg, str(tmp_path), "best", 2, {})
+    assert load_pt_model(str(tmp_path / "sequifier-m-best.pt"))[2]["epoch"] == 2
 
 
 def test_export_with_dropout(tmp_path):
@@ -120,7 +123,7 @@ def test_export_with_dropout(tmp_path):
                      export_with_dropout=with_dropout, model_name=f"d{int(with_dropout)}")
         cfg.training_spec.dropout = 0.3
         export_models(model, model.layout, cfg, str(tmp_path), "last", 1, {})
-        path = str(tmp_path / f"sequifier-d{int(with_dropout)}-last-1.onnx")
+        path = str(tmp_path / f"sequifier-d{int(with_dropout)}-last.onnx")
         # Random ops are sampled anew on every run of one session (a new session restarts
         # from the same seed; infer can set one with onnxruntime.set_seed).
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

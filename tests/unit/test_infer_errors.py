@@ -70,8 +70,13 @@ def test_unloadable_model_file(project):
     fails(infer_config(project, "models/broken.onnx"), "could not be loaded as an ONNX model")
 
 
-def test_missing_model_file(project):
-    fails(infer_config(project, "models/nope.onnx"), "model_path: file .* not found")
+def test_missing_model_file_lists_the_models_present(project):
+    message = fails(infer_config(project, "models/nope.onnx"), "model_path: file .* not found")
+    present = sorted(f for f in os.listdir(project / "models") if f.endswith((".onnx", ".pt")))
+    assert present and "models in" in message and all(name in message for name in present[:12]), message
+    empty = project / "empty"
+    empty.mkdir(exist_ok=True)
+    fails(infer_config(project, "empty/sequifier-x-best.onnx"), "no models in .*empty/; run `sequifier train` first")
 
 
 def test_unknown_model_extension(project):

@@ -26,8 +26,8 @@ def _random_batch(seed=0, batch=6, length=7, n_classes=9):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 2, (batch, length, n_classes)).astype(np.float32)
     targets = rng.integers(2, n_classes, (batch, length))
-    scored_from = rng.integers(1, length + 1, batch)
-    mask = np.arange(1, length + 1)[None, :] >= scored_from[:, None]
+    target_start = rng.integers(1, length + 1, batch)
+    mask = np.arange(1, length + 1)[None, :] >= target_start[:, None]
     return logits, targets, mask
 
 

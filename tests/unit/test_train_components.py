@@ -192,7 +192,7 @@ def test_criterion_argument_errors(project, metadata):
 
 def test_batches_slice_inputs_targets_and_mask():
     values = torch.arange(3 * 5).reshape(3, 5)  # 3 windows, L = 4
-    data = WindowTensors({"a": values}, scored_from=torch.tensor([0, 2, 4]))
+    data = WindowTensors({"a": values}, target_start=torch.tensor([0, 2, 4]))
     source = InRamBatches(data, ["a"], ["a"], batch_size=2, shuffle=False, seed=0, device=torch.device("cpu"))
     batches = list(source)
     assert len(source) == 2 and [b.size for b in batches] == [2, 1]

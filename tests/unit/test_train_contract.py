@@ -100,7 +100,7 @@ def test_csv_read_format_trains_on_the_same_windows_as_parquet(tmp_path):
                                torch.device("cpu"))
     assert torch.equal(ta.data.values["itemId"], tb.data.values["itemId"])
     torch.testing.assert_close(ta.data.values["itemValue"], tb.data.values["itemValue"])
-    assert torch.equal(ta.data.scored_from, tb.data.scored_from)
+    assert torch.equal(ta.data.target_start, tb.data.target_start)
 
 
 # ---- lazy loading knobs reach the loader ----------------------------------------------

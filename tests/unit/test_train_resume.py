@@ -83,8 +83,11 @@ def test_real_export_and_resumed_export_replaces_earlier_files(tmp_path):
     root = make_project(tmp_path)
     cfg = {"export_onnx": False, "export_pt": True, "training_spec.epochs": 1}
     first = run_train(make_config(root, **cfg))
-    assert names(root, "models") == ["sequifier-tiny-best-1.pt", "sequifier-tiny-last-1.pt"]
-    assert first.best_model_paths[0].endswith("sequifier-tiny-best-1.pt")
+    assert names(root, "models") == ["sequifier-tiny-best-1.pt", "sequifier-tiny-best.pt",
+                                     "sequifier-tiny-last-1.pt", "sequifier-tiny-last.pt"]
+    assert first.best_model_paths[0].endswith("sequifier-tiny-best.pt")
     resumed = run_train(make_config(root, **{**cfg, "training_spec.epochs": 2}))
     assert resumed.resumed_from is not None
-    assert names(root, "models") == [f"sequifier-tiny-best-{resumed.best_epoch}.pt", "sequifier-tiny-last-2.pt"]
+    # the stable names hold the new best/last; epoch-named twins of epoch 1 are gone
+    assert names(root, "models") == sorted([f"sequifier-tiny-best-{resumed.best_epoch}.pt", "sequifier-tiny-best.pt",
+                                            "sequifier-tiny-last-2.pt", "sequifier-tiny-last.pt"])

@@ -1,0 +1,81 @@
+"""The export format: the one home of what `export` writes and `infer` reads.
+
+Version, model types, output names and file names of exported models. Kept free of
+torch, so that inference with onnxruntime does not import it.
+
+File names (in `models/`): `sequifier-NAME-TAG[-embedding].EXT` with TAG `best` or
+`last` always holds the current best / last model of NAME, so one infer config keeps
+working across runs; the epoch it comes from is in the export's metadata (`epoch`).
+`sequifier-NAME-TAG-EPOCH[-embedding].EXT` names the same file (a hard link) with the
+epoch in the name, as the original train spec lists it.
+"""
+
+import os
+import re
+
+from sequifier.errors import SequifierError
+
+FORMAT_VERSION = 1
+MODEL_TYPES = ("generative", "embedding")
+EMBEDDING_OUTPUT = "embedding"
+TAGS = ("best", "last")
+EXTENSIONS = ("onnx", "pt")
+
+
+def output_name(target: str) -> str:
+    """Name of a generative export's output for `target` (ONNX forbids an output named
+    like an input, and targets are usually inputs too)."""
+    return f"{target}_output"
+
+
+def output_keys(model_type: str, target_columns: list[str]) -> list[str]:
+    """What a runner's outputs are keyed by: each target, or "embedding"."""
+    return [EMBEDDING_OUTPUT] if model_type == "embedding" else list(target_columns)
+
+
+def check_model_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise SequifierError(f"model_type: '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
+
+
+def model_file_name(model_name: str, tag: str, model_type: str, extension: str, epoch: int | None = None) -> str:
+    """`sequifier-NAME-TAG[-EPOCH][-embedding].EXT` (no epoch: the stable name)."""
+    epoch_part = "" if epoch is None else f"-{epoch}"
+    suffix = "-embedding" if model_type == "embedding" else ""
+    return f"sequifier-{model_name}-{tag}{epoch_part}{suffix}.{extension}"
+
+
+def parse_export_name(model_name: str, file_name: str) -> tuple[str, int | None] | None:
+    """(tag, epoch or None for the stable name) of one of `model_name`'s exports, else None."""
+    pattern = (rf"sequifier-{re.escape(model_name)}-(?P<tag>{'|'.join(TAGS)})(-(?P<epoch>\d+))?(-embedding)?"
+               rf"\.({'|'.join(EXTENSIONS)})")
+    match = re.fullmatch(pattern, file_name)
+    if match is None:
+        return None
+    return match.group("tag"), None if match.group("epoch") is None else int(match.group("epoch"))
+
+
+def is_export_of(model_name: str, file_name: str) -> bool:
+    """Whether `file_name` is one of `model_name`'s exports (stable or with an epoch)."""
+    return parse_export_name(model_name, file_name) is not None
+
+
+def list_exports(folder: str) -> list[str]:
+    """The model files (.onnx, .pt) in `folder`: sorted names, none when there is no folder."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.rsplit(".", 1)[-1] in EXTENSIONS and not n.startswith("."))
+
+
+def model_not_found(path: str, field: str = "model_path") -> SequifierError:
+    """The error for a model file that does not exist, listing the exports beside it."""
+    folder = os.path.dirname(path) or "."
+    present = list_exports(folder)
+    if present:
+        shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "")
+        hint = f"models in {folder}/: {shown}"
+    else:
+        hint = f"no models in {folder}/; run `sequifier train` first"
+    return SequifierError(f"{field}: file '{path}' not found; {hint}")

@@ -1,0 +1,85 @@
+"""A new user's session on a fresh `sequifier make` project, through the real CLI.
+
+The table looks like real data (string item ids, an odd column name with unicode, sequences shorter
+than a window); the configs are the templates, changed only where the user must
+(shorter windows and two epochs, to keep the test quick).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sequifier.make import make_project
+
+BIN = os.path.dirname(sys.executable)
+
+
+def sequifier(project, *args, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    proc = subprocess.run([f"{BIN}/sequifier", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sequifier {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def user_table(n_sequences=40, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_sequences):
+        length = int(rng.integers(4, 40))  # some shorter than a window
+        item = int(rng.integers(0, 8))
+        for position in range(length):
+            item = (item + 1) % 8 if rng.random() < 0.8 else int(rng.integers(0, 8))
+            rows.append((1000 + 7 * s, position * 10, f"prod_{item}", f"grp {item % 3}"))
+    return pd.DataFrame(rows, columns=["sequenceId", "itemPosition", "itemId", "Gruppe ü"])
+
+
+def edit(path, old, new):
+    with open(path) as f:
+        text = f.read()
+    assert old in text, (path, old)
+    with open(path, "w") as f:
+        f.write(text.replace(old, new))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("journey") / "proj")
+    make_project(root)
+    user_table().to_csv(os.path.join(root, "data", "data.csv"), index=False)
+    for command in ("preprocess", "train", "infer"):
+        edit(os.path.join(root, "configs", f"{command}.yaml"), "seq_length: 48", "seq_length: 8")
+    train_yaml = os.path.join(root, "configs", "train.yaml")
+    edit(train_yaml, "epochs: 10", "epochs: 2")
+    edit(train_yaml, "dim_model: 64", "dim_model: 16")
+    edit(train_yaml, "initial_embedding_dim: 64", "initial_embedding_dim: 16")
+    edit(train_yaml, "dim_feedforward: 128", "dim_feedforward: 32")
+    sequifier(root, "preprocess")
+    sequifier(root, "train")
+    return root
+
+
+def test_template_infer_config_runs_after_every_training(project):
+    sequifier(project, "infer")
+    predictions = os.path.join(project, "outputs", "predictions", "sequifier-my-model-best-predictions.csv")
+    first = pd.read_csv(predictions)
+    assert len(first) > 0
+    # training on (resumed, two more epochs) replaces the best model under the same name
+    sequifier(project, "train", "training_spec.epochs=4")
+    models = sorted(os.listdir(os.path.join(project, "models")))
+    assert "sequifier-my-model-best.onnx" in models and "sequifier-my-model-last.onnx" in models
+    assert "sequifier-my-model-last-4.onnx" in models and "sequifier-my-model-last-2.onnx" not in models
+    sequifier(project, "infer", "overwrite=true")
+    assert len(pd.read_csv(predictions)) == len(first)
+
+
+def test_readme_preset_examples_run_as_written(project):
+    sequifier(project, "train", "+optimizer=ademamix", "+scheduler=cosine", "model_name=presets",
+              "training_spec.epochs=1")
+    proc = sequifier(project, "train", "--cfg", "job", "+optimizer=sgd", "model_name=presets")
+    assert "weight_decay" not in proc.stdout.split("optimizer:")[1].split("scheduler:")[0]
