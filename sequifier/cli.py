@@ -6,6 +6,7 @@ printed as `sequifier: error: ...` lines and exits with status 1; any other exce
 is a bug and keeps its traceback.
 """
 
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -61,22 +62,48 @@ RUNNERS: Dict[str, Callable] = {
 }
 
 
+def as_user_error(error: BaseException) -> Optional[SequifierError]:
+    """The one-line error for a failure the user can fix, or None for a bug."""
+    if isinstance(error, SequifierError):
+        return error
+    from sequifier.io_utils import user_os_error
+
+    if isinstance(error, (OSError, RuntimeError)):
+        return user_os_error(error, getattr(error, "filename", None) or "")
+    return None
+
+
+def hydra_error_line(error: BaseException) -> str:
+    """Hydra's several-line composition and override-grammar messages as one line."""
+    parts = []
+    for e in (error, error.__cause__):
+        if e is None:
+            continue
+        text = str(e).split("Config search path:")[0]
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and not line.strip().startswith(("full_key:", "reference_type=",
+                                                                   "object_type=", "See https://"))]
+        parts.append(" ".join(lines))
+    return "; ".join(p for p in parts if p) + "; check the override or preset name (see `sequifier --help`)"
+
+
 def make_task(command: str) -> Callable:
     def task(cfg):
         from sequifier.config.compose import to_dataclass
-        from sequifier.config.validate import validate
         from sequifier.multirun import in_multirun, job_model_name
 
         try:
             config = to_dataclass(command, cfg)
             if command == "train":  # sweep jobs must not share model files (multirun.py)
                 config.model_name = job_model_name(config.model_name)
-            validate(command, config)
-            return RUNNERS[command](config)
-        except SequifierError as e:
+            return RUNNERS[command](config)  # each runner validates its config first
+        except (SequifierError, OSError, RuntimeError) as e:
+            error = as_user_error(e)
+            if error is None:
+                raise  # a bug: keep the traceback
             if in_multirun():
-                raise  # the sweeper records the failed job and goes on (max_failure_rate)
-            report_and_exit(e)
+                raise error from None  # the sweeper records the failed job and goes on
+            report_and_exit(error)
 
     task.__name__ = command
     return task
@@ -84,6 +111,8 @@ def make_task(command: str) -> Callable:
 
 def run_command(command: str, args: List[str], prog: str) -> None:
     import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from sequifier.config import compose
 
@@ -102,7 +131,18 @@ def run_command(command: str, args: List[str], prog: str) -> None:
     hydra_main = hydra.main(version_base="1.3", config_path="pkg://sequifier.conf",
                             config_name=command)(make_task(command))
     sys.argv = [prog] + rest
-    hydra_main()
+    # Hydra prints its errors over several lines; with HYDRA_FULL_ERROR it raises them
+    # instead, so they can be reported as one line here (unless the user asked for it).
+    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as e:
+        if user_wants_trace:
+            raise
+        report_and_exit(SequifierError(hydra_error_line(e)))
+    except SequifierError as e:  # a failed sweep job
+        report_and_exit(e)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

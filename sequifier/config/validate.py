@@ -4,6 +4,11 @@ Each rule adds one line naming the field path and the fix; all lines are raised 
 as one SequifierError, so a user sees every problem of a config at once. Some rules
 also normalise (mqa's n_kv_heads, StepLR's default arguments) so the rest of the code
 can trust the config.
+
+This is the one gate: every command's runner (`run_preprocess`, `run_train` on every
+DDP rank, `run_infer`) calls `validate` before it creates, renames or deletes a file.
+Rules whose value another component owns (losses, optimizers and schedulers, attention
+heads, the DDP backend, output names) are that component's check, called from here.
 """
 
 import math
@@ -13,14 +18,13 @@ from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
 from sequifier.errors import SequifierError
 from sequifier.export_format import MODEL_TYPES
-from sequifier.io_utils import resolve_path
+from sequifier.io_utils import name_problem, resolve_path
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 ATTENTION_TYPES = ("mha", "mqa", "gqa")
 POSITIONAL_ENCODINGS = ("learned", "rope")
 NORMALIZATIONS = ("rmsnorm", "layer_norm")
 DEVICES = ("cpu", "cuda", "mps")
-BACKENDS = ("nccl", "gloo", "mpi")
 
 
 class Problems:
@@ -44,9 +48,23 @@ class Problems:
             return
         self.check(value is not None and value >= minimum, field, f"must be >= {minimum}, got {value}")
 
+    def call(self, check, *args) -> None:
+        """Run a component's own check (it raises a SequifierError) and keep its lines."""
+        try:
+            check(*args)
+        except SequifierError as e:
+            self.lines.extend(str(e).splitlines())
+
     def raise_if_any(self) -> None:
         if self.lines:
             raise SequifierError("\n".join(self.lines))
+
+
+def check_name(field: str, value, folder: str, p: Problems) -> None:
+    """A user-chosen name that becomes part of file names: literal and short enough."""
+    problem = name_problem(value, folder)
+    if problem:
+        p.add(field, problem)
 
 
 def validate(command: str, cfg) -> None:
@@ -74,6 +92,13 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
         p.add(field, message)
     if cfg.write_format == "pt" and cfg.merge_output:
         p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
+    if cfg.write_format in ("parquet", "csv") and not cfg.merge_output:
+        p.add("merge_output", f"false (sharded output) is only supported with write_format: pt; "
+              f"set merge_output: true for {cfg.write_format} or use write_format: pt")
+    from sequifier.data.preprocess import dataset_name
+
+    field = "dataset_name" if cfg.dataset_name else "dataset_name (from data_path)"
+    check_name(field, dataset_name(cfg), cfg.project_root, p)
     p.positive(cfg.seq_length, "seq_length")
     if not cfg.split_ratios or any(r <= 0 for r in cfg.split_ratios):
         p.add("split_ratios", f"needs one positive share per split, got {list(cfg.split_ratios or [])}")
@@ -104,8 +129,7 @@ def validate_train(cfg: TrainConfig) -> None:
 
 
 def _check_train_fields(cfg: TrainConfig, p: Problems) -> None:
-    p.check(bool(cfg.model_name) and "/" not in cfg.model_name and not cfg.model_name.startswith("."),
-            "model_name", f"'{cfg.model_name}' must be a plain name usable in file names")
+    check_name("model_name", cfg.model_name, cfg.project_root, p)
     p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
     p.check(len(cfg.target_columns) > 0, "target_columns", "name at least one column to predict")
     for col in cfg.target_columns:
@@ -140,23 +164,11 @@ def _check_model_spec(cfg: TrainConfig, p: Problems) -> None:
 
 
 def _check_attention(m, p: Problems) -> None:
+    from sequifier.model.transformer import kv_heads
+
     p.one_of(m.attention_type, ATTENTION_TYPES, "model_spec.attention_type")
-    kv = m.n_kv_heads
-    if m.attention_type == "mqa":
-        if kv is None:
-            m.n_kv_heads = 1
-        elif kv != 1:
-            p.add("model_spec.n_kv_heads",
-                  f"attention_type mqa uses 1 key/value head, got {kv}; set n_kv_heads: 1 or null")
-    elif m.attention_type == "mha":
-        if kv is not None and kv != m.n_head:
-            p.add("model_spec.n_kv_heads", f"attention_type mha uses n_head ({m.n_head}) key/value heads, got {kv}; "
-                  "set n_kv_heads: null or use attention_type: gqa")
-    elif m.attention_type == "gqa":
-        if kv is None:
-            p.add("model_spec.n_kv_heads", "attention_type gqa needs n_kv_heads (a divisor of n_head)")
-        elif kv < 1 or m.n_head % kv:
-            p.add("model_spec.n_kv_heads", f"must divide n_head ({m.n_head}), got {kv}")
+    if m.attention_type in ATTENTION_TYPES and m.n_head >= 1:
+        p.call(kv_heads, m)
 
 
 def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
@@ -175,7 +187,9 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
             f"must be > 0, or null for no clipping, got {t.max_grad_norm}")
     p.check(t.max_ram_gb > 0, "training_spec.max_ram_gb", f"must be > 0, got {t.max_ram_gb}")
     p.one_of(t.scheduler_step_on, ("epoch", "batch"), "training_spec.scheduler_step_on")
-    p.one_of(t.backend, BACKENDS, "training_spec.backend")
+    from sequifier.train import distributed
+
+    p.call(distributed.check_supported, t)
     _check_optimizer_and_scheduler(t, p)
     targets = list(cfg.target_columns)
     for col in targets:

@@ -48,8 +48,6 @@ from sequifier.data.windows import Windows, write_shards, write_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_dir, atomic_path, resolve_path
 
-WRITE_FORMATS = ("parquet", "csv", "pt")
-START_MODES = ("distribute", "exact")
 # rows per window-building task: small enough to bound worker memory, large enough that
 # per-task overhead does not matter
 MAX_TASK_ROWS = 1_000_000
@@ -85,46 +83,19 @@ class Plan:
         return os.path.join(self.work_dir, os.path.basename(self.inputs[index]) + ".arrow")
 
 
-def _dataset_name(cfg: PreprocessConfig, data_path: str) -> str:
+def dataset_name(cfg: PreprocessConfig) -> str:
+    """The name of the outputs: `dataset_name`, or else data_path's file or folder name."""
+    data_path = resolve_path(cfg.project_root, cfg.data_path)
     if cfg.dataset_name:
         return cfg.dataset_name
     base = os.path.basename(os.path.normpath(data_path))
     return base if os.path.isdir(data_path) else os.path.splitext(base)[0]
 
 
-def _check_settings(cfg: PreprocessConfig) -> Tuple[List[float], List[int]]:
-    """The config rules this module relies on (validate.py may check them earlier)."""
-    if cfg.write_format not in WRITE_FORMATS:
-        raise SequifierError(f"write_format: '{cfg.write_format}' is not one of {', '.join(WRITE_FORMATS)}")
-    if cfg.write_format == "pt" and cfg.merge_output:
-        raise SequifierError("merge_output: write_format pt writes sharded output; set merge_output: false")
-    if cfg.write_format != "pt" and not cfg.merge_output:
-        raise SequifierError(
-            f"merge_output: false (sharded output) is only supported with write_format: pt; "
-            f"set merge_output: true for {cfg.write_format} or use write_format: pt"
-        )
-    if cfg.subsequence_start_mode not in START_MODES:
-        raise SequifierError(
-            f"subsequence_start_mode: '{cfg.subsequence_start_mode}' is not one of distribute, exact"
-        )
-    if cfg.seq_length < 1:
-        raise SequifierError(f"seq_length: must be at least 1 (got {cfg.seq_length})")
+def _ratios_and_strides(cfg: PreprocessConfig) -> Tuple[List[float], List[int]]:
+    """split_ratios and the stride of every split (validate_preprocess has checked them)."""
     ratios = [float(r) for r in cfg.split_ratios]
-    if not ratios or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise SequifierError(
-            f"split_ratios: {ratios} must be non-negative and sum to 1 (they sum to "
-            f"{sum(ratios):.6g}); e.g. [0.8, 0.1, 0.1]"
-        )
-    strides = [cfg.seq_length] * len(ratios) if cfg.stride_by_split is None else list(cfg.stride_by_split)
-    if len(strides) != len(ratios) or any(int(s) < 1 for s in strides):
-        raise SequifierError(
-            f"stride_by_split: {strides} needs one positive stride per split ({len(ratios)} "
-            "splits in split_ratios)"
-        )
-    for name in ("batches_per_file", "n_cores", "max_rows"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise SequifierError(f"{name}: must be at least 1 (got {value})")
+    strides = [cfg.seq_length] * len(ratios) if cfg.stride_by_split is None else cfg.stride_by_split
     return ratios, [int(s) for s in strides]
 
 
@@ -136,7 +107,7 @@ def _default_workers() -> int:
 
 
 def make_plan(cfg: PreprocessConfig) -> Plan:
-    ratios, strides = _check_settings(cfg)
+    ratios, strides = _ratios_and_strides(cfg)
     root = cfg.project_root
     data_path = resolve_path(root, cfg.data_path)
     inputs = read_table.list_input_files(data_path, cfg.read_format)
@@ -152,7 +123,7 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
             if unknown:
                 raise SequifierError(f"{field}.{unknown[0]}: no such column in input file "
                                      f"'{path}' (its columns: {header[:10]}); fix the column name")
-    name = _dataset_name(cfg, data_path)
+    name = dataset_name(cfg)
     if cfg.write_format == "pt":
         split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
     else:
@@ -539,7 +510,10 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
 
 
 def run_preprocess(cfg: PreprocessConfig) -> Metadata:
-    """Run `sequifier preprocess` for a composed, validated config; return the metadata."""
+    """Run `sequifier preprocess` for a composed config; return the metadata."""
+    from sequifier.config.validate import validate_preprocess
+
+    validate_preprocess(cfg)
     plan = make_plan(cfg)
     _check_overwrite(plan, cfg.overwrite)
     cached = prepare_work_dir(plan, cfg)

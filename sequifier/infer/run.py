@@ -56,18 +56,10 @@ class ModelJob:
 
 def run_infer(cfg: InferConfig) -> list[str]:
     """Run every model in `cfg.model_path` on the data; return the paths written."""
+    from sequifier.config.validate import validate_infer
+
+    validate_infer(cfg)
     root = cfg.project_root
-    if cfg.write_format not in outputs.WRITE_FORMATS:
-        raise SequifierError(
-            f"write_format: '{cfg.write_format}' is not one of {list(outputs.WRITE_FORMATS)}"
-        )
-    if cfg.autoregression_extra_steps is not None and not cfg.autoregression:
-        raise SequifierError(
-            "autoregression_extra_steps is set but autoregression is false; "
-            "set autoregression: true or remove autoregression_extra_steps"
-        )
-    if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
-        raise SequifierError("autoregression_extra_steps must be 0 or more")
     metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
     if cfg.data_path is None and metadata.write_format != cfg.read_format:
         raise SequifierError(

@@ -201,7 +201,7 @@ class SequifierModel(nn.Module):
         self.spec = spec
         self.layout = layout
         dim = spec.dim_model
-        n_kv_heads = _kv_heads(spec)
+        n_kv_heads = kv_heads(spec)
 
         self.embedding = ColumnEmbedding(layout, feature_embedding_dims(spec, layout), max_concat_length)
         if spec.joint_embedding_dim is not None and spec.joint_embedding_dim != dim:
@@ -290,24 +290,31 @@ def tied_parameter_saving(model: SequifierModel) -> int:
     return saving
 
 
-def _kv_heads(spec: ModelSpec) -> int:
-    if spec.attention_type == "mha":
-        if spec.n_kv_heads not in (None, spec.n_head):
+def kv_heads(spec: ModelSpec) -> int:
+    """Key/value heads of the attention; the one home of the attention_type rules.
+
+    mha uses n_head heads, mqa 1, gqa n_kv_heads (null: n_head, as the spec says).
+    """
+    kind, n_head, given = spec.attention_type, spec.n_head, spec.n_kv_heads
+    if kind == "mha":
+        if given not in (None, n_head):
             raise SequifierError(
-                f"model_spec.n_kv_heads: mha uses n_head ({spec.n_head}) key/value heads, "
-                f"got {spec.n_kv_heads}; use attention_type gqa or drop n_kv_heads"
-            )
-        return spec.n_head
-    if spec.attention_type == "mqa":
-        if spec.n_kv_heads not in (None, 1):
+                f"model_spec.n_kv_heads: attention_type mha uses n_head ({n_head}) key/value heads, "
+                f"got {given}; set n_kv_heads: null or use attention_type: gqa")
+        return n_head
+    if kind == "mqa":
+        if given not in (None, 1):
             raise SequifierError(
-                f"model_spec.n_kv_heads: mqa uses 1 key/value head, got {spec.n_kv_heads}"
-            )
+                f"model_spec.n_kv_heads: attention_type mqa uses 1 key/value head, got {given}; "
+                "set n_kv_heads: 1 or null")
         return 1
-    if spec.attention_type == "gqa":
-        return spec.n_head if spec.n_kv_heads is None else spec.n_kv_heads
+    if kind == "gqa":
+        n_kv = n_head if given is None else given
+        if n_kv < 1 or n_head % n_kv:
+            raise SequifierError(f"model_spec.n_kv_heads: must divide n_head ({n_head}), got {n_kv}")
+        return n_kv
     raise SequifierError(
-        f"model_spec.attention_type: '{spec.attention_type}' is not supported; use mha, mqa or gqa"
+        f"model_spec.attention_type: '{kind}' is not one of mha, mqa, gqa"
     )
 
 

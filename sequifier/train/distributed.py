@@ -71,12 +71,16 @@ def launched_by_torchrun() -> bool:
 
 # ---- checks ----------------------------------------------------------------------------
 
-def choose_backend(backend: str, device: str, announce: bool = False) -> str:
-    """The process-group backend for `device`: nccl on a non-CUDA device becomes gloo."""
+def check_backend_name(backend: str) -> None:
     if backend not in BACKENDS:
         raise SequifierError(
             f"training_spec.backend: '{backend}' is not supported; choose one of "
             f"{', '.join(BACKENDS)} (nccl for CUDA GPUs, gloo for CPUs)")
+
+
+def choose_backend(backend: str, device: str, announce: bool = False) -> str:
+    """The process-group backend for `device`: nccl on a non-CUDA device becomes gloo."""
+    check_backend_name(backend)
     if backend == "nccl" and not device.startswith("cuda"):
         if announce:
             log.warning("training_spec.backend: nccl needs CUDA devices; using gloo on device "
@@ -89,7 +93,11 @@ def choose_backend(backend: str, device: str, announce: bool = False) -> str:
 
 
 def check_supported(spec: TrainingSpec) -> None:
-    """Reject distributed settings this machine cannot run, before any process starts."""
+    """Reject distributed settings this machine cannot run, before any process starts.
+
+    The backend's name is checked even without `distributed`, so a typo never waits
+    for the first distributed run to surface."""
+    check_backend_name(spec.backend)
     if not spec.distributed:
         return
     if not torch.distributed.is_available():

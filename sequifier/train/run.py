@@ -17,7 +17,7 @@ from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.export_format import is_export_of, list_exports, parse_export_name
-from sequifier.io_utils import resolve_path
+from sequifier.io_utils import clean_leftovers, resolve_path
 from sequifier.train import distributed
 from sequifier.train.checkpoint import (
     latest_checkpoint,
@@ -69,20 +69,22 @@ class TrainResult:
 
 def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps)."""
+    from sequifier.config.validate import validate_train
+
+    validate_train(cfg)  # on every rank, before any file is touched
     spec = cfg.training_spec
-    distributed.check_supported(spec)
     if distributed.needs_launch(spec):  # start (or join, under torchrun) the DDP ranks
         return distributed.launch(run_train, (cfg, export), spec)
     device = resolve_device(distributed.rank_device(spec.device))
     metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
-    resume_path = _resume_or_clear(cfg, folders)
+    resume_path, stale = _resume_or_stale(cfg, folders)
     with determinism(spec.enforce_determinism):
-        return _train(cfg, metadata, device, folders, resume_path, export)
+        return _train(cfg, metadata, device, folders, resume_path, stale, export)
 
 
 def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: dict[str, str],
-           resume_path: str | None, export: bool) -> TrainResult:
+           resume_path: str | None, stale: list[str], export: bool) -> TrainResult:
     from sequifier.model.transformer import ColumnLayout, build_model, tied_parameter_saving
 
     spec = cfg.training_spec
@@ -104,6 +106,10 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     state = TrainState()
     if resume_path is not None:
         state = _restore(resume_path, model, optimizer, scheduler, scaler)
+    # only now, with data, model and losses built, are the replaced run's files removed
+    if stale and distributed.is_main_process():
+        for path in stale:
+            os.remove(path)
 
     forward_model = distributed.wrap_model(model, spec)
     if spec.compile:
@@ -212,18 +218,20 @@ def _model_files(models_dir: str, model_name: str) -> list[str]:
     return [os.path.join(models_dir, n) for n in list_exports(models_dir) if is_export_of(model_name, n)]
 
 
-def _resume_or_clear(cfg: TrainConfig, folders: dict[str, str]) -> str | None:
-    """The checkpoint to resume from, if any; refuses to replace outputs unless asked.
+def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[str | None, list[str]]:
+    """(checkpoint to resume from, earlier outputs this run replaces); refuses unless asked.
 
     With continue_training and a checkpoint of this model_name, training resumes. Else
     earlier checkpoints/models of this model_name are only replaced with `overwrite: true`
-    (they are deleted now so a later resume cannot pick up a stale checkpoint).
+    (they are deleted once training is set up, so a later resume cannot pick up a stale
+    checkpoint, and a run that fails while setting up loses nothing).
     """
     spec = cfg.training_spec
+    clean_leftovers([folders[CHECKPOINTS_DIR], folders[MODELS_DIR]])
     if spec.continue_training:
         latest = latest_checkpoint(folders[CHECKPOINTS_DIR], cfg.model_name)
         if latest is not None:
-            return latest
+            return latest, []
     old = [p for _, p in list_checkpoints(folders[CHECKPOINTS_DIR], cfg.model_name)]
     old += _model_files(folders[MODELS_DIR], cfg.model_name)
     summary = summary_path(folders[LOGS_DIR], cfg.model_name)
@@ -236,10 +244,7 @@ def _resume_or_clear(cfg: TrainConfig, folders: dict[str, str]) -> str | None:
             f"{' and more' if len(old) > 1 else ''}); {hint}set overwrite: true to replace them, "
             "or choose another model_name"
         )
-    if old and distributed.is_main_process():
-        for path in old:
-            os.remove(path)
-    return None
+    return None, old
 
 
 def _class_share_columns(cfg: TrainConfig, metadata: Metadata) -> dict[str, dict[int, Any]]:

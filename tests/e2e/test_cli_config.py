@@ -97,3 +97,44 @@ def test_wheel_ships_the_config_tree(tmp_path):
     r = run([sys.executable, "-c", code, wheel], cwd=str(tmp_path / "w"), env=env)
     assert r.returncode == 0, r.stderr
     assert "attention_type: mqa" in r.stdout
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("training_spec.epochs=ten", "could not be converted to Integer"),
+    ("model_name=a,b", "Ambiguous value"),
+    ("training_spec.lr=[", "no viable alternative"),
+    ("+model_spec=nope", "Could not find 'model_spec/nope'"),
+])
+def test_hydra_errors_are_one_line(project, override, fragment):
+    r = run([f"{BIN}/sequifier", "train", override], cwd=project)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("sequifier: error:") and fragment in lines[0]
+
+
+def read_only(folder, args):
+    """`args` run with `folder` read-only: a private read-only bind mount when root (chmod
+    does not stop root), a chmod otherwise."""
+    if os.geteuid() != 0:
+        return args, lambda: os.chmod(folder, 0o555), lambda: os.chmod(folder, 0o755)
+    script = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, "sh"] + args, lambda: None, lambda: None
+
+
+def test_read_only_project_is_one_line_naming_the_path(tmp_path):
+    make_project(str(tmp_path / "p"))
+    data = tmp_path / "p" / "data"
+    (data / "items.csv").write_text("sequenceId,itemPosition,itemId\n" + "".join(
+        f"{i // 20},{i % 20},{i % 7}\n" for i in range(200)))
+    args, before, after = read_only(str(data), [f"{BIN}/sequifier", "preprocess",
+                                                "data_path=data/items.csv", "seq_length=4"])
+    before()
+    try:
+        r = run(args, cwd=str(tmp_path / "p"))
+    finally:
+        after()
+    if "unshare" in r.stderr or "mount:" in r.stderr:
+        pytest.skip("no private mounts here")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "cannot write" in lines[0] and "data/" in lines[0] and "read-only" in lines[0]

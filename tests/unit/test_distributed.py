@@ -43,7 +43,10 @@ def test_unknown_backend_and_bad_world_size_are_user_errors():
     if not torch.cuda.is_available():
         with pytest.raises(SequifierError, match="CUDA devices"):
             distributed.check_supported(spec(device="cuda", backend="gloo"))
-    distributed.check_supported(spec(distributed=False, backend="mpi"))  # not used: no error
+    # one rule for every run: a name DDP would refuse is refused even while unused
+    with pytest.raises(SequifierError, match="training_spec.backend: 'mpi'"):
+        distributed.check_supported(spec(distributed=False, backend="mpi"))
+    distributed.check_supported(spec(distributed=False, backend="nccl"))  # valid, unused: fine
 
 
 def test_single_process_helpers_are_identity():
@@ -161,10 +164,14 @@ def test_two_gloo_ranks_train_like_one_process_over_the_same_global_batch(tmp_pa
 
 
 def test_an_error_in_a_rank_reaches_the_caller_as_one_line(tmp_path):
-    root = make_project(tmp_path, n_train=64, n_val=16, write_format="parquet")
-    cfg = make_config(root, read_format="parquet",
-                      **{"training_spec.distributed": True, "training_spec.world_size": 2})
-    with pytest.raises(SequifierError, match="needs read_format: pt"):
+    root = make_project(tmp_path, n_train=64, n_val=16, write_format="pt")
+    for shard in glob.glob(os.path.join(root, "**", "*.pt"), recursive=True):
+        with open(shard, "wb") as f:  # only the ranks read the shards
+            f.write(b"not a shard")
+    cfg = make_config(root, read_format="pt", **{"training_spec.load_full_data_to_ram": False,
+                                                 "training_spec.distributed": True,
+                                                 "training_spec.world_size": 2})
+    with pytest.raises(SequifierError, match="not a readable sequifier shard"):
         run_train(cfg, export=False)
 
 

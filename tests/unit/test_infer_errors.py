@@ -161,7 +161,7 @@ def test_autoregression_needs_every_input_to_be_a_target(project):
 
 def test_extra_steps_need_autoregression(project):
     fails(infer_config(project, "models/gen.onnx", autoregression_extra_steps=2),
-          "autoregression_extra_steps is set but autoregression is false")
+          "autoregression_extra_steps: is set but autoregression is false")
 
 
 def test_sampling_only_categorical_targets(project):

@@ -34,14 +34,14 @@ def test_missing_key_column(tmp_path, column):
 
 def test_split_ratios_must_sum_to_one(tmp_path):
     path = write_input(long_table(), tmp_path / "items.csv")
-    expect_error(tmp_path, config(tmp_path, path, split_ratios=[0.8, 0.1]), "split_ratios",
+    expect_error(tmp_path, config(tmp_path, path, split_ratios=[0.8, 0.1], stride_by_split=None), "split_ratios",
                  "sum to 1")
 
 
 def test_stride_list_must_match_splits(tmp_path):
     path = write_input(long_table(), tmp_path / "items.csv")
     expect_error(tmp_path, config(tmp_path, path, stride_by_split=[2, 2]), "stride_by_split",
-                 "one positive stride per split")
+                 "needs one stride per split")
 
 
 def test_exact_mode_stride_that_does_not_divide(tmp_path):

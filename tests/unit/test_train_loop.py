@@ -114,7 +114,9 @@ def test_class_weights_change_training(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    frozen = {"training_spec.learning_rate": 0.0, "training_spec.epochs": 8}
+    # SGD steps of 1e-30 leave float32 weights unchanged: the validation loss never improves
+    frozen = {"training_spec.learning_rate": 1e-30, "training_spec.optimizer": {"name": "SGD"},
+              "training_spec.epochs": 8}
     stopped = train(make_project(tmp_path / "a"), **frozen, **{"training_spec.early_stopping_epochs": 2})
     assert stopped.last_epoch == 3 and stopped.best_epoch == 1
     assert "early stopping" in log_text(stopped)
@@ -244,7 +246,8 @@ def test_export_called_for_best_and_last(root, monkeypatch):
 
     fake.export_models = export_models
     monkeypatch.setitem(sys.modules, "sequifier.export", fake)
-    result = run_train(make_config(root, **{"training_spec.learning_rate": 0.0, "training_spec.epochs": 2}))
+    result = run_train(make_config(root, **{"training_spec.learning_rate": 1e-30, "training_spec.optimizer": {"name": "SGD"},
+                                            "training_spec.epochs": 2}))
     assert [(c[0], c[1]) for c in calls] == [("best", 1), ("last", 2)]
     assert result.best_model_paths[0].endswith("tiny-best-1.onnx")
     assert run_module.TrainResult  # the result type the CLI reads best_val_loss from

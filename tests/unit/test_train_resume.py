@@ -91,3 +91,17 @@ def test_real_export_and_resumed_export_replaces_earlier_files(tmp_path):
     # the stable names hold the new best/last; epoch-named twins of epoch 1 are gone
     assert names(root, "models") == sorted([f"sequifier-tiny-best-{resumed.best_epoch}.pt", "sequifier-tiny-best.pt",
                                             "sequifier-tiny-last-2.pt", "sequifier-tiny-last.pt"])
+
+
+@pytest.mark.parametrize("bad", [
+    {"training_spec.criterion": {"itemId": "MSELoss"}},  # refused by the loss builder's own check
+    {"training_spec.scheduler": {"name": "StepLR", "step_size": "abc"}},  # fails in its first step
+])
+def test_a_config_error_with_overwrite_deletes_nothing(tmp_path, bad):
+    root = make_project(tmp_path)
+    train(root, **{"training_spec.epochs": 1})
+    before = names(root)
+    with pytest.raises(SequifierError):
+        train(root, **{"training_spec.epochs": 1, "overwrite": True,
+                       "training_spec.continue_training": False, **bad})
+    assert names(root) == before != []

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from sequifier.config.metadata import Metadata, write_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
 from sequifier.config.validate import validate
+from sequifier.model.transformer import kv_heads
 from sequifier.errors import SequifierError
 
 TRAIN = TRAIN_CONFIG
@@ -54,7 +55,6 @@ CASES = [
     ({"model_spec__dim_model": 128, "model_spec__n_head": 5, "model_spec__initial_embedding_dim": 128},
      "model_spec.n_head: dim_model (128) must be divisible by n_head (5)"),
     ({"model_spec__attention_type": "gqa", "model_spec__n_kv_heads": 3}, "model_spec.n_kv_heads: must divide n_head (4)"),
-    ({"model_spec__attention_type": "gqa"}, "model_spec.n_kv_heads: attention_type gqa needs n_kv_heads"),
     ({"model_spec__attention_type": "mqa", "model_spec__n_kv_heads": 2}, "model_spec.n_kv_heads: attention_type mqa uses 1"),
     ({"model_spec__attention_type": "mha", "model_spec__n_kv_heads": 2}, "model_spec.n_kv_heads: attention_type mha uses n_head"),
     ({"model_spec__attention_type": "xqa"}, "model_spec.attention_type: 'xqa' is not one of mha, mqa, gqa"),
@@ -97,7 +97,7 @@ CASES = [
     ({"training_spec__dropout": 1.5}, "training_spec.dropout: must be in [0, 1)"),
     ({"training_spec__epochs": 0}, "training_spec.epochs: must be >= 1"),
     ({"training_spec__learning_rate": -1.0}, "training_spec.learning_rate: must be > 0"),
-    ({"training_spec__backend": "tcp"}, "training_spec.backend: 'tcp' is not one of nccl, gloo, mpi"),
+    ({"training_spec__backend": "tcp"}, "training_spec.backend: 'tcp' is not supported; choose one of nccl, gloo"),
     ({"training_spec__loss_weights": {"sup1": 2.0}}, "training_spec.loss_weights.sup1: 'sup1' is not in target_columns"),
     ({"training_spec__class_share_log_columns": ["value"]}, "training_spec.class_share_log_columns: 'value' must be a categorical target"),
     ({"training_spec__layer_type_dtypes": {"linear": "int4"}}, "training_spec.layer_type_dtypes.linear: 'int4' is not one of"),
@@ -119,7 +119,17 @@ CASES = [
     ({"training_spec__criterion": {"itemId": "MSELoss"}}, "training_spec.criterion.itemId: categorical targets need"),
     ({"training_spec__max_grad_norm": 0.0}, "training_spec.max_grad_norm: must be > 0, or null for no clipping"),
     ({"training_spec__max_grad_norm": -1.0}, "training_spec.max_grad_norm: must be > 0, or null for no clipping"),
-    ({"model_name": "a/b"}, "model_name: 'a/b' must be a plain name"),
+    ({"model_name": "a/b"}, "model_name: 'a/b' must be a plain name, not a path"),
+    ({"model_name": "../x"}, "model_name: '../x' must be a plain name, not a path"),
+    ({"model_name": "x" * 300}, "model_name: is 300 bytes long"),
+    ({"model_name": "a\0b"}, "model_name: 'a\\x00b' contains a control character"),
+    ({"training_spec__backend": "mpi"}, "training_spec.backend: 'mpi' is not supported"),
+    ({"training_spec__scheduler": {"name": "StepLR", "step_size": "abc"}},
+     "training_spec.scheduler"),
+    ({"training_spec__optimizer": {"name": "AdamW", "betas": [0.9]}},
+     "training_spec.optimizer"),
+    ({"training_spec__optimizer": {"name": "Adam", "weight_decay": "abc"}},
+     "training_spec.optimizer"),
     ({"read_format": "xlsx"}, "read_format: 'xlsx' is not one of parquet, csv, pt"),
 ]
 
@@ -156,7 +166,7 @@ def test_several_problems_one_line_each(root):
 def test_normalisations(root):
     cfg = train_cfg(root, model_spec__attention_type="mqa")
     validate("train", cfg)
-    assert cfg.model_spec.n_kv_heads == 1
+    assert kv_heads(cfg.model_spec) == 1
     assert cfg.training_spec.scheduler == {"name": "StepLR", "step_size": 1, "gamma": 0.99}
 
 
@@ -207,3 +217,10 @@ def test_infer_rules(root, changes, message):
 
 def test_valid_infer_config(root):
     validate("infer", infer_cfg(root, model_path=["a.onnx", "b.pt"]))
+
+
+def test_gqa_without_n_kv_heads_agrees_with_the_model(root):
+    """One rule: validation accepts what the model builds (null -> n_head, as the spec says)."""
+    cfg = train_cfg(root, model_spec__attention_type="gqa")
+    validate("train", cfg)
+    assert kv_heads(cfg.model_spec) == cfg.model_spec.n_head
