@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -46,7 +45,7 @@ from sequifier.data.read_table import KeyColumns, LongTable
 from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
 from sequifier.data.windows import Windows, write_shards, write_windows
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_dir, atomic_path, resolve_path
+from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
 
 # rows per window-building task: small enough to bound worker memory, large enough that
 # per-task overhead does not matter
@@ -138,9 +137,8 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
 
 
 def _check_overwrite(plan: Plan, overwrite: bool) -> None:
-    existing = [p for p in plan.split_paths if os.path.exists(plan.absolute(p))]
-    if os.path.exists(plan.metadata_path):
-        existing.append(os.path.relpath(plan.metadata_path, plan.project_root))
+    paths = [plan.absolute(p) for p in plan.split_paths] + [plan.metadata_path]
+    existing = [os.path.relpath(p, plan.project_root) for p in existing_outputs(paths)]
     if existing and not overwrite:
         raise SequifierError(
             f"outputs of dataset '{plan.name}' already exist ({', '.join(existing)}); set "
@@ -487,25 +485,23 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
                   metadata: Metadata) -> None:
     """Write every split and the metadata to temporary names, then rename them all."""
     progress = Progress(len(splits), "write splits")
-    with ExitStack() as stack:
-        # entered first, so renamed last: metadata only appears next to complete splits
-        metadata_tmp = stack.enter_context(atomic_path(plan.metadata_path))
-        for k, (windows, relative) in enumerate(zip(splits, plan.split_paths)):
+    pt = cfg.write_format == "pt"
+    targets = [plan.absolute(relative) for relative in plan.split_paths]
+    with output_set([plan.metadata_path] + ([] if pt else targets), dirs=targets if pt else []) as tmps:
+        for k, (windows, target) in enumerate(zip(splits, targets)):
             if len(windows) == 0:
                 print(f"[preprocess] warning: split {k} has no windows (sequences too short for "
                       "its share in split_ratios)", file=sys.stderr)
-            if cfg.write_format == "pt":
-                tmp = stack.enter_context(atomic_dir(plan.absolute(relative)))
+            if pt:
                 # lazy loading reads shard by shard; a seeded shuffle makes every shard a
                 # sample of the whole split instead of a run of neighbouring sequences
                 order = np.random.default_rng([cfg.seed, k]).permutation(len(windows))
-                write_shards(windows.select(order), tmp, f"{plan.name}-split{k}",
+                write_shards(windows.select(order), tmps[target], f"{plan.name}-split{k}",
                              cfg.batches_per_file, metadata.column_types)
             else:
-                tmp = stack.enter_context(atomic_path(plan.absolute(relative)))
-                write_windows(windows, tmp, cfg.write_format)
+                write_windows(windows, tmps[target], cfg.write_format)
             progress.update()
-        write_metadata(metadata, metadata_tmp)
+        write_metadata(metadata, tmps[plan.metadata_path])
     progress.close()
 
 

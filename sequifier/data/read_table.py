@@ -84,7 +84,8 @@ def read_header(path: str, read_format: str) -> List[str]:
     """Column names of an input file, without reading its data."""
     if read_format == "csv":
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 line = f.readline()
         except UnicodeDecodeError:
             raise SequifierError(
@@ -405,8 +406,20 @@ def read_long_table(path: str, read_format: str, selected_columns: Optional[List
             column = read_as(path, name, column, column_types[name])
         arrays.append(_canonical_feature(column))
     table = pa.table(arrays, names=list(KEY_COLUMNS) + columns[2:])
+    _check_infinite(path, table)
     _check_numbers_as_text(path, table, skip=column_types)
     return LongTable(_sort_and_check_keys(path, table, keys), position_type, missing, date_like)
+
+
+def _check_infinite(path: str, table: pa.Table) -> None:
+    """inf/-inf in a real column would make its mean and std infinite (and the loss NaN)."""
+    counts = {name: pc.sum(pc.is_inf(table.column(name))).as_py() or 0
+              for name in table.column_names if pa.types.is_floating(table.column(name).type)}
+    counts = {name: n for name, n in counts.items() if n}
+    if counts:
+        listed = ", ".join(f"'{c}' ({n} rows)" for c, n in counts.items())
+        raise SequifierError(f"input file '{path}': infinite values (inf/-inf) in column {listed}; "
+                             "replace or drop those rows before preprocessing")
 
 
 def feature_kind(column_type: pa.DataType) -> str:

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_path
+from sequifier.io_utils import existing_outputs, output_set
 
 WRITE_FORMATS = ("csv", "parquet")
 
@@ -30,7 +30,7 @@ def embedding_path(project_root: str, model: str, write_format: str) -> str:
 
 
 def refuse_to_overwrite(paths: list[str]) -> None:
-    existing = [p for p in paths if os.path.exists(p)]
+    existing = existing_outputs(paths)  # after sets interrupted by a crash are rolled back
     if existing:
         raise SequifierError(
             f"output '{existing[0]}' already exists; set overwrite=true to replace it "
@@ -67,21 +67,27 @@ def _column(values):
     return pa.array(values)
 
 
+def write_tables(tables: dict[str, dict[str, np.ndarray]], write_format: str) -> None:
+    """Write {path: named 1-d arrays} as one output set: all files appear or none."""
+    with output_set(list(tables)) as tmps:
+        for path, columns in tables.items():
+            write_table(columns, tmps[path], write_format)
+
+
 def write_table(columns: dict[str, np.ndarray], path: str, write_format: str) -> None:
-    """Write named 1-d arrays as one table, atomically (temp file + rename)."""
+    """Write named 1-d arrays as one table to `path` (a temporary of `write_tables`)."""
     import pyarrow as pa
 
     table = pa.table({name: _column(values) for name, values in columns.items()})
-    with atomic_path(path) as tmp:
-        if write_format == "parquet":
-            import pyarrow.parquet as pq
+    if write_format == "parquet":
+        import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
-        elif write_format == "csv":
-            import pyarrow.csv as pcsv
+        pq.write_table(table, path)
+    elif write_format == "csv":
+        import pyarrow.csv as pcsv
 
-            plain_header = all(not any(ch in name for ch in ',"\n\r') for name in columns)
-            options = pcsv.WriteOptions(quoting_header="none" if plain_header else "needed")
-            pcsv.write_csv(table, tmp, write_options=options)
-        else:
-            raise SequifierError(f"write_format: '{write_format}' is not one of {WRITE_FORMATS}")
+        plain_header = all(not any(ch in name for ch in ',"\n\r') for name in columns)
+        options = pcsv.WriteOptions(quoting_header="none" if plain_header else "needed")
+        pcsv.write_csv(table, path, write_options=options)
+    else:
+        raise SequifierError(f"write_format: '{write_format}' is not one of {WRITE_FORMATS}")

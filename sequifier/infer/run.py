@@ -82,8 +82,8 @@ def run_infer(cfg: InferConfig) -> list[str]:
     written: list[str] = []
     for job in jobs:
         tables = _infer_model(cfg, metadata, job, windows_by_columns[tuple(job.info.input_columns)])
-        for path, columns in tables.items():
-            outputs.write_table(columns, path, cfg.write_format)
+        outputs.write_tables(tables, cfg.write_format)  # predictions + probabilities together
+        for path in tables:
             logger.info(f"wrote {path}")
             written.append(path)
     return written
