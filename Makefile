@@ -25,7 +25,7 @@ test-full: install
 	$(PY) -m pytest -q -m ""
 
 demo: install
-	$(PY) -m sequifier.demo demo
+	$(PY) -m sequifier.demo outputs/demo
 
 lint: install
 	$(VENV)/bin/ruff check sequifier tests bench multirun_examples
@@ -37,4 +37,4 @@ bench: install
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf demo outputs multirun bench/out .pytest_cache
+	rm -rf outputs bench/out .pytest_cache

@@ -104,7 +104,7 @@ def run_step(args, cwd: str) -> None:
     print(f"  ({time.time() - started:.1f} s)", flush=True)
 
 
-def main(folder: str = "demo") -> None:
+def main(folder: str = os.path.join("outputs", "demo")) -> None:
     started = time.time()
     prepare_folder(folder)
     table = demo_table()

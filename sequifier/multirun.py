@@ -47,7 +47,7 @@ def _safe(text: str) -> str:
 def sweep_tag(sweep_dir: str) -> str:
     """A file-name-safe name of the sweep: the last two parts of its folder.
 
-    The default folder multirun/train/DATE/TIME gives DATE_TIME; all jobs of a sweep
+    The default folder outputs/multirun/train/DATE/TIME gives DATE_TIME; all jobs of a sweep
     resolve the same folder (Hydra caches `${now:...}` for the whole sweep).
     """
     parts = os.path.normpath(sweep_dir).split(os.sep)

@@ -80,8 +80,11 @@ class Trainer:
                  train_batches, val_batches, spec: TrainingSpec, logger: TrainLogger,
                  checkpoint_dir: str, model_name: str, device: torch.device,
                  autocast_dtype: torch.dtype | None, class_share_columns: dict[str, dict],
-                 scored_targets: list[ScoredTarget], baselines: dict[str, dict[str, dict[str, float]]]):
+                 scored_targets: list[ScoredTarget], baselines: dict[str, dict[str, dict[str, float]]],
+                 config_record: dict | None = None):
         self.model = model  # the bare module: states, export
+        # the run's config as plain values: checkpoints record it, a resume compares it
+        self.config_record = config_record
         self.trained_parameters = [p for p in model.parameters() if p.requires_grad]
         self.forward_model = forward_model  # what runs batches: maybe compiled / DDP-wrapped
         self.optimizer = optimizer
@@ -292,6 +295,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "state": state.to_dict(),
+            "config": self.config_record,
         })
         self.last_checkpoint = path
         self.logger.info(f"checkpoint saved: {path}")

@@ -36,6 +36,14 @@ from sequifier.train.logs import TrainLogger, baseline_lines
 from sequifier.train.loop import EpochRecord, Trainer, TrainState
 from sequifier.train.losses import build_target_losses
 from sequifier.train.optimizers import build_optimizer
+from sequifier.train.resume import (
+    Change,
+    applied_changes,
+    apply_changes,
+    check_resumable,
+    compare,
+    config_record,
+)
 from sequifier.train.schedulers import build_scheduler
 from sequifier.train.scoring import measure_baselines, scored_targets
 from sequifier.train.summary import build_summary, summary_lines, summary_path, write_summary
@@ -78,13 +86,22 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     device = resolve_device(distributed.rank_device(spec.device))
     metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
-    resume_path, stale = _resume_or_stale(cfg, folders)
+    resume, stale = _resume_or_stale(cfg, folders)
     with determinism(spec.enforce_determinism):
-        return _train(cfg, metadata, device, folders, resume_path, stale, export)
+        return _train(cfg, metadata, device, folders, resume, stale, export)
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues, and what changed since it was written."""
+
+    path: str
+    checkpoint: dict
+    changes: list[Change] | None  # None: the checkpoint records no config to compare with
 
 
 def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: dict[str, str],
-           resume_path: str | None, stale: list[str], export: bool) -> TrainResult:
+           resume: Resume | None, stale: list[str], export: bool) -> TrainResult:
     from sequifier.model.transformer import ColumnLayout, build_model, tied_parameter_saving
 
     spec = cfg.training_spec
@@ -104,8 +121,10 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 and device.type == "cuda" else None
 
     state = TrainState()
-    if resume_path is not None:
-        state = _restore(resume_path, model, optimizer, scheduler, scaler)
+    resume_path = resume.path if resume is not None else None
+    if resume is not None:
+        state = _restore(resume, model, optimizer, scheduler, scaler)
+    start_epoch = state.epoch
     # only now, with data, model and losses built, are the replaced run's files removed
     if stale and distributed.is_main_process():
         for path in stale:
@@ -127,12 +146,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         )
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):
             logger.info(note)
-        if resume_path:
-            logger.info(f"resuming from {resume_path} (epoch {state.epoch})")
-            if state.epoch >= spec.epochs:
-                logger.info(f"{cfg.model_name} has already trained {state.epoch} of training_spec.epochs="
-                            f"{spec.epochs} epochs; nothing left to train (raise epochs to continue), "
-                            "exporting its best and last states")
+        if resume is not None:
+            _log_resume(cfg, resume, state, logger)
         for line in baseline_lines(targets, baselines):
             logger.info(line)
         trainer = Trainer(
@@ -141,6 +156,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             spec=spec, logger=logger, checkpoint_dir=folders[CHECKPOINTS_DIR],
             model_name=cfg.model_name, device=device, autocast_dtype=amp_dtype,
             class_share_columns=class_share, scored_targets=targets, baselines=baselines,
+            config_record=config_record(cfg),
         )
         trainer.last_checkpoint = resume_path
         state = trainer.fit(state)
@@ -150,8 +166,12 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             checkpoint_path=trainer.last_checkpoint, resumed_from=resume_path, log_path=logger.path,
             history=list(state.history), baselines=baselines,
         )
-        if export and distributed.is_main_process():
+        # a resumed run that trained nothing leaves its models as they are, unless asked
+        nothing_new = resume is not None and state.epoch == start_epoch and not cfg.overwrite
+        if export and distributed.is_main_process() and not nothing_new:
             _export(cfg, model, layout, state, folders[MODELS_DIR], result, logger)
+        elif nothing_new:
+            _keep_exports(cfg, folders[MODELS_DIR], result)
         if distributed.is_main_process():
             result.summary_path = summary_path(folders[LOGS_DIR], cfg.model_name)
             summary = build_summary(result, baselines, logger.tensorboard_dir)
@@ -195,8 +215,32 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
     return notes
 
 
-def _restore(path: str, model, optimizer, scheduler, scaler) -> TrainState:
-    checkpoint = load_checkpoint(path)
+def _log_resume(cfg: TrainConfig, resume: Resume, state: TrainState, logger: TrainLogger) -> None:
+    logger.info(f"resuming from {resume.path} (epoch {state.epoch})")
+    if resume.changes is None:
+        logger.info(f"{resume.path} records no config (written by an older sequifier): changes since "
+                    "it cannot be listed; architecture changes fail when its weights are loaded")
+    for change in applied_changes(resume.changes or []):
+        logger.info(f"changed since the checkpoint, applied: {change}")
+    if state.epoch >= cfg.training_spec.epochs:
+        action = ("exporting its best and last states again (overwrite: true)" if cfg.overwrite
+                  else "models left as they are (set overwrite: true to export them again)")
+        logger.info(f"{cfg.model_name} has already trained {state.epoch} of training_spec.epochs="
+                    f"{cfg.training_spec.epochs} epochs; nothing left to train (raise training_spec.epochs "
+                    f"to continue); {action}")
+
+
+def _keep_exports(cfg: TrainConfig, models_dir: str, result: TrainResult) -> None:
+    """The result names the exports already there (nothing new was trained)."""
+    from sequifier.export import planned_exports
+
+    for tag in ("best", "last"):
+        paths = [p for p, _, _ in planned_exports(cfg, models_dir, tag) if os.path.exists(p)]
+        setattr(result, f"{tag}_model_paths", paths)
+
+
+def _restore(resume: Resume, model, optimizer, scheduler, scaler) -> TrainState:
+    path, checkpoint = resume.path, resume.checkpoint
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -209,6 +253,7 @@ def _restore(path: str, model, optimizer, scheduler, scaler) -> TrainState:
         scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler") is not None:
         scaler.load_state_dict(checkpoint["scaler"])
+    apply_changes(applied_changes(resume.changes or []), optimizer, scheduler)
     # Last, so the RNG continues exactly where the checkpointed run left it.
     set_rng_states(checkpoint["rng"])
     return TrainState.from_dict(checkpoint["state"])
@@ -218,10 +263,11 @@ def _model_files(models_dir: str, model_name: str) -> list[str]:
     return [os.path.join(models_dir, n) for n in list_exports(models_dir) if is_export_of(model_name, n)]
 
 
-def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[str | None, list[str]]:
+def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[Resume | None, list[str]]:
     """(checkpoint to resume from, earlier outputs this run replaces); refuses unless asked.
 
-    With continue_training and a checkpoint of this model_name, training resumes. Else
+    With continue_training and a checkpoint of this model_name, training resumes, unless
+    the config changed in a way the checkpoint cannot follow (`resume.check_resumable`). Else
     earlier checkpoints/models of this model_name are only replaced with `overwrite: true`
     (they are deleted once training is set up, so a later resume cannot pick up a stale
     checkpoint, and a run that fails while setting up loses nothing).
@@ -231,7 +277,11 @@ def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[str | N
     if spec.continue_training:
         latest = latest_checkpoint(folders[CHECKPOINTS_DIR], cfg.model_name)
         if latest is not None:
-            return latest, []
+            checkpoint = load_checkpoint(latest)
+            recorded = checkpoint.get("config")
+            changes = None if recorded is None else compare(recorded, config_record(cfg))
+            check_resumable(changes or [], latest, cfg.model_name)
+            return Resume(latest, checkpoint, changes), []
     old = [p for _, p in list_checkpoints(folders[CHECKPOINTS_DIR], cfg.model_name)]
     old += _model_files(folders[MODELS_DIR], cfg.model_name)
     summary = summary_path(folders[LOGS_DIR], cfg.model_name)

@@ -29,7 +29,7 @@ def run(args, cwd, check=True):
 
 
 def sweep_dir(project):
-    (found,) = glob.glob(os.path.join(project, "multirun", "train", "*", "*"))
+    (found,) = glob.glob(os.path.join(project, "outputs", "multirun", "train", "*", "*"))
     return found
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from train_data import make_config, make_project, single_thread  # noqa: F401
+from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.errors import SequifierError
 from sequifier.train.run import run_train
@@ -72,11 +72,53 @@ def test_exported_models_without_checkpoints_are_protected(tmp_path):
         train(root, **{"training_spec.epochs": 1})
 
 
-def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+def test_checkpoint_of_another_architecture_is_refused_with_the_fix(tmp_path):
     root = make_project(tmp_path)
     train(root, **{"training_spec.epochs": 1})
-    with pytest.raises(SequifierError, match="does not fit this model_spec"):
-        train(root, **{"training_spec.epochs": 2, "model_spec.dim_feedforward": 64})
+    before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(root, "*", "*"))}
+    for changed, field in (({"model_spec.dim_feedforward": 64}, "model_spec.dim_feedforward: 32 -> 64"),
+                           ({"training_spec.optimizer": {"name": "AdamW"}}, 'training_spec.optimizer.name: "AdEMAMix" -> "AdamW"'),
+                           ({"input_columns": ["itemId"]}, "input_columns: null -> ")):
+        with pytest.raises(SequifierError) as e:
+            train(root, **{"training_spec.epochs": 2, **changed})
+        message = str(e.value)
+        assert len(message.splitlines()) == 1 and field in message, message
+        assert "model_name=NEW_NAME" in message and "continue_training=false overwrite=true" in message
+    assert {p: os.path.getmtime(p) for p in before} == before  # nothing touched
+
+
+def test_changed_loop_settings_are_applied_and_logged(tmp_path):
+    root = make_project(tmp_path)
+    train(root, **{"training_spec.epochs": 1, "training_spec.learning_rate": 0.01})
+    changed = {"training_spec.epochs": 2, "training_spec.learning_rate": 0.02, "training_spec.batch_size": 8,
+               "training_spec.scheduler": {"name": "StepLR", "step_size": 1, "gamma": 0.5},
+               "training_spec.optimizer": {"name": "AdEMAMix", "alpha_warmup": 10, "beta3_warmup": 10,
+                                           "weight_decay": 0.1}}
+    resumed = train(root, **changed)
+    log = log_text(resumed)
+    for line in ("training_spec.learning_rate: 0.01 -> 0.02", "training_spec.epochs: 1 -> 2",
+                 "training_spec.batch_size: 16 -> 8", "training_spec.scheduler.gamma: 0.7 -> 0.5",
+                 "training_spec.optimizer.weight_decay: (unset) -> 0.1"):
+        assert f"changed since the checkpoint, applied: {line}" in log, log
+    # epoch 2 ran with the new base rate, decayed once by the old gamma (StepLR after epoch 1)
+    assert resumed.history[-1].learning_rate == pytest.approx(0.02 * 0.7)
+    state = torch.load(resumed.checkpoint_path, weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.1 and group["lr"] == pytest.approx(0.02 * 0.7 * 0.5)
+    assert state["scheduler"]["gamma"] == 0.5 and state["config"]["training_spec"]["learning_rate"] == 0.02
+
+
+def test_finished_run_with_a_changed_lr_logs_it_and_exports_nothing_new(tmp_path):
+    root = make_project(tmp_path)
+    cfg = {"export_onnx": False, "export_pt": True, "training_spec.epochs": 1}
+    run_train(make_config(root, **cfg))
+    models = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(root, "models", "*"))}
+    again = run_train(make_config(root, **cfg, **{"training_spec.learning_rate": 0.5}))
+    assert {p: os.path.getmtime(p) for p in models} == models
+    assert again.best_model_paths == [os.path.join(root, "models", "sequifier-tiny-best.pt")]
+    log = log_text(again)
+    assert "changed since the checkpoint, applied: training_spec.learning_rate" in log
+    assert "models left as they are (set overwrite: true to export them again)" in log
 
 
 def test_real_export_and_resumed_export_replaces_earlier_files(tmp_path):
