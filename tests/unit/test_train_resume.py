@@ -78,7 +78,8 @@ def test_checkpoint_of_another_architecture_is_refused_with_the_fix(tmp_path):
     before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(root, "*", "*"))}
     for changed, field in (({"model_spec.dim_feedforward": 64}, "model_spec.dim_feedforward: 32 -> 64"),
                            ({"training_spec.optimizer": {"name": "AdamW"}}, 'training_spec.optimizer.name: "AdEMAMix" -> "AdamW"'),
-                           ({"input_columns": ["itemId"]}, "input_columns: null -> ")):
+                           ({"training_spec.scheduler": {"name": "ExponentialLR", "gamma": 0.9}},
+                            'training_spec.scheduler.name: "StepLR" -> "ExponentialLR"')):
         with pytest.raises(SequifierError) as e:
             train(root, **{"training_spec.epochs": 2, **changed})
         message = str(e.value)
