@@ -57,7 +57,8 @@ class ModelSpec:
     n_head: int = MISSING
     num_layers: int = MISSING
     dim_feedforward: int = MISSING
-    initial_embedding_dim: int = MISSING
+    # width of the concatenated column embeddings; null = dim_model
+    initial_embedding_dim: Optional[int] = None
     joint_embedding_dim: Optional[int] = None
     feature_embedding_dims: Optional[Dict[str, int]] = None
     activation_fn: str = "swiglu"
@@ -139,9 +140,10 @@ class TrainConfig:
     validation_data_path: Optional[str] = None
     read_format: str = "parquet"
     target_columns: List[str] = MISSING
-    target_column_types: Dict[str, str] = MISSING
+    # null = the metadata's types and seq_length (a value that disagrees is an error)
+    target_column_types: Optional[Dict[str, str]] = None
     input_columns: Optional[List[str]] = None
-    seq_length: int = MISSING
+    seq_length: Optional[int] = None
     export_generative_model: bool = MISSING
     export_embedding_model: bool = MISSING
     inference_batch_size: int = MISSING
@@ -169,7 +171,7 @@ class InferConfig:
     input_columns: Optional[List[str]] = None
     target_columns: Optional[List[str]] = None
     target_column_types: Optional[Dict[str, str]] = None
-    seq_length: int = MISSING
+    seq_length: Optional[int] = None  # null = the metadata's
     inference_batch_size: int = MISSING
     output_probabilities: bool = False
     map_to_id: bool = True

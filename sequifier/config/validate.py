@@ -132,21 +132,19 @@ def _check_train_fields(cfg: TrainConfig, p: Problems) -> None:
     check_name("model_name", cfg.model_name, cfg.project_root, p)
     p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
     p.check(len(cfg.target_columns) > 0, "target_columns", "name at least one column to predict")
-    for col in cfg.target_columns:
-        if col not in cfg.target_column_types:
-            p.add(f"target_column_types.{col}", "missing: give the type (categorical or real) of every target")
-    for col, kind in cfg.target_column_types.items():
+    for col, kind in (cfg.target_column_types or {}).items():  # missing types: the metadata's
         if col not in cfg.target_columns:
             p.add(f"target_column_types.{col}", f"'{col}' is not in target_columns {list(cfg.target_columns)}")
         p.one_of(kind, COLUMN_TYPES, f"target_column_types.{col}")
-    p.positive(cfg.seq_length, "seq_length")
+    p.positive(cfg.seq_length, "seq_length", allow_none=True)
     p.positive(cfg.inference_batch_size, "inference_batch_size")
 
 
 def _check_model_spec(cfg: TrainConfig, p: Problems) -> None:
     m = cfg.model_spec
-    for name in ("dim_model", "n_head", "num_layers", "dim_feedforward", "initial_embedding_dim"):
+    for name in ("dim_model", "n_head", "num_layers", "dim_feedforward"):
         p.positive(getattr(m, name), f"model_spec.{name}")
+    p.positive(m.initial_embedding_dim, "model_spec.initial_embedding_dim", allow_none=True)
     if m.n_head >= 1 and m.dim_model % m.n_head:
         p.add("model_spec.n_head", f"dim_model ({m.dim_model}) must be divisible by n_head ({m.n_head}); "
               f"choose n_head from {[h for h in range(1, min(m.dim_model, 64) + 1) if m.dim_model % h == 0]}")
@@ -202,9 +200,6 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
     for field, keys in (("loss_weights", t.loss_weights), ("class_weights", t.class_weights)):
         for col in keys or {}:
             p.check(col in targets, f"training_spec.{field}.{col}", f"'{col}' is not in target_columns {targets}")
-    for col in t.class_share_log_columns:
-        p.check(cfg.target_column_types.get(col) == "categorical", "training_spec.class_share_log_columns",
-                f"'{col}' must be a categorical target column")
     if not t.load_full_data_to_ram and cfg.read_format != "pt":
         p.add("training_spec.load_full_data_to_ram",
               f"false (lazy loading) requires read_format: pt, got '{cfg.read_format}'; "
@@ -232,6 +227,9 @@ def _check_optimizer_and_scheduler(t, p: Problems) -> None:
 
 
 def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -> None:
+    """Also fills what defaults to the metadata: seq_length and the targets' types."""
+    if cfg.seq_length is None:
+        cfg.seq_length = metadata.seq_length
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length} "
             f"(metadata {cfg.metadata_config_path}); set seq_length: {metadata.seq_length} or re-run preprocess")
@@ -239,15 +237,20 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
     for col in cfg.target_columns:
         if col not in available:
             p.add("target_columns", f"'{col}' is not a column of the preprocessed data {sorted(available)}")
-        elif cfg.target_column_types.get(col) not in (None, available[col]):
+        elif (cfg.target_column_types or {}).get(col) not in (None, available[col]):
             p.add(f"target_column_types.{col}", f"'{cfg.target_column_types[col]}' but preprocess recorded "
-                  f"'{available[col]}' for it")
+                  f"'{available[col]}' for it; set it to '{available[col]}' or leave it out")
+    given = cfg.target_column_types or {}
+    cfg.target_column_types = {c: given.get(c, available.get(c)) for c in cfg.target_columns}
+    for col in cfg.training_spec.class_share_log_columns:
+        p.check(cfg.target_column_types.get(col) == "categorical", "training_spec.class_share_log_columns",
+                f"'{col}' must be a categorical target column")
     inputs = list(cfg.input_columns) if cfg.input_columns is not None else list(available)
     for col in inputs:
         p.check(col in available, "input_columns",
                 f"'{col}' is not a column of the preprocessed data {sorted(available)}")
     p.check(len(inputs) > 0, "input_columns", "needs at least one column")
-    _check_feature_embedding_dims(cfg, inputs, available, p)
+    _check_feature_embedding_dims(cfg, inputs, metadata, p)
     # These import torch: only here, and checked against the data's own column types.
     from sequifier.model.transformer import tie_embeddings_problems
     from sequifier.train.losses import criterion_problems
@@ -260,28 +263,16 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
         p.lines.append(line)
 
 
-def _check_feature_embedding_dims(cfg: TrainConfig, inputs, available, p: Problems) -> None:
-    m = cfg.model_spec
-    dims = m.feature_embedding_dims
-    if dims is None:
-        kinds = {available.get(c) for c in inputs}
-        if len(kinds) > 1:
-            p.add("model_spec.feature_embedding_dims",
-                  "null (automatic sizes) works only when the input columns are all categorical or all real; "
-                  f"give a size per column for {inputs}")
-        elif inputs and m.initial_embedding_dim % len(inputs):
-            p.add("model_spec.feature_embedding_dims",
-                  f"null (automatic sizes) needs initial_embedding_dim ({m.initial_embedding_dim}) divisible by "
-                  f"the number of input columns ({len(inputs)}); change it or give sizes per column")
-        return
-    for col in inputs:
-        p.check(col in dims, f"model_spec.feature_embedding_dims.{col}", "missing: give a size for every input column")
-    for col, size in dims.items():
-        p.check(col in inputs, f"model_spec.feature_embedding_dims.{col}", f"'{col}' is not an input column {inputs}")
-        p.check(size >= 1, f"model_spec.feature_embedding_dims.{col}", f"must be >= 1, got {size}")
-    total = sum(dims.values())
-    p.check(total == m.initial_embedding_dim, "model_spec.feature_embedding_dims",
-            f"sizes sum to {total} but initial_embedding_dim is {m.initial_embedding_dim}; make them equal")
+def _check_feature_embedding_dims(cfg: TrainConfig, inputs, metadata: Metadata, p: Problems) -> None:
+    from sequifier.model import embedding_sizes
+
+    known = [c for c in inputs if c in metadata.column_types]
+    try:
+        embedding_sizes.feature_embedding_dims(
+            embedding_sizes.initial_embedding_dim(cfg.model_spec), known, metadata.column_types,
+            metadata.n_classes, cfg.model_spec.feature_embedding_dims)
+    except SequifierError as e:
+        p.lines.append(str(e))
 
 
 # --- infer ------------------------------------------------------------------------------
@@ -295,7 +286,7 @@ def validate_infer(cfg: InferConfig) -> None:
     p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
     p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
-    p.positive(cfg.seq_length, "seq_length")
+    p.positive(cfg.seq_length, "seq_length", allow_none=True)
     p.positive(cfg.inference_batch_size, "inference_batch_size")
     if cfg.autoregression_extra_steps is not None:
         p.check(cfg.autoregression, "autoregression_extra_steps",
@@ -309,6 +300,8 @@ def validate_infer(cfg: InferConfig) -> None:
                     f"'{col}' is not in target_columns {list(cfg.target_columns)}")
     p.raise_if_any()
     metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
+    if cfg.seq_length is None:  # defaults to the metadata's
+        cfg.seq_length = metadata.seq_length
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
             f"set seq_length: {metadata.seq_length}")

@@ -132,8 +132,8 @@ def _model_from_training_config(config_path: str, metadata: Metadata, path: str,
         columns = SimpleNamespace(
             input_columns=node.get("input_columns"),
             target_columns=list(node["target_columns"]),
-            target_column_types=dict(node["target_column_types"]),
-            seq_length=int(node["seq_length"]),
+            target_column_types=dict(node.get("target_column_types") or {}),  # default: metadata's
+            seq_length=node.get("seq_length"),
         )
     except Exception as e:  # noqa: BLE001 - missing keys / wrong types in the YAML
         raise SequifierError(

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import ModelSpec, TrainConfig
 from sequifier.errors import SequifierError
+from sequifier.model import embedding_sizes
 from sequifier.model.dtypes import apply_layer_type_dtypes
 from sequifier.model.layers import (
     DecoderLinear,
@@ -56,9 +57,9 @@ class ColumnLayout:
                     f"{field_name}: column(s) {missing} not in the metadata "
                     f"({', '.join(known)}); use preprocessed columns only"
                 )
-        for column in target_columns:
-            given = cfg.target_column_types.get(column)
-            if given != known[column]:
+        for column in target_columns:  # types default to the metadata's
+            given = (cfg.target_column_types or {}).get(column)
+            if given is not None and given != known[column]:
                 raise SequifierError(
                     f"target_column_types.{column}: is '{given}' but the data column is "
                     f"'{known[column]}'; set it to '{known[column]}'"
@@ -70,7 +71,7 @@ class ColumnLayout:
             n_classes={c: int(metadata.n_classes[c]) for c in used if known[c] == "categorical"},
             target_columns=target_columns,
             target_column_types={c: known[c] for c in target_columns},
-            seq_length=int(cfg.seq_length),
+            seq_length=int(metadata.seq_length if cfg.seq_length is None else cfg.seq_length),
         )
 
     def to_dict(self) -> dict:
@@ -82,35 +83,10 @@ class ColumnLayout:
 
 
 def feature_embedding_dims(spec: ModelSpec, layout: ColumnLayout) -> Dict[str, int]:
-    """Embedding width of each input column; the widths sum to initial_embedding_dim.
-
-    With no manual map, the width is split evenly, which the spec allows only for inputs
-    that are all real or all categorical and a width divisible by the column count.
-    """
-    columns = layout.input_columns
-    total = spec.initial_embedding_dim
-    if spec.feature_embedding_dims:
-        dims = {c: int(spec.feature_embedding_dims[c]) for c in columns if c in spec.feature_embedding_dims}
-        missing = [c for c in columns if c not in dims]
-        if missing:
-            raise SequifierError(
-                f"model_spec.feature_embedding_dims: no width for input column(s) {missing}; "
-                "give every input column a width"
-            )
-        if sum(dims.values()) != total or min(dims.values()) < 1:
-            raise SequifierError(
-                f"model_spec.feature_embedding_dims: widths {dims} must be >= 1 and sum to "
-                f"initial_embedding_dim ({total})"
-            )
-        return dims
-    types = {layout.column_types[c] for c in columns}
-    if len(types) > 1 or total % len(columns):
-        raise SequifierError(
-            "model_spec.feature_embedding_dims: automatic widths need only-real or "
-            f"only-categorical inputs and initial_embedding_dim ({total}) divisible by the "
-            f"{len(columns)} input columns; set feature_embedding_dims explicitly"
-        )
-    return {c: total // len(columns) for c in columns}
+    """Embedding width of each input column (embedding_sizes.py has the automatic rule)."""
+    return embedding_sizes.feature_embedding_dims(
+        embedding_sizes.initial_embedding_dim(spec), layout.input_columns, layout.column_types,
+        layout.n_classes, spec.feature_embedding_dims)
 
 
 def tie_embeddings_problems(setting, input_columns: List[str], target_columns: List[str],
@@ -209,8 +185,9 @@ class SequifierModel(nn.Module):
                 f"model_spec.joint_embedding_dim: must equal dim_model ({dim}), "
                 f"got {spec.joint_embedding_dim}"
             )
-        needs_projection = spec.joint_embedding_dim is not None or spec.initial_embedding_dim != dim
-        self.projection = Linear(spec.initial_embedding_dim, dim) if needs_projection else nn.Identity()
+        width = embedding_sizes.initial_embedding_dim(spec)
+        needs_projection = spec.joint_embedding_dim is not None or width != dim
+        self.projection = Linear(width, dim) if needs_projection else nn.Identity()
         if spec.positional_encoding == "learned":
             self.position = Embedding(layout.seq_length, dim)
             rope = None

@@ -193,8 +193,12 @@ def test_feature_embedding_dims_must_cover_and_sum():
 def test_automatic_feature_embedding_dims():
     layout = ColumnLayout(["p", "q"], {"p": "real", "q": "real"}, {}, ["p"], {"p": "real"}, L)
     assert feature_embedding_dims(make_spec(feature_embedding_dims=None, initial_embedding_dim=16), layout) == {"p": 8, "q": 8}
-    with pytest.raises(SequifierError, match="automatic"):
-        feature_embedding_dims(make_spec(feature_embedding_dims=None, initial_embedding_dim=12), make_layout())
+    # mixed columns: the model is built with the widths the validation gate checks
+    mixed = make_layout()
+    dims = feature_embedding_dims(make_spec(feature_embedding_dims=None, initial_embedding_dim=12), mixed)
+    assert sum(dims.values()) == 12 and set(dims) == set(mixed.input_columns)
+    model = make_model(feature_embedding_dims=None, initial_embedding_dim=None)
+    assert isinstance(model.projection, torch.nn.Identity)  # initial_embedding_dim defaults to dim_model
 
 
 def test_projection_to_dim_model():

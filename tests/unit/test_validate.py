@@ -60,12 +60,11 @@ CASES = [
     ({"model_spec__attention_type": "xqa"}, "model_spec.attention_type: 'xqa' is not one of mha, mqa, gqa"),
     ({"model_spec__joint_embedding_dim": 16}, "model_spec.joint_embedding_dim: must equal dim_model (32)"),
     ({"model_spec__feature_embedding_dims": {"itemId": 16, "sup1": 8}},
-     "model_spec.feature_embedding_dims: sizes sum to 24 but initial_embedding_dim is 32"),
-    ({"model_spec__feature_embedding_dims": {"itemId": 32}}, "model_spec.feature_embedding_dims.sup1: missing"),
-    ({"input_columns": ["itemId", "value"]}, "model_spec.feature_embedding_dims: null (automatic sizes) works only when"),
-    ({"input_columns": ["itemId", "sup1", "value"], "model_spec__feature_embedding_dims": None},
-     "model_spec.feature_embedding_dims: null (automatic sizes) works only when"),
-    ({"model_spec__initial_embedding_dim": 33}, "model_spec.feature_embedding_dims: null (automatic sizes) needs initial_embedding_dim (33) divisible"),
+     "model_spec.feature_embedding_dims: widths {'itemId': 16, 'sup1': 8} must be >= 1 and sum to initial_embedding_dim (32)"),
+    ({"model_spec__feature_embedding_dims": {"itemId": 32}},
+     "model_spec.feature_embedding_dims: no width for input column(s) ['sup1']"),
+    ({"model_spec__initial_embedding_dim": 1},
+     "model_spec.initial_embedding_dim: 1 is less than the 2 input columns"),
     ({"model_spec__activation_fn": "tanh"}, "model_spec.activation_fn: 'tanh' is not one of swiglu, gelu, relu"),
     ({"model_spec__positional_encoding": "sinus"}, "model_spec.positional_encoding: 'sinus' is not one of"),
     ({"model_spec__normalization": "batch"}, "model_spec.normalization: 'batch' is not one of"),
@@ -73,7 +72,6 @@ CASES = [
      "model_spec.positional_encoding: rope needs an even head size"),
     ({"training_spec__load_full_data_to_ram": False}, "training_spec.load_full_data_to_ram: false (lazy loading) requires read_format: pt"),
     ({"training_spec__distributed": True}, "training_spec.distributed: true requires read_format: pt"),
-    ({"target_column_types": {}}, "target_column_types.itemId: missing"),
     ({"target_column_types": {"itemId": "ordinal"}}, "target_column_types.itemId: 'ordinal' is not one of"),
     ({"training_spec__criterion": {}}, "training_spec.criterion.itemId: missing"),
     ({"training_spec__criterion": {"itemId": "FooLoss"}}, "training_spec.criterion.itemId: unknown loss 'FooLoss'"),
@@ -138,6 +136,23 @@ CASES = [
 def test_rule_fails_with_its_line(root, changes, message):
     lines = errors("train", train_cfg(root, **changes))
     assert any(message in line for line in lines), lines
+
+
+def test_automatic_embedding_sizes_for_any_mix_of_columns(root):
+    for changes in ({"input_columns": ["itemId", "value"]},
+                    {"input_columns": ["itemId", "sup1", "value"], "model_spec__initial_embedding_dim": 33},
+                    {"input_columns": None, "model_spec__initial_embedding_dim": None}):
+        validate("train", train_cfg(root, **changes))
+
+
+def test_types_and_seq_length_default_to_the_metadata(root):
+    cfg = train_cfg(root, target_column_types=None, seq_length=None, input_columns=None)
+    validate("train", cfg)
+    assert cfg.seq_length == 8 and cfg.target_column_types == {"itemId": "categorical"}
+    cfg = train_cfg(root, target_columns=["itemId", "value"], target_column_types={"value": "real"},
+                    training_spec__criterion={"itemId": "CrossEntropyLoss", "value": "MSELoss"})
+    validate("train", cfg)
+    assert cfg.target_column_types == {"itemId": "categorical", "value": "real"}
 
 
 def test_metadata_mismatches(root):
@@ -224,3 +239,9 @@ def test_gqa_without_n_kv_heads_agrees_with_the_model(root):
     cfg = train_cfg(root, model_spec__attention_type="gqa")
     validate("train", cfg)
     assert kv_heads(cfg.model_spec) == cfg.model_spec.n_head
+
+
+def test_infer_seq_length_defaults_to_the_metadata(root):
+    cfg = infer_cfg(root, seq_length=None)
+    validate("infer", cfg)
+    assert cfg.seq_length == 8
