@@ -23,14 +23,18 @@ from sequifier.train.run import run_train
 SPEC_TRAIN = {
     "project_root": MISSING, "metadata_config_path": MISSING, "model_name": MISSING,
     "training_data_path": None, "validation_data_path": None, "read_format": "parquet",
-    "target_columns": MISSING, "target_column_types": MISSING, "input_columns": None,
-    "seq_length": MISSING, "export_generative_model": MISSING, "export_embedding_model": MISSING,
+    "target_columns": MISSING, "input_columns": None,
+    # Deliberate deviations (issue 12): null = what the metadata records; a value that
+    # disagrees with it is still an error (test_validate).
+    "target_column_types": None, "seq_length": None,
+    "export_generative_model": MISSING, "export_embedding_model": MISSING,
     "inference_batch_size": MISSING, "export_onnx": True, "export_pt": False,
     "export_with_dropout": False,
 }
 SPEC_MODEL = {
     "dim_model": MISSING, "n_head": MISSING, "num_layers": MISSING, "dim_feedforward": MISSING,
-    "initial_embedding_dim": MISSING, "joint_embedding_dim": None, "feature_embedding_dims": None,
+    "initial_embedding_dim": None,  # deliberate deviation (issue 12): null = dim_model
+    "joint_embedding_dim": None, "feature_embedding_dims": None,
     "activation_fn": "swiglu", "attention_type": "mha", "n_kv_heads": None,
     "positional_encoding": "learned", "rope_theta": 10000.0, "normalization": "rmsnorm",
     "norm_first": True,
