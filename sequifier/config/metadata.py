@@ -37,6 +37,8 @@ class Metadata:
     split_paths: List[str]
     split_ratios: List[float] = field(default_factory=list)
     stride_by_split: List[int] = field(default_factory=list)
+    # within_sequence (each sequence cut in time order) | between_sequences (whole sequences)
+    split_method: str = "within_sequence"
     # the user's id and position columns: outputs are written under these names
     sequence_id_column: str = "sequenceId"
     position_column: str = "itemPosition"

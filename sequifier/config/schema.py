@@ -37,6 +37,9 @@ class PreprocessConfig:
     seq_length: int = MISSING
     split_ratios: List[float] = MISSING
     stride_by_split: Optional[List[int]] = None
+    # within_sequence: each sequence is cut in time order; between_sequences: whole
+    # sequences go to one split each (seeded), to judge a model on unseen sequences
+    split_method: str = "within_sequence"
     subsequence_start_mode: str = "distribute"
     seed: int = 1010
     n_cores: Optional[int] = None

@@ -109,6 +109,9 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
                 f"needs one stride per split ({len(cfg.split_ratios or [])}), got {list(cfg.stride_by_split)}")
         p.check(all(s >= 1 for s in cfg.stride_by_split), "stride_by_split", "strides must be >= 1")
     p.one_of(cfg.subsequence_start_mode, ("distribute", "exact"), "subsequence_start_mode")
+    from sequifier.data.splits import SPLIT_METHODS
+
+    p.one_of(cfg.split_method, SPLIT_METHODS, "split_method")
     p.positive(cfg.max_rows, "max_rows", allow_none=True)
     p.positive(cfg.n_cores, "n_cores", allow_none=True)
     p.positive(cfg.batches_per_file, "batches_per_file")

@@ -49,8 +49,11 @@ class FileSummary:
     # the original text ids when `number_sequences` has replaced them by numbers
     sequence_labels: Optional[np.ndarray] = None
     uniques: Dict[str, np.ndarray] = field(default_factory=dict)  # categorical values
-    # real column -> (count, mean, sum of squared deviations) over training rows
-    moments: Dict[str, Tuple[int, float, float]] = field(default_factory=dict)
+    # real column -> per sequence (count, mean, sum of squared deviations) over its
+    # training rows (sequence_moments)
+    moments: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # between_sequences: the split of each sequence (set by preprocess before merging)
+    sequence_split: Optional[np.ndarray] = None
     missing: MissingReport = field(default_factory=MissingReport)
     date_like: List[str] = field(default_factory=list)
 
@@ -67,13 +70,29 @@ def sequence_offsets(sequence_column) -> np.ndarray:
 
 
 def training_row_mask(offsets: np.ndarray, split_ratios: Sequence[float]) -> np.ndarray:
+    """Rows in split 0's segment of their sequence (within_sequence), in every sequence:
+    with between_sequences all rows count here and merging keeps split 0's sequences."""
     lengths = np.diff(offsets)
     split0_end = segment_bounds(lengths, split_ratios)[:, 1]
     within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
     return within < np.repeat(split0_end, lengths)
 
 
-def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float]) -> FileSummary:
+def sequence_moments(x: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Per sequence: count, mean and sum of squared deviations of the known (not NaN)
+    values in the rows selected by `rows`."""
+    lengths = np.diff(offsets)
+    sequence = np.repeat(np.arange(len(lengths)), lengths)
+    valid = rows & ~np.isnan(x)
+    x = np.where(valid, x, 0.0)
+    count = np.bincount(sequence, weights=valid, minlength=len(lengths))
+    mean = np.bincount(sequence, weights=x, minlength=len(lengths)) / np.maximum(count, 1)
+    m2 = np.bincount(sequence, weights=np.where(valid, (x - mean[sequence]) ** 2, 0.0), minlength=len(lengths))
+    return count, mean, m2
+
+
+def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float],
+                    split_method: str = "within_sequence") -> FileSummary:
     table = long.table
     seq = table.column(SEQUENCE_COLUMN)
     offsets = sequence_offsets(seq)
@@ -86,12 +105,9 @@ def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float]) -
     for c in columns:
         if kinds[c] == "real":
             if train_rows is None:
-                train_rows = training_row_mask(offsets, split_ratios)
-            x = table.column(c).to_numpy()[train_rows]
-            if table.column(c).null_count:
-                x = x[~np.isnan(x)]
-            mean = float(x.mean()) if len(x) else 0.0
-            summary.moments[c] = (len(x), mean, float(((x - mean) ** 2).sum()))
+                train_rows = (training_row_mask(offsets, split_ratios) if split_method == "within_sequence"
+                              else np.ones(table.num_rows, dtype=bool))
+            summary.moments[c] = sequence_moments(table.column(c).to_numpy(), train_rows, offsets)
         else:
             values = pc.unique(pc.drop_null(table.column(c)))
             summary.uniques[c] = np.unique(values.to_numpy(zero_copy_only=False))
@@ -248,17 +264,13 @@ def merge_summaries(summaries: List[FileSummary], filled_later: Set[str] = froze
             if c in filled_later:
                 _check_missing_category_free(c, values[c])
             continue
-        # Chan et al.: combine per-file counts, means and squared deviations exactly
-        n, m, m2 = 0, 0.0, 0.0
-        for s in summaries:
-            nb, mb, m2b = s.moments[c]
-            if nb == 0:
-                continue
-            delta = mb - m
-            total = n + nb
-            m += delta * nb / total
-            m2 += m2b + delta * delta * n * nb / total
-            n = total
+        # Chan et al.: combine the training sequences' counts, means and squared deviations
+        parts = [s.moments[c] if s.sequence_split is None
+                 else tuple(v[s.sequence_split == 0] for v in s.moments[c]) for s in summaries]
+        count, means, m2s = (np.concatenate(v) for v in zip(*parts))
+        n = count.sum()
+        m = float((count * means).sum() / n) if n else 0.0
+        m2 = float(m2s.sum() + (count * (means - m) ** 2).sum())
         sd = float(np.sqrt(m2 / n)) if n else 0.0
         mean[c] = float(m)
         std[c] = sd if sd > 0 else 1.0

@@ -42,7 +42,14 @@ from sequifier.data.encoding import (
 from sequifier.data.missing import MissingReport, MissingValues, parse_missing_values, report_lines
 from sequifier.data.progress import Progress
 from sequifier.data.read_table import KeyColumns, LongTable
-from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
+from sequifier.data.splits import (
+    SPLIT_METHODS,
+    StrideMismatch,
+    assign_sequences,
+    segment_bounds,
+    whole_sequence_bounds,
+    window_starts,
+)
 from sequifier.data.windows import Windows, write_shards, write_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
@@ -155,7 +162,7 @@ def _settings_fingerprint(plan: Plan, cfg: PreprocessConfig, data_path: str) -> 
             "max_rows": cfg.max_rows, "sequence_id_column": cfg.sequence_id_column,
             "position_column": cfg.position_column,
             "missing_values": plan.missing_values.as_setting(),
-            "column_types": dict(cfg.column_types or {})}
+            "column_types": dict(cfg.column_types or {}), "split_method": cfg.split_method}
 
 
 def _source_stamp(path: str) -> str:
@@ -186,7 +193,7 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
                 raise SequifierError(
                     f"continue_preprocessing: the unfinished run in '{plan.work_dir}' used other "
                     "settings (data_path, read_format, selected_columns, max_rows, "
-                    "missing_values, column_types or the id/position columns); "
+                    "missing_values, column_types, split_method or the id/position columns); "
                     "set continue_preprocessing: false to start over"
                 )
         return [_cache_is_current(plan.cache_path(i), path) for i, path in enumerate(plan.inputs)]
@@ -242,6 +249,7 @@ class ReadTask:
     keys: KeyColumns
     missing_values: MissingValues
     column_types: Dict[str, str]
+    split_method: str
 
 
 def read_input(task: ReadTask) -> FileSummary:
@@ -254,7 +262,7 @@ def read_input(task: ReadTask) -> FileSummary:
             task.missing_values, task.column_types,
         )
         _write_cache(long, task.cache_path, task.path)
-    return summarize_table(task.path, long, task.split_ratios)
+    return summarize_table(task.path, long, task.split_ratios, task.split_method)
 
 
 @dataclass
@@ -271,6 +279,7 @@ class WindowTask:
     split_ratios: List[float]
     strides: List[int]
     start_mode: str
+    sequence_split: Optional[np.ndarray]  # between_sequences: the split of each sequence
 
 
 def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positions: np.ndarray,
@@ -312,7 +321,10 @@ def build_windows(task: WindowTask) -> List[Windows]:
     table = _read_cache(task.cache_path).slice(task.row_start, task.row_stop - task.row_start)
     values = task.encoding.encode(table)
     positions = table.column(read_table.POSITION_COLUMN).to_numpy()
-    bounds = segment_bounds(np.diff(task.offsets), task.split_ratios)
+    if task.sequence_split is None:
+        bounds = segment_bounds(np.diff(task.offsets), task.split_ratios)
+    else:
+        bounds = whole_sequence_bounds(np.diff(task.offsets), task.sequence_split, len(task.split_ratios))
     out = []
     for k, stride in enumerate(task.strides):
         try:
@@ -373,7 +385,7 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
     tasks = [
         ReadTask(path, plan.cache_path(i), cached[i], cfg.read_format, cfg.selected_columns,
                  cfg.max_rows, plan.split_ratios, plan.keys, plan.missing_values,
-                 dict(cfg.column_types or {}))
+                 dict(cfg.column_types or {}), cfg.split_method)
         for i, path in enumerate(plan.inputs)
     ]
     if any(cached):
@@ -417,6 +429,7 @@ def _window_tasks(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary
                 s.path, plan.cache_path(i), int(offsets[lo]), int(offsets[hi]),
                 s.sequence_ids[lo:hi], labels[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
                 plan.window_length, plan.split_ratios, plan.strides, cfg.subsequence_start_mode,
+                None if s.sequence_split is None else s.sequence_split[lo:hi],
             ))
     return tasks
 
@@ -435,11 +448,25 @@ def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary]
     return [Windows.concat(p) for p in parts]
 
 
+def split_whole_sequences(summaries: List[FileSummary], split_ratios: List[float], seed: int) -> None:
+    """Give each sequence its split (between_sequences), by a seeded shuffle of all ids
+    in sorted order, so the result depends on the ids and the seed alone."""
+    ids = np.concatenate([s.sequence_ids for s in summaries])
+    order = np.argsort(ids, kind="stable")
+    split = np.empty(len(ids), dtype=np.int64)
+    split[order] = assign_sequences(len(ids), split_ratios, seed)
+    starts = np.cumsum([0] + [len(s.sequence_ids) for s in summaries])
+    for s, lo, hi in zip(summaries, starts[:-1], starts[1:]):
+        s.sequence_split = split[lo:hi]
+
+
 def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary]) -> ColumnEncoding:
     """New id maps and statistics from the data, or those of `reuse_metadata_path`."""
     if cfg.reuse_metadata_path is None:
-        columns = summaries[0].columns
-        filled_later = {c for c in columns if plan.missing_values.policy(c).fills_later}
+        # only a column that has missing cells gets a <missing> category
+        had_missing = {c for s in summaries for c in s.missing.counts}
+        filled_later = {c for c in summaries[0].columns
+                        if plan.missing_values.policy(c).fills_later and c in had_missing}
         return merge_summaries(summaries, filled_later)
     source = resolve_path(cfg.project_root, cfg.reuse_metadata_path)
     if not os.path.isfile(source):
@@ -474,6 +501,7 @@ def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding,
         split_paths=list(plan.split_paths),
         split_ratios=list(plan.split_ratios),
         stride_by_split=list(plan.strides),
+        split_method=cfg.split_method,
         sequence_id_column=plan.keys.sequence_id,
         position_column=plan.keys.position,
         position_type=summaries[0].position_type,
@@ -516,6 +544,8 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
     try:
         with Workers(plan.n_workers) as workers:
             summaries = read_inputs(plan, cfg, cached, workers)
+            if cfg.split_method == "between_sequences":
+                split_whole_sequences(summaries, plan.split_ratios, cfg.seed)
             encoding = choose_encoding(plan, cfg, summaries)
             for line in report_lines([s.missing for s in summaries]):
                 print(f"[preprocess] missing values: {line}", file=sys.stderr)

@@ -3,8 +3,10 @@
 All functions work on whole arrays of sequences at once (no loop per sequence or per
 window). Positions are relative to the start of each sequence.
 
-Split k of a sequence of n items is its segment [bounds[k], bounds[k+1]): the first
-split_ratios[0] share of the items, then the next share, and so on (time order).
+Split k of a sequence of n items is its segment [bounds[k], bounds[k+1]): with
+`split_method: within_sequence` the first split_ratios[0] share of the items, then the
+next share, and so on (time order); with `between_sequences` the whole sequence is the
+segment of the one split it is assigned to (`assign_sequences`) and the others are empty.
 
 A window holds `window_length` = seq_length + 1 items. The windows of split k cover
 its segment the way windows cover a sequence of their own:
@@ -35,6 +37,28 @@ def segment_bounds(lengths: np.ndarray, split_ratios: Sequence[float]) -> np.nda
     ends = np.minimum(ends, lengths[:, None])
     ends[:, -1] = lengths
     return np.concatenate([np.zeros((len(lengths), 1), dtype=np.int64), ends], axis=1)
+
+
+SPLIT_METHODS = ("within_sequence", "between_sequences")
+
+
+def assign_sequences(n_sequences: int, split_ratios: Sequence[float], seed: int) -> np.ndarray:
+    """The split of each of `n_sequences` sequences (given in sorted id order) for
+    `between_sequences`: a seeded shuffle cut by the ratios, so split k gets
+    floor(n * cumulative ratio) - ... whole sequences, the same for the same seed."""
+    order = np.random.default_rng(seed).permutation(n_sequences)
+    ends = segment_bounds(np.array([n_sequences]), split_ratios)[0]
+    split = np.empty(n_sequences, dtype=np.int64)
+    for k in range(len(split_ratios)):
+        split[order[ends[k]:ends[k + 1]]] = k
+    return split
+
+
+def whole_sequence_bounds(lengths: np.ndarray, split: np.ndarray, n_splits: int) -> np.ndarray:
+    """segment_bounds for `between_sequences`: each sequence lies wholly in its split."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    after = np.arange(n_splits + 1)[None, :] > np.asarray(split)[:, None]
+    return np.where(after, lengths[:, None], 0)
 
 
 @dataclass

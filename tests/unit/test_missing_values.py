@@ -155,3 +155,11 @@ def test_high_cardinality_and_date_like_columns_are_named(tmp_path, capsys):
     assert "column 'when' looks like dates or times and is read as categorical" in err
     assert "drop it (selected_columns)" in err and "position_column: when" in err
     assert "'colour'" not in err and "'code'" not in err
+
+
+def test_missing_category_only_for_columns_with_missing_cells(tmp_path):
+    frame = holey_table()
+    frame["colour"] = frame["colour"].fillna("red")
+    metadata = run(tmp_path, frame, missing_values="fill")
+    assert MISSING_CATEGORY not in metadata.id_maps["colour"]
+    assert MISSING_CATEGORY in metadata.id_maps["code"]
