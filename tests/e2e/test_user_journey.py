@@ -52,12 +52,11 @@ def project(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("journey") / "proj")
     make_project(root)
     user_table().to_csv(os.path.join(root, "data", "data.csv"), index=False)
-    for command in ("preprocess", "train", "infer"):
-        edit(os.path.join(root, "configs", f"{command}.yaml"), "seq_length: 48", "seq_length: 8")
+    # train and infer take seq_length from the metadata, and the embedding width follows dim_model
+    edit(os.path.join(root, "configs", "preprocess.yaml"), "seq_length: 48", "seq_length: 8")
     train_yaml = os.path.join(root, "configs", "train.yaml")
     edit(train_yaml, "epochs: 10", "epochs: 2")
     edit(train_yaml, "dim_model: 64", "dim_model: 16")
-    edit(train_yaml, "initial_embedding_dim: 64", "initial_embedding_dim: 16")
     edit(train_yaml, "dim_feedforward: 128", "dim_feedforward: 32")
     sequifier(root, "preprocess")
     sequifier(root, "train")
