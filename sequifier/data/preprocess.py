@@ -43,7 +43,6 @@ from sequifier.data.missing import MissingReport, MissingValues, parse_missing_v
 from sequifier.data.progress import Progress
 from sequifier.data.read_table import KeyColumns, LongTable
 from sequifier.data.splits import (
-    SPLIT_METHODS,
     StrideMismatch,
     assign_sequences,
     segment_bounds,
