@@ -108,6 +108,10 @@ class TrainingSpec:
     # target column -> list of per-class weights (index = class id) or {class value: weight}
     class_weights: Optional[Dict[str, Any]] = None
     save_interval_epochs: int = MISSING
+    # Not in the original field list: a checkpoint every N optimizer steps as well (exact
+    # mid-epoch resume), and how many checkpoints to keep (None: all; the best epoch's is kept).
+    save_interval_steps: Optional[int] = None
+    keep_last_checkpoints: Optional[int] = None
     early_stopping_epochs: Optional[int] = None
     log_interval: int = 10
     class_share_log_columns: List[str] = field(default_factory=list)

@@ -180,6 +180,8 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
                  "accuracy_top_k"):
         p.positive(getattr(t, name), f"training_spec.{name}")
     p.positive(t.early_stopping_epochs, "training_spec.early_stopping_epochs", allow_none=True)
+    p.positive(t.save_interval_steps, "training_spec.save_interval_steps", allow_none=True)
+    p.positive(t.keep_last_checkpoints, "training_spec.keep_last_checkpoints", allow_none=True)
     p.positive(t.num_workers, "training_spec.num_workers", minimum=0)
     p.positive(t.device_max_concat_length, "training_spec.device_max_concat_length", minimum=2)
     p.check(t.learning_rate > 0, "training_spec.learning_rate", f"must be > 0, got {t.learning_rate}")

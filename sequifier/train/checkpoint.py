@@ -1,6 +1,7 @@
 """Checkpoints: everything needed to continue a run exactly where it stopped.
 
-`checkpoints/NAME-epoch-EEEE.pt` holds the model, optimizer and scheduler states, the
+`checkpoints/NAME-epoch-EEEE.pt` (after epoch EEEE) or, with `save_interval_steps`,
+`NAME-epoch-EEEE-batch-BBBBBB.pt` (BBBBBB batches into epoch EEEE) holds the model, optimizer and scheduler states, the
 epoch, the best validation loss so far with the best model's weights, the early-stopping
 counter, the loss history and the RNG states of torch, numpy and Python. Everything is
 plain tensors and containers, so `torch.load(..., weights_only=True)` can read it, and
@@ -22,19 +23,33 @@ from sequifier.io_utils import atomic_path
 CHECKPOINT_FORMAT = 1
 
 
-def checkpoint_file(folder: str, model_name: str, epoch: int) -> str:
-    return os.path.join(folder, f"{model_name}-epoch-{epoch:04d}.pt")
+def checkpoint_file(folder: str, model_name: str, epoch: int, batch: int = 0) -> str:
+    """The file of the state after `epoch` completed epochs and `batch` batches of the next."""
+    if batch == 0:
+        return os.path.join(folder, f"{model_name}-epoch-{epoch:04d}.pt")
+    return os.path.join(folder, f"{model_name}-epoch-{epoch + 1:04d}-batch-{batch:06d}.pt")
 
 
-def list_checkpoints(folder: str, model_name: str) -> list[tuple[int, str]]:
-    """(epoch, path) of this model's checkpoints, oldest first."""
-    pattern = re.compile(rf"^{re.escape(model_name)}-epoch-(\d+)\.pt$")
+def list_checkpoints(folder: str, model_name: str) -> list[tuple[tuple[int, int], str]]:
+    """((completed epochs, batches of the next), path) of this model's checkpoints, oldest first."""
+    pattern = re.compile(rf"^{re.escape(model_name)}-epoch-(\d+)(?:-batch-(\d+))?\.pt$")
     found = []
     for path in glob.glob(os.path.join(glob.escape(folder), "*.pt")):
         match = pattern.match(os.path.basename(path))
         if match:
-            found.append((int(match.group(1)), path))
+            epoch, batch = int(match.group(1)), int(match.group(2) or 0)
+            found.append(((epoch - 1, batch) if batch else (epoch, 0), path))
     return sorted(found)
+
+
+def prune_checkpoints(folder: str, model_name: str, keep_last: int, best_epoch: int) -> list[str]:
+    """Remove all but the `keep_last` newest checkpoints and the best epoch's; the removed paths."""
+    found = list_checkpoints(folder, model_name)
+    keep = {path for _, path in found[-keep_last:]} | {path for key, path in found if key == (best_epoch, 0)}
+    removed = [path for _, path in found if path not in keep]
+    for path in removed:
+        os.remove(path)
+    return removed
 
 
 def latest_checkpoint(folder: str, model_name: str) -> str | None:

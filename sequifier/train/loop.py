@@ -8,6 +8,7 @@ on the device and are read (`.item()`) only every `log_interval` batches, so the
 does not stall an accelerator once per step.
 """
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from sequifier import metrics
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
-from sequifier.train.checkpoint import checkpoint_file, cpu_state_dict, save_checkpoint
+from sequifier.train.checkpoint import checkpoint_file, cpu_state_dict, prune_checkpoints, save_checkpoint
 from sequifier.train.data import Batch
 from sequifier.train.device import autocast_context
 from sequifier.train.logs import TrainLogger, class_share_lines, format_losses, metric_lines, metric_scalars
@@ -45,6 +46,10 @@ class TrainState:
     """Progress that a checkpoint carries besides module states."""
 
     epoch: int = 0  # last completed epoch
+    # mid-epoch checkpoints (save_interval_steps): batches done of epoch + 1, and the sum
+    # of their losses (for that epoch's mean training loss)
+    batch: int = 0
+    epoch_loss_sum: float = 0.0
     best_val_loss: float = math.inf
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
@@ -56,14 +61,15 @@ class TrainState:
         return {
             "epoch": self.epoch, "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
             "best_model": self.best_model, "epochs_since_improvement": self.epochs_since_improvement,
+            "batch": self.batch, "epoch_loss_sum": self.epoch_loss_sum,
             "history": [asdict(r) for r in self.history],
         }
 
     @staticmethod
     def from_dict(raw: dict) -> "TrainState":
         history = [EpochRecord(**r) for r in raw["history"]]
-        return TrainState(raw["epoch"], raw["best_val_loss"], raw["best_epoch"], raw["best_model"],
-                          raw["epochs_since_improvement"], history)
+        return TrainState(raw["epoch"], raw.get("batch", 0), raw.get("epoch_loss_sum", 0.0), raw["best_val_loss"],
+                          raw["best_epoch"], raw["best_model"], raw["epochs_since_improvement"], history)
 
 
 @dataclass
@@ -125,7 +131,7 @@ class Trainer:
         spec = self.spec
         for epoch in range(state.epoch + 1, spec.epochs + 1):
             start = time.perf_counter()
-            train_loss = self.train_epoch(epoch)
+            train_loss = self.train_epoch(epoch, state)
             seconds = time.perf_counter() - start
             validation = self.validate()
             self._check_finite(validation.loss, f"validation loss at epoch {epoch}")
@@ -160,18 +166,23 @@ class Trainer:
                 break
         return state
 
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int, state: TrainState) -> float:
+        """One epoch from batch `state.batch` on (0 unless resumed from a mid-epoch checkpoint)."""
         spec = self.spec
         self.forward_model.train()
         self.train_batches.set_epoch(epoch)
         n_batches = len(self.train_batches)
-        epoch_sum = torch.zeros((), device=self.device)
+        done, state.batch = state.batch, 0
+        # the order of an epoch's batches depends only on (seed, epoch), and iterating
+        # draws no random numbers: skipping the done batches replays the rest exactly
+        epoch_sum = torch.tensor(state.epoch_loss_sum, device=self.device)
         window_sum = torch.zeros((), device=self.device)
         # [sum of pre-clip gradient norms, steps clipped] over the log window
         window_norms = torch.zeros(2, device=self.device)
         window_count = 0
-        batches = self.logger.progress(self.train_batches, n_batches, f"epoch {epoch}")
-        for index, batch in enumerate(batches, start=1):
+        batches = self.logger.progress(itertools.islice(self.train_batches, done, None), n_batches - done,
+                                       f"epoch {epoch}")
+        for index, batch in enumerate(batches, start=done + 1):
             loss, _, _ = self.batch_loss(batch, self.forward_model)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -199,6 +210,12 @@ class Trainer:
                 window_sum.zero_()
                 window_norms.zero_()
                 window_count = 0
+            step = (epoch - 1) * n_batches + index
+            if spec.save_interval_steps and step % spec.save_interval_steps == 0 and index < n_batches:
+                state.batch, state.epoch_loss_sum = index, epoch_sum.item()
+                self.save(state)
+                state.batch = 0
+        state.epoch_loss_sum = 0.0
         return distributed.mean_across_ranks(epoch_sum).item() / max(n_batches, 1)
 
     def clip_gradients(self) -> torch.Tensor:
@@ -287,7 +304,7 @@ class Trainer:
     def save(self, state: TrainState) -> None:
         if not distributed.is_main_process():
             return
-        path = checkpoint_file(self.checkpoint_dir, self.model_name, state.epoch)
+        path = checkpoint_file(self.checkpoint_dir, self.model_name, state.epoch, state.batch)
         save_checkpoint(path, {
             "model_name": self.model_name,
             "model": cpu_state_dict(self.model),
@@ -299,3 +316,8 @@ class Trainer:
         })
         self.last_checkpoint = path
         self.logger.info(f"checkpoint saved: {path}")
+        if self.spec.keep_last_checkpoints:
+            for removed in prune_checkpoints(self.checkpoint_dir, self.model_name,
+                                             self.spec.keep_last_checkpoints, state.best_epoch):
+                self.logger.info(f"checkpoint removed (keep_last_checkpoints: {self.spec.keep_last_checkpoints}): "
+                                 f"{removed}")
