@@ -3,9 +3,11 @@
 Makes a project folder, writes a small synthetic table with learnable structure
 (a Markov chain over items, a category that depends on the item, and an AR(1) value
 driven by the item), then runs `sequifier preprocess`, `train` and `infer` through the
-real command line, and prints where predictions, logs and models are.
+real command line, and prints how good the model is against the baselines (from the
+run's logs/demo-summary.json) and where predictions, logs and models are.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -104,6 +106,19 @@ def run_step(args, cwd: str) -> None:
     print(f"  ({time.time() - started:.1f} s)", flush=True)
 
 
+def print_scorecard(summary: dict) -> None:
+    """The best epoch's validation metrics next to the baselines, one row per metric."""
+    print(f"\nhow good is the model? (validation split, best epoch {summary['best_epoch']}, "
+          "vs predictors that need no model)")
+    for target, values in summary["metrics"].items():
+        baselines = summary["baselines"][target]
+        for metric, value in values.items():
+            if metric == "count":
+                continue
+            beside = ", ".join(f"{name} {b[metric]:.4g}" for name, b in baselines.items())
+            print(f"  {target:8s} {metric:15s} model {value:.4g}   baseline: {beside}")
+
+
 def main(folder: str = os.path.join("outputs", "demo")) -> None:
     started = time.time()
     prepare_folder(folder)
@@ -115,6 +130,8 @@ def main(folder: str = os.path.join("outputs", "demo")) -> None:
             yaml.safe_dump(cfg, f, sort_keys=False)
     run_step(["preprocess"], folder)
     run_step(["train"], folder)
+    with open(os.path.join(folder, "logs", "demo-summary.json")) as f:
+        print_scorecard(json.load(f))
     infer = dict(INFER, model_path="models/sequifier-demo-best.onnx")
     with open(os.path.join(folder, "configs", "infer.yaml"), "w") as f:
         yaml.safe_dump(infer, f, sort_keys=False)
