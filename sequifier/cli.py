@@ -6,11 +6,15 @@ printed as `sequifier: error: ...` lines and exits with status 1; any other exce
 is a bug and keeps its traceback.
 """
 
+import logging
 import os
 import sys
+import time
 from typing import Callable, Dict, List, Optional
 
 from sequifier.errors import SequifierError
+
+log = logging.getLogger("sequifier")
 
 COMMANDS = ("preprocess", "train", "infer")
 
@@ -87,20 +91,37 @@ def hydra_error_line(error: BaseException) -> str:
     return "; ".join(p for p in parts if p) + "; check the override or preset name (see `sequifier --help`)"
 
 
+def _log_to_run_folder(command: str, error: SequifierError) -> None:
+    """The error in the run folder's COMMAND.log too (the console gets it once, on stderr)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    path = os.path.join(HydraConfig.get().runtime.output_dir, f"{command}.log")
+    with open(path, "a") as f:
+        for line in str(error).splitlines():
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR sequifier: error: {line}\n")
+
+
 def make_task(command: str) -> Callable:
     def task(cfg):
         from sequifier.config.compose import to_dataclass
         from sequifier.multirun import in_multirun, job_model_name
 
+        started = time.monotonic()
         try:
             config = to_dataclass(command, cfg)
             if command == "train":  # sweep jobs must not share model files (multirun.py)
                 config.model_name = job_model_name(config.model_name)
-            return RUNNERS[command](config)  # each runner validates its config first
+            log.info(f"sequifier {command}: started in {os.getcwd()}")
+            result = RUNNERS[command](config)  # each runner validates its config first
+            log.info(f"sequifier {command}: finished in {time.monotonic() - started:.1f} s")
+            return result
         except (SequifierError, OSError, RuntimeError) as e:
             error = as_user_error(e)
             if error is None:
                 raise  # a bug: keep the traceback
+            _log_to_run_folder(command, error)
             if in_multirun():
                 raise error from None  # the sweeper records the failed job and goes on
             report_and_exit(error)

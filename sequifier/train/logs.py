@@ -5,9 +5,17 @@ Each run writes `logs/sequifier-NAME-TIMESTAMP.txt` and TensorBoard events under
 `log_interval` batches and per epoch, validation loss total and per target, learning
 rate, validation metrics per target as `epoch/validation/METRIC/TARGET` and the
 baselines beside them as `epoch/baseline/BASELINE/METRIC/TARGET`). The tqdm bar is
-shown only when stderr is a terminal, so redirected output and CI logs stay clean.
+shown only when stderr is a terminal, so redirected output and CI logs stay clean; log
+lines are written above the bar, never over it.
+
+Console lines go through `logging` (logger `sequifier.train`), so under the CLI they land
+in Hydra's run folder too (`outputs/runs/train/.../train.log`) in Hydra's one format. A
+resumed run appends to the text log and TensorBoard folder of the run it continues
+(`continues`). At the end `hparams` records the run's settings and final metrics in
+TensorBoard's HParams tab, so the jobs of a sweep compare side by side.
 """
 
+import logging
 import os
 import sys
 import time
@@ -19,9 +27,13 @@ from sequifier.metrics import BASELINE_DESCRIPTIONS
 RESERVED_LABELS = {PAD_ID: "<pad>", UNKNOWN_ID: "<unknown>"}
 
 
+log = logging.getLogger("sequifier.train")
+
+
 class TrainLogger:
     def __init__(self, logs_dir: str, model_name: str, enabled: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, continues: dict | None = None):
+        """`continues`: the `paths` of the run a resumed run continues (from its checkpoint)."""
         self.enabled = enabled
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.path = os.path.join(logs_dir, f"sequifier-{model_name}-{stamp}.txt")
@@ -31,9 +43,12 @@ class TrainLogger:
         if not enabled:
             return
         os.makedirs(logs_dir, exist_ok=True)
+        resumed = _continued_paths(continues, logs_dir)
+        if resumed is not None:
+            self.path, self.tensorboard_dir = resumed
         # a second run in the same second must not append to the first one's file
         suffix = 1
-        while os.path.exists(self.path):
+        while resumed is None and os.path.exists(self.path):
             self.path = os.path.join(logs_dir, f"sequifier-{model_name}-{stamp}-{suffix}.txt")
             self.tensorboard_dir = os.path.join(logs_dir, "tensorboard", model_name, f"{stamp}-{suffix}")
             suffix += 1
@@ -49,7 +64,19 @@ class TrainLogger:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         self._file.write(line + "\n")
-        print(message, flush=True)
+        log.info(message)
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """The text log and TensorBoard folder, for the checkpoint (a resume continues them)."""
+        return {"text": self.path, "tensorboard": self.tensorboard_dir}
+
+    def hparams(self, settings: dict, metrics: dict[str, float]) -> None:
+        """The run's settings (flattened dotted keys) and final metrics in the HParams tab."""
+        if self._writer is None:
+            return
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flatten(settings).items()}
+        self._writer.add_hparams(flat, {f"hparams/{k}": v for k, v in metrics.items()}, run_name=".")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._writer is None:
@@ -58,12 +85,17 @@ class TrainLogger:
             self._writer.add_scalar(tag, value, step)
 
     def progress(self, iterable: Iterable, total: int, description: str):
-        """tqdm over `iterable` on a terminal, the bare iterable otherwise."""
+        """tqdm over `iterable` on a terminal (log lines printed above it), the bare iterable otherwise."""
         if not (self.enabled and sys.stderr.isatty()):
             return iterable
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-        return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
+        def with_bar():
+            with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                yield from tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
+
+        return with_bar()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -73,6 +105,25 @@ class TrainLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _continued_paths(continues: dict | None, logs_dir: str) -> tuple[str, str] | None:
+    """(text log, TensorBoard folder) of the continued run, if both are in `logs_dir`."""
+    if not continues:
+        return None
+    text, board = continues.get("text"), continues.get("tensorboard")
+    root = os.path.realpath(logs_dir)
+    inside = all(isinstance(p, str) and os.path.realpath(p).startswith(root + os.sep) for p in (text, board))
+    return (text, board) if inside and os.path.exists(text) else None
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
 
 
 def format_losses(losses: dict[str, float]) -> str:

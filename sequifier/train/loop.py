@@ -313,6 +313,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "state": state.to_dict(),
             "config": self.config_record,
+            "logs": self.logger.paths,
         })
         self.last_checkpoint = path
         self.logger.info(f"checkpoint saved: {path}")

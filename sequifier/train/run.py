@@ -134,7 +134,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     if spec.compile:
         forward_model = torch.compile(forward_model)
 
-    logger = TrainLogger(folders[LOGS_DIR], cfg.model_name, enabled=distributed.is_main_process())
+    logger = TrainLogger(folders[LOGS_DIR], cfg.model_name, enabled=distributed.is_main_process(),
+                         continues=resume.checkpoint.get("logs") if resume is not None else None)
     try:
         n_params = sum(p.numel() for p in model.parameters())
         tied = (f" ({tied_parameter_saving(model):,} fewer than untied: tie_embeddings "
@@ -172,6 +173,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             _export(cfg, model, layout, state, folders[MODELS_DIR], result, logger)
         elif nothing_new:
             _keep_exports(cfg, folders[MODELS_DIR], result)
+        logger.hparams(config_record(cfg), {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
+                                            "last_epoch": state.epoch})
         if distributed.is_main_process():
             result.summary_path = summary_path(folders[LOGS_DIR], cfg.model_name)
             summary = build_summary(result, baselines, logger.tensorboard_dir)

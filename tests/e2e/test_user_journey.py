@@ -5,6 +5,7 @@ than a window); the configs are the templates, changed only where the user must
 (shorter windows and two epochs, to keep the test quick).
 """
 
+import glob
 import os
 import subprocess
 import sys
@@ -91,3 +92,14 @@ def test_resume_logs_a_changed_lr_and_refuses_a_changed_architecture(project):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "model_spec.dim_model: 16 -> 32" in lines[0] and "model_name=NEW_NAME" in lines[0]
+
+
+def test_every_hydra_run_folder_holds_a_non_empty_command_log(project):
+    runs = glob.glob(os.path.join(project, "outputs", "runs", "*", "*", "*"))
+    assert {os.path.basename(os.path.dirname(os.path.dirname(r))) for r in runs} >= {"preprocess", "train", "infer"}
+    for run in runs:
+        command = os.path.basename(os.path.dirname(os.path.dirname(run)))
+        log = os.path.join(run, f"{command}.log")
+        if command == "train" and not os.path.exists(log):
+            continue  # `--cfg job` prints the config and starts no job
+        assert os.path.getsize(log) > 0, log

@@ -148,3 +148,16 @@ def test_a_config_error_with_overwrite_deletes_nothing(tmp_path, bad):
         train(root, **{"training_spec.epochs": 1, "overwrite": True,
                        "training_spec.continue_training": False, **bad})
     assert names(root) == before != []
+
+
+def test_resumed_run_continues_its_log_and_tensorboard_folder_with_hparams(tmp_path):
+    root = make_project(tmp_path)
+    first = train(root, **{"training_spec.epochs": 1})
+    resumed = train(root, **{"training_spec.epochs": 2})
+    assert resumed.log_path == first.log_path
+    assert log_text(resumed).count("resuming from") == 1 and "epoch 1/1" in log_text(resumed)
+    boards = glob.glob(os.path.join(root, "logs", "tensorboard", "tiny", "*"))
+    assert len(boards) == 1
+    events = b"".join(open(p, "rb").read() for p in glob.glob(os.path.join(boards[0], "events.*")))
+    assert b"_hparams_/session_start_info" in events and b"hparams/best_val_loss" in events
+    assert b"training_spec.learning_rate" in events
