@@ -7,12 +7,16 @@ I/O contract of every export (also in docs/model.md):
 - generative outputs, one per target, named `output_name(target)` ("<target>_output";
   names, version and file names live in `export_format`, which infer reads too):
   categorical -> [batch, n_classes] logits of the last position; real -> [batch] value
-  of the last position on the standardised scale.
+  of the last position on the standardised scale. Then one more per target,
+  `positions_output_name(target)` ("<target>_positions"): the same for every position,
+  [batch, seq_length, n_classes] / [batch, seq_length] (every-position inference: the
+  model is causal, so one pass gives the prediction after each input slot). A runner
+  keeps only the set it needs (see infer/model_runner.py), so neither costs the other.
 - embedding output "embedding": [batch, dim_model] hidden state of the last position.
 - metadata (ONNX metadata_props, JSON-encoded strings; .pt: the saved dict's "info"):
   sequifier_format, model_type, input_columns, target_columns, target_column_types,
-  column_types, seq_length, with_dropout, output_names, plus the caller's extra entries
-  (train adds model_name, tag, epoch, best_epoch, best_val_loss).
+  column_types, seq_length, with_dropout, output_names, position_output_names, plus the
+  caller's extra entries (train adds model_name, tag, epoch, best_epoch, best_val_loss).
 
 Exports always compute in float32: weights trained in float16/bfloat16 are upcast
 (values unchanged) and float8-quantised weights are stored rounded to their float8 grid.
@@ -40,6 +44,7 @@ from sequifier.export_format import (
     model_not_found,
     output_keys,
     output_name,
+    positions_output_name,
 )
 from sequifier.io_utils import atomic_path, output_set
 from sequifier.model.dtypes import bake_weight_quantization, layer_type_dtype_names
@@ -48,9 +53,11 @@ from sequifier.model.transformer import ColumnLayout, SequifierModel
 
 
 def output_names(layout: ColumnLayout, model_type: str) -> List[str]:
+    """Every output of an export, in graph order."""
     if model_type == "embedding":
         return [EMBEDDING_OUTPUT]
-    return [output_name(t) for t in layout.target_columns]
+    return ([output_name(t) for t in layout.target_columns]
+            + [positions_output_name(t) for t in layout.target_columns])
 
 
 class _LastPositionHead(nn.Module):
@@ -68,18 +75,33 @@ class _LastPositionHead(nn.Module):
         return self.model.hidden_states(dict(zip(self.input_columns, inputs)))[:, -1, :]
 
 
+HEAD_POSITIONS = ("both", "last", "every")
+
+
 class GenerativeHead(_LastPositionHead):
-    """Positional inputs in input_columns order -> one last-position output per target."""
+    """Positional inputs in input_columns order -> per target, the last position's output,
+    then every position's output (`positions="both"`, the export's outputs), or one of the
+    two sets (`"last"`, `"every"`: what a .pt runner computes)."""
 
     model_type = "generative"
 
-    def __init__(self, model: SequifierModel):
+    def __init__(self, model: SequifierModel, positions: str = "both"):
         super().__init__(model)
+        if positions not in HEAD_POSITIONS:
+            raise ValueError(f"positions: '{positions}' is not one of {HEAD_POSITIONS}")
+        self.positions = positions
         self.target_columns = list(model.layout.target_columns)
 
     def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
-        outputs = self.model.decode(self.last_hidden(inputs))
-        return tuple(outputs[t] for t in self.target_columns)
+        hidden = self.model.hidden_states(dict(zip(self.input_columns, inputs)))
+        out: Tuple[Tensor, ...] = ()
+        if self.positions in ("both", "last"):
+            last = self.model.decode(hidden[:, -1, :])
+            out += tuple(last[t] for t in self.target_columns)
+        if self.positions in ("both", "every"):
+            every = self.model.decode(hidden)
+            out += tuple(every[t] for t in self.target_columns)
+        return out
 
 
 class EmbeddingHead(_LastPositionHead):
@@ -91,9 +113,10 @@ class EmbeddingHead(_LastPositionHead):
         return (self.last_hidden(inputs),)
 
 
-def make_head(model: SequifierModel, model_type: str) -> nn.Module:
+def make_head(model: SequifierModel, model_type: str, positions: str = "both") -> nn.Module:
+    """The export's head; `positions` picks a generative head's outputs (see GenerativeHead)."""
     check_model_type(model_type)
-    return GenerativeHead(model) if model_type == "generative" else EmbeddingHead(model)
+    return GenerativeHead(model, positions) if model_type == "generative" else EmbeddingHead(model)
 
 
 def set_dropout_active(model: nn.Module, active: bool) -> nn.Module:
@@ -150,6 +173,8 @@ def export_info(
         with_dropout=bool(with_dropout),
         output_names=dict(zip(output_keys(model_type, layout.target_columns), output_names(layout, model_type))),
     )
+    if model_type == "generative":
+        info["position_output_names"] = {t: positions_output_name(t) for t in layout.target_columns}
     return info
 
 

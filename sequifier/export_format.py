@@ -28,6 +28,12 @@ def output_name(target: str) -> str:
     return f"{target}_output"
 
 
+def positions_output_name(target: str) -> str:
+    """Name of a generative export's every-position output for `target`: [batch,
+    seq_length, n_classes] / [batch, seq_length], the prediction after each input slot."""
+    return f"{target}_positions"
+
+
 def output_keys(model_type: str, target_columns: list[str]) -> list[str]:
     """What a runner's outputs are keyed by: each target, or "embedding"."""
     return [EMBEDDING_OUTPUT] if model_type == "embedding" else list(target_columns)

@@ -45,6 +45,7 @@ from sequifier.data.read_table import KeyColumns, LongTable
 from sequifier.data.splits import (
     StrideMismatch,
     assign_sequences,
+    covered_from,
     segment_bounds,
     whole_sequence_bounds,
     window_starts,
@@ -326,16 +327,18 @@ def build_windows(task: WindowTask) -> List[Windows]:
         bounds = whole_sequence_bounds(np.diff(task.offsets), task.sequence_split, len(task.split_ratios))
     out = []
     for k, stride in enumerate(task.strides):
+        cover_start = covered_from(bounds[:, k], bounds[:, k + 1])
         try:
-            starts = window_starts(bounds[:, k], bounds[:, k + 1], task.window_length, stride,
+            starts = window_starts(cover_start, bounds[:, k + 1], task.window_length, stride,
                                    task.start_mode)
         except StrideMismatch as e:
             raise SequifierError(
                 f"stride_by_split[{k}]={stride} does not fit with subsequence_start_mode: exact: "
-                f"split {k} of sequence {task.sequence_labels[e.sequence_index]} in '{task.path}' "
-                f"has {e.segment_length} items, which leaves {e.leftover} items after the last "
-                f"window of {task.window_length}; use subsequence_start_mode: distribute or a "
-                "stride that divides every segment's (length - seq_length - 1)"
+                f"the windows of split {k} of sequence {task.sequence_labels[e.sequence_index]} in "
+                f"'{task.path}' cover {e.segment_length} items (a later split's segment plus the "
+                f"item before it), which leaves {e.leftover} items after the last window of "
+                f"{task.window_length}; use subsequence_start_mode: distribute or a stride that "
+                "divides every covered length - seq_length - 1"
             ) from None
         out.append(gather_windows(task.sequence_ids, task.offsets, starts, positions, values,
                                   task.window_length, task.encoding, bounds[:, k]))

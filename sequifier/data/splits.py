@@ -14,7 +14,8 @@ its segment the way windows cover a sequence of their own:
     the start that makes the last window end at the segment's end, `stride` apart
     (`exact`) or spread evenly at most `stride` apart (`distribute`);
   * a segment of at most one window gets one window ending at the segment's end.
-Every window ends inside its segment. A window reaching left of its segment takes the
+A later split's windows cover its segment plus the one item before it (`covered_from`),
+so that its first item is a target with context. Every window ends inside its segment. A window reaching left of its segment takes the
 preceding items of the same sequence as context (earlier splits only, never later
 ones), and slots before the sequence's first item are padding. Split 0 therefore lies
 wholly in its segment; only a short first segment is left-padded.
@@ -59,6 +60,20 @@ def whole_sequence_bounds(lengths: np.ndarray, split: np.ndarray, n_splits: int)
     lengths = np.asarray(lengths, dtype=np.int64)
     after = np.arange(n_splits + 1)[None, :] > np.asarray(split)[:, None]
     return np.where(after, lengths[:, None], 0)
+
+
+def covered_from(seg_start: np.ndarray, seg_end: np.ndarray) -> np.ndarray:
+    """Where the windows of each segment start covering: one item before a non-empty
+    segment that has an earlier item, else the segment's start.
+
+    That item is context, never a target; with it the segment's first item is a target
+    too, so with strides of at most `seq_length` every item that has an earlier item in
+    its sequence is a target of some window of its split (train scores it, evaluate
+    predicts it).
+    """
+    seg_start = np.asarray(seg_start, dtype=np.int64)
+    seg_end = np.asarray(seg_end, dtype=np.int64)
+    return np.where((seg_start > 0) & (seg_end > seg_start), seg_start - 1, seg_start)
 
 
 @dataclass

@@ -29,6 +29,8 @@ class ModelInfo:
     output_names: dict[str, str] | None = None
     # categorical column -> number of classes, where the export shows it
     n_classes: dict[str, int] | None = None
+    # every-position output name of each target (exports that have them)
+    position_output_names: dict[str, str] | None = None
 
 
 def _decode(value: str):
@@ -58,6 +60,7 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
     dropout = props.get("with_dropout", False)
     dropout = bool(_decode(dropout) if isinstance(dropout, str) else dropout)
     names = props.get("output_names")
+    position_names = props.get("position_output_names")
     info = ModelInfo(
         model_type=str(values["model_type"]),
         input_columns=list(values["input_columns"]),
@@ -68,6 +71,9 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
         with_dropout=dropout,
         can_sample_dropout=dropout,
         output_names=dict(_decode(names)) if isinstance(names, str) else names,
+        position_output_names=(
+            dict(_decode(position_names)) if isinstance(position_names, str) else position_names
+        ),
     )
     if info.model_type not in MODEL_TYPES:
         raise SequifierError(

@@ -4,7 +4,9 @@ Both runners expose the same thing: `info` (what the export says about itself: t
 columns, sequence length, whether dropout was exported) and `run(inputs)`, which takes
 one `[batch, seq_length]` array per input column and returns the export's outputs as
 numpy arrays (`{target: logits [batch, n_classes] | values [batch]}` for generative
-models, `{"embedding": [batch, dim]}` for embedding models). Everything above this
+models, `{"embedding": [batch, dim]}` for embedding models). A runner opened with
+`every_position=True` returns every position instead (`[batch, seq_length, n_classes]`
+| `[batch, seq_length]`), from the same single forward pass. Everything above this
 module is format-agnostic. What an export says about itself is read in `model_info`;
 the `.pt` runner lives in `torch_runner` (imported only when a `.pt` file is opened, so
 ONNX inference does not import torch).
@@ -27,11 +29,16 @@ def _usable_cores() -> int:
 
 
 class OnnxRunner:
-    """An ONNX export run with onnxruntime."""
+    """An ONNX export run with onnxruntime, pruned to the outputs this run needs."""
 
-    def __init__(self, path: str, device: str, seed: int):
+    def __init__(self, path: str, device: str, seed: int, every_position: bool = False):
         import onnxruntime as ort
 
+        proto = _read_onnx(path)
+        self.info = info_from_props({p.key: p.value for p in proto.metadata_props}, path)
+        self.every_position = every_position
+        self._keys, self._output_names = self._choose_outputs(proto, path)
+        proto = _keep_outputs(proto, self._output_names)
         providers = _onnx_providers(device, ort.get_available_providers(), path)
         options = ort.SessionOptions()
         # One process per run: use every core we may use for the matrix products and
@@ -44,34 +51,43 @@ class OnnxRunner:
         # session is created; without it every session replays the same default stream
         ort.set_seed(int(seed))
         try:
-            self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=options, providers=providers
+            )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises assorted types for bad files
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SequifierError(
-                f"model_path: '{path}' could not be loaded as an ONNX model ({first_line[:200]})"
-            ) from None
-        props = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.info = info_from_props(props, path)
-        self._check_signature(path)
+            raise _unloadable(path, e) from None
 
-    def _check_signature(self, path: str) -> None:
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        if sorted(inputs) != sorted(self.info.input_columns):
+    def _choose_outputs(self, proto, path: str) -> tuple[list[str], list[str]]:
+        """(keys of `run`'s result, graph outputs to compute), after checking the graph's
+        inputs and outputs against the export's metadata."""
+        info = self.info
+        initializers = {i.name for i in proto.graph.initializer}
+        inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+        outputs = [o.name for o in proto.graph.output]
+        if sorted(inputs) != sorted(info.input_columns):
             raise SequifierError(
                 f"model_path: '{path}' has inputs {inputs}, which do not match its metadata "
-                f"(input_columns {self.info.input_columns}); re-export it with `sequifier train`"
+                f"(input_columns {info.input_columns}); re-export it with `sequifier train`"
             )
-        wanted = output_keys(self.info.model_type, self.info.target_columns)
-        self._output_names = _match_outputs(wanted, outputs, self.info.output_names, path)
-        self._keys = wanted
-        shapes = {o.name: o.shape for o in self.session.get_outputs()}
-        self.info.n_classes = {
-            key: shapes[name][1]
-            for key, name in zip(wanted, self._output_names)
-            if self.info.target_column_types.get(key) == "categorical"
-            and len(shapes[name]) == 2 and isinstance(shapes[name][1], int)
+        keys = output_keys(info.model_type, info.target_columns)
+        last_names = _match_outputs(keys, outputs, info.output_names, path)
+        dims = {o.name: [d.dim_value if d.HasField("dim_value") else None
+                         for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+        info.n_classes = {
+            key: dims[name][1] for key, name in zip(keys, last_names)
+            if info.target_column_types.get(key) == "categorical"
+            and len(dims[name]) == 2 and dims[name][1]
         }
+        if not self.every_position:
+            return keys, last_names
+        recorded = info.position_output_names or {}
+        if info.model_type != "generative" or any(recorded.get(k) not in outputs for k in keys):
+            raise SequifierError(
+                f"model_path: '{path}' has no every-position outputs (exported by an older "
+                "sequifier, or not a generative model); re-export it with `sequifier train` "
+                "to predict every position"
+            )
+        return keys, [recorded[k] for k in keys]
 
     def reseed(self, seed: int) -> None:
         """Nothing to do: random ops were seeded when the session was created."""
@@ -79,6 +95,34 @@ class OnnxRunner:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self._output_names, inputs)
         return dict(zip(self._keys, results))
+
+
+def _unloadable(path: str, error: Exception) -> SequifierError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return SequifierError(
+        f"model_path: '{path}' could not be loaded as an ONNX model ({first_line[:200]})"
+    )
+
+
+def _read_onnx(path: str):
+    import onnx
+
+    try:
+        return onnx.load(path)
+    except Exception as e:  # noqa: BLE001 - protobuf decode errors and others for bad files
+        raise _unloadable(path, e) from None
+
+
+def _keep_outputs(proto, names: list[str]):
+    """The graph cut down to what computes `names`: onnxruntime computes every output of
+    a graph whichever ones a run asks for, so unneeded ones are removed before loading."""
+    if [o.name for o in proto.graph.output] == names:
+        return proto
+    from onnx.utils import Extractor
+
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+    return Extractor(proto).extract_model(inputs, names)
 
 
 def _match_outputs(wanted: list[str], outputs: list[str], recorded: dict[str, str] | None,
@@ -117,16 +161,16 @@ def _onnx_providers(device: str, available: list[str], path: str) -> list:
 
 
 def load_runner(path: str, device: str, training_config_path: str, model_type: str,
-                metadata, infer_with_dropout: bool, seed: int):
+                metadata, infer_with_dropout: bool, seed: int, every_position: bool = False):
     """Open `path` with the runner its extension calls for."""
     if not os.path.isfile(path):
         raise model_not_found(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
-        return OnnxRunner(path, device, seed)
+        return OnnxRunner(path, device, seed, every_position)
     if ext == ".pt":
         from sequifier.infer.torch_runner import TorchRunner
 
         return TorchRunner(path, device, training_config_path, model_type, metadata,
-                           infer_with_dropout)
+                           infer_with_dropout, every_position)
     raise SequifierError(f"model_path: '{path}' is neither an .onnx nor a .pt export")

@@ -29,13 +29,18 @@ def torch_device(device: str):
 
 class TorchRunner:
     def __init__(self, path: str, device: str, training_config_path: str, model_type: str,
-                 metadata: Metadata, infer_with_dropout: bool):
+                 metadata: Metadata, infer_with_dropout: bool, every_position: bool = False):
         from sequifier.export import make_head, set_dropout_active
 
         self.device = torch_device(device)
         model, info = _load(path, training_config_path, model_type, metadata)
         self.info = info
-        head = make_head(model, info.model_type)
+        if every_position and info.model_type != "generative":
+            raise SequifierError(
+                f"model_path: '{path}' is an embedding model; only generative models predict "
+                "every position"
+            )
+        head = make_head(model, info.model_type, "every" if every_position else "last")
         # MC dropout: eval mode (no batch-norm-like state here) with dropout layers sampling
         set_dropout_active(head, infer_with_dropout and info.can_sample_dropout)
         self.head = head.to(self.device)

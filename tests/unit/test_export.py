@@ -88,10 +88,12 @@ def test_onnx_export_files_and_metadata(tmp_path):
     assert props["column_types"]["b"] == "categorical" and props["seq_length"] == 6
     assert props["with_dropout"] is False and props["dataset"] == "d" and props["epoch"] == 2 and props["tag"] == "last"
     assert props["output_names"] == {"a": "a_output", "x": "x_output"}
+    assert props["position_output_names"] == {"a": "a_positions", "x": "x_positions"}
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [(i.name, i.type) for i in session.get_inputs()] == [
         ("a", "tensor(int64)"), ("b", "tensor(int64)"), ("x", "tensor(float)")]
-    assert [o.name for o in session.get_outputs()] == [output_name("a"), output_name("x")]
+    assert [o.name for o in session.get_outputs()] == [
+        output_name("a"), output_name("x"), "a_positions", "x_positions"]
     # .pt and .onnx of one export give the same outputs
     loaded, _, _ = load_pt_model(str(tmp_path / "sequifier-m-last.pt"))
     inputs = make_inputs(batch=4, seed=9)

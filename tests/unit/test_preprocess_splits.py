@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sequifier.data.splits import StrideMismatch, segment_bounds, window_starts
+from sequifier.data.splits import StrideMismatch, covered_from, segment_bounds, window_starts
 
 
 def starts_of(seg_start, seg_end, window_length, stride, mode="distribute"):
@@ -88,3 +88,10 @@ def test_every_window_ends_inside_its_segment():
         same = ws.sequence_index[1:] == ws.sequence_index[:-1]
         gaps = np.diff(ws.start)[same]
         assert np.all((gaps >= 1) & (gaps <= stride))
+
+
+def test_a_later_segment_is_covered_from_the_item_before_it():
+    # split 0 [0, 8) has no earlier item; split 1 [8, 20) starts covering at 7, so item 8
+    # is a target with item 7 as context; an empty segment stays empty
+    assert covered_from(np.array([0, 8, 5]), np.array([8, 20, 5])).tolist() == [0, 7, 5]
+    assert starts_of(7, 20, 4, 4) == [7, 10, 13, 16]
