@@ -191,6 +191,41 @@ class InferConfig:
     # Not in the original field list: replace existing outputs/ files of the same models
     # instead of refusing (as in preprocess and train).
     overwrite: bool = False
+    # Not in the original field list: which slots of a window are predicted ("last": the
+    # held-out last slot; "scored": every slot of the window's own split, each item of
+    # the split once), forecasting after each sequence's last observed item (and the
+    # position step of a forecast; null: the sequence's most recent step), and how
+    # sampled columns are drawn (per column: temperature, top_k, top_p).
+    positions: str = "last"
+    forecast: bool = False
+    forecast_position_step: Optional[int] = None
+    temperature: Optional[Dict[str, float]] = None
+    top_k: Optional[Dict[str, int]] = None
+    top_p: Optional[Dict[str, float]] = None
 
 
-SCHEMAS = {"preprocess": PreprocessConfig, "train": TrainConfig, "infer": InferConfig}
+@dataclass
+class EvaluateConfig:
+    """`sequifier evaluate`: score models on a split, every item once, against baselines."""
+
+    project_root: str = MISSING
+    # one path or a list of paths (OmegaConf cannot type a str-or-list union)
+    model_path: Any = MISSING
+    metadata_config_path: str = MISSING
+    # the split to score (null: the metadata's last split) and the training split whose
+    # class counts / mean make the baselines (null: the metadata's first split)
+    data_path: Optional[str] = None
+    baseline_data_path: Optional[str] = None
+    training_config_path: str = "configs/train.yaml"
+    read_format: str = "parquet"
+    write_format: str = "csv"
+    inference_batch_size: int = 256
+    # k of the top-k accuracy of categorical targets (null: 5)
+    top_k_accuracy: Optional[int] = None
+    map_to_id: bool = True
+    device: str = "cpu"
+    overwrite: bool = False
+
+
+SCHEMAS = {"preprocess": PreprocessConfig, "train": TrainConfig, "infer": InferConfig,
+           "evaluate": EvaluateConfig}

@@ -289,14 +289,12 @@ def validate_infer(cfg: InferConfig) -> None:
             f"must be a model file path or a list of them, got {cfg.model_path!r}")
     p.one_of(cfg.model_type, MODEL_TYPES, "model_type")
     p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
-    p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
     p.positive(cfg.seq_length, "seq_length", allow_none=True)
     p.positive(cfg.inference_batch_size, "inference_batch_size")
-    if cfg.autoregression_extra_steps is not None:
-        p.check(cfg.autoregression, "autoregression_extra_steps",
-                "is set but autoregression is false; set autoregression: true")
-        p.positive(cfg.autoregression_extra_steps, "autoregression_extra_steps", minimum=0)
+    from sequifier.infer.run import option_problems  # the rules live with the code they govern
+
+    p.lines.extend(option_problems(cfg))
     for col, kind in (cfg.target_column_types or {}).items():
         p.one_of(kind, COLUMN_TYPES, f"target_column_types.{col}")
     if cfg.sample_from_distribution_columns and cfg.target_columns is not None:

@@ -15,9 +15,10 @@ its segment the way windows cover a sequence of their own:
     (`exact`) or spread evenly at most `stride` apart (`distribute`);
   * a segment of at most one window gets one window ending at the segment's end.
 A later split's windows cover its segment plus the one item before it (`covered_from`),
-so that its first item is a target with context. Every window ends inside its segment. A window reaching left of its segment takes the
-preceding items of the same sequence as context (earlier splits only, never later
-ones), and slots before the sequence's first item are padding. Split 0 therefore lies
+so that its first item is a target with context. Every window ends inside its segment.
+A window reaching left of its segment takes the preceding items of the same sequence
+as context (earlier splits only, never later ones), and slots before the sequence's
+first item are padding. Split 0 therefore lies
 wholly in its segment; only a short first segment is left-padded.
 """
 

@@ -94,9 +94,10 @@ def first_predicted_slot(windows: Windows) -> np.ndarray:
     """int64 [N]: the first slot each window predicts when every target of the split is
     to be predicted exactly once (every-position inference, evaluate).
 
-    A window predicts its slots from `scored_from` on (its own split's items), never slot
-    0 (no input precedes it), and not the items an earlier window of the same sequence
-    already ends with: windows of one sequence may overlap (`distribute` spreads them at
+    A window predicts its slots from `scored_from` on (its own split's items), never a
+    sequence's first item (only padding precedes it; training does score that one) nor
+    slot 0 (no input precedes it), and not the items an earlier window of the same
+    sequence already ends with: windows of one sequence may overlap (`distribute` spreads them at
     most `stride` apart), and an item is predicted by the first window that has it.
     """
     n = len(windows)
@@ -108,7 +109,15 @@ def first_predicted_slot(windows: Windows) -> np.ndarray:
     # positions rise along a window (pad slots hold -1 and come first), so the slots an
     # earlier window covered are a prefix: count them
     covered = (windows.item_position <= before[:, None]).sum(axis=1)
-    return np.maximum(np.maximum(windows.scored_from, 1), covered).astype(np.int64)
+    return np.maximum(np.maximum(windows.scored_from, windows.padding + 1), covered).astype(np.int64)
+
+
+def last_window_per_sequence(windows: Windows) -> np.ndarray:
+    """Indices (in file order) of each sequence's window that ends with its last item."""
+    last = windows.item_position[:, -1]
+    order = np.lexsort((last, windows.sequence_id))
+    ends = np.r_[windows.sequence_id[order[1:]] != windows.sequence_id[order[:-1]], True]
+    return np.sort(order[ends])
 
 
 def _position_names(window_length: int) -> List[str]:

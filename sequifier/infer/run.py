@@ -5,10 +5,20 @@ models before any output is written), read the windows once per set of input col
 run the model batch by batch (feeding predictions back in for autoregression), map ids
 and standardised values back, and write each output file atomically.
 
-Windows hold `seq_length + 1` slots; slots `0..L-1` are the model's input and the
-prediction is for slot `L`, so a prediction's `itemPosition` is the window's original
-position of slot `L` (it lines up with the held-out truth). Each autoregressive step
-drops the oldest slot, appends the prediction and predicts the next position.
+Windows hold `seq_length + 1` slots. Which slots are predicted (`positions`, `forecast`):
+
+* `last` (default): slots `0..L-1` are the model's input and the prediction is for slot
+  `L`, so a prediction's `itemPosition` is the window's original position of slot `L`
+  (it lines up with the held-out truth).
+* `scored`: the same input, and a prediction for every slot from the window's first
+  predicted slot (`windows.first_predicted_slot`) to `L`, all from one forward pass:
+  the model is causal, so its output after input slot j is the prediction for slot j+1.
+* `forecast`: one window per sequence, the one ending with the sequence's last item;
+  slots `1..L` are the input, so the prediction is for the position after the last
+  observation (the last position plus the position step).
+
+Each autoregressive step drops the oldest slot, appends the prediction and predicts
+the next position.
 """
 
 import logging
@@ -19,17 +29,26 @@ import numpy as np
 
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
-from sequifier.data.windows import TABULAR_FORMATS, Windows, read_windows
+from sequifier.data.windows import (
+    TABULAR_FORMATS,
+    Windows,
+    first_predicted_slot,
+    last_window_per_sequence,
+    read_windows,
+)
 from sequifier.errors import SequifierError
 from sequifier.export_format import EMBEDDING_OUTPUT
 from sequifier.infer import outputs
 from sequifier.infer.model_info import ModelInfo
 from sequifier.infer.model_runner import load_runner
 from sequifier.infer.values import (
+    SAMPLING_FIELDS,
     CategoryDecoder,
     choose_ids,
     clamp_unknown_ids,
     destandardise,
+    sampling_by_column,
+    sampling_problems,
     softmax,
 )
 from sequifier.io_utils import resolve_path
@@ -52,6 +71,45 @@ class ModelJob:
     runner: object
     info: ModelInfo
     output_paths: list[str] = field(default_factory=list)
+
+
+POSITIONS = ("last", "scored")
+
+
+def option_problems(cfg: InferConfig) -> list[str]:
+    """One line per infer option that is invalid or cannot take effect with the others
+    (checked by the validation gate and again by `run_infer` for Python callers)."""
+    problems = []
+    if cfg.write_format not in outputs.WRITE_FORMATS:
+        problems.append(
+            f"write_format: '{cfg.write_format}' is not one of {list(outputs.WRITE_FORMATS)}"
+        )
+    if cfg.autoregression_extra_steps is not None and not cfg.autoregression:
+        problems.append(
+            "autoregression_extra_steps: is set but autoregression is false; "
+            "set autoregression: true or remove autoregression_extra_steps"
+        )
+    if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
+        problems.append("autoregression_extra_steps: must be 0 or more")
+    if cfg.positions not in POSITIONS:
+        problems.append(f"positions: '{cfg.positions}' is not one of {', '.join(POSITIONS)}")
+    elif cfg.positions == "scored" and (cfg.autoregression or cfg.forecast):
+        problems.append(
+            "positions: 'scored' predicts the items inside each window; it does not combine "
+            "with autoregression or forecast (which continue after the window); use "
+            "positions: last"
+        )
+    if cfg.forecast_position_step is not None:
+        if not cfg.forecast:
+            problems.append("forecast_position_step: is set but forecast is false; set "
+                            "forecast: true or remove forecast_position_step")
+        elif cfg.forecast_position_step < 1:
+            problems.append(
+                f"forecast_position_step: must be >= 1, got {cfg.forecast_position_step}"
+            )
+    sampled = list(cfg.sample_from_distribution_columns or [])
+    problems += sampling_problems(sampled, {name: getattr(cfg, name) for name in SAMPLING_FIELDS})
+    return problems
 
 
 def run_infer(cfg: InferConfig) -> list[str]:
@@ -78,7 +136,11 @@ def run_infer(cfg: InferConfig) -> list[str]:
     for job in jobs:
         key = tuple(job.info.input_columns)
         if key not in windows_by_columns:
-            windows_by_columns[key] = _read_input(cfg, metadata, data_path, job.info)
+            windows_by_columns[key] = read_input(cfg.read_format, metadata, data_path,
+                                                 job.info.input_columns, cfg.seq_length)
+    if cfg.forecast:
+        for windows in windows_by_columns.values():
+            _check_forecast_input(data_path, windows, cfg.seq_length)
     written: list[str] = []
     for job in jobs:
         tables = _infer_model(cfg, metadata, job, windows_by_columns[tuple(job.info.input_columns)])
@@ -87,6 +149,18 @@ def run_infer(cfg: InferConfig) -> list[str]:
             logger.info(f"wrote {path}")
             written.append(path)
     return written
+
+
+def _check_forecast_input(data_path: str, windows: Windows, seq_length: int) -> None:
+    """A forecast continues each sequence's last item: a window without one has nothing
+    to continue (preprocess never writes one; a hand-made or foreign file can)."""
+    empty = windows.padding > seq_length
+    if empty.any():
+        raise SequifierError(
+            f"data_path: {int(empty.sum())} windows of '{data_path}' hold no item (e.g. of "
+            f"sequence {windows.sequence_id[empty][0]}): a forecast needs sequences of at "
+            "least one item; preprocess the data again"
+        )
 
 
 def _last_split(metadata: Metadata) -> str:
@@ -112,6 +186,7 @@ def _open_model(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
     runner = load_runner(
         path, cfg.device, resolve_path(cfg.project_root, cfg.training_config_path),
         cfg.model_type, metadata, cfg.infer_with_dropout, cfg.seed,
+        every_position=cfg.positions == "scored",
     )
     info = runner.info
     _check_config_matches_model(cfg, info, path)
@@ -231,19 +306,21 @@ def _is_empty_tabular(path: str, read_format: str) -> bool:
         return not f.readline().strip()
 
 
-def _read_input(cfg: InferConfig, metadata: Metadata, path: str, info: ModelInfo) -> Windows:
+def read_input(read_format: str, metadata: Metadata, path: str, columns: list[str],
+               seq_length: int) -> Windows:
+    """The windows of `path` with `columns`, checked to be windows of `seq_length`."""
     empty = SequifierError(f"data_path: '{path}' holds no windows; nothing to infer on")
-    tabular = cfg.read_format in TABULAR_FORMATS
+    tabular = read_format in TABULAR_FORMATS
     if tabular and os.path.isdir(path):
         raise SequifierError(
-            f"data_path: '{path}' is a folder; with read_format {cfg.read_format} point it at "
-            f"one preprocessed split file (data/NAME-splitK.{cfg.read_format})"
+            f"data_path: '{path}' is a folder; with read_format {read_format} point it at "
+            f"one preprocessed split file (data/NAME-splitK.{read_format})"
         )
     is_file = tabular and os.path.isfile(path)
-    if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, cfg.read_format)):
+    if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, read_format)):
         raise empty
     try:
-        windows = read_windows(path, cfg.read_format, metadata.column_types, info.input_columns)
+        windows = read_windows(path, read_format, metadata.column_types, columns)
     except SequifierError as e:
         raise SequifierError(f"data_path: {e}") from None
     except (ValueError, OSError) as e:  # parser errors of pandas/pyarrow: wrong format
@@ -251,26 +328,27 @@ def _read_input(cfg: InferConfig, metadata: Metadata, path: str, info: ModelInfo
         if not first_line.isprintable():  # a parser quoting the binary bytes it choked on
             first_line = type(e).__name__
         raise SequifierError(
-            f"data_path: '{path}' could not be read as {cfg.read_format} ({first_line}); "
+            f"data_path: '{path}' could not be read as {read_format} ({first_line}); "
             "check read_format"
         ) from None
     if len(windows) == 0:
         raise empty
-    if windows.window_length != cfg.seq_length + 1:
+    if windows.window_length != seq_length + 1:
         raise SequifierError(
             f"seq_length: the data '{path}' holds windows of seq_length "
-            f"{windows.window_length - 1}, the model expects {cfg.seq_length}; preprocess "
+            f"{windows.window_length - 1}, the model expects {seq_length}; preprocess "
             "with the model's seq_length"
         )
     return windows
 
 
-def _model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows) -> dict[str, np.ndarray]:
-    """Slots 0..L-1 of each input column, typed as the export expects."""
+def model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows,
+                 first_slot: int = 0) -> dict[str, np.ndarray]:
+    """Slots first_slot..first_slot+L-1 of each input column, typed as the export expects."""
     length = info.seq_length
     inputs = {}
     for column in info.input_columns:
-        values = windows.values[column][:, :length]
+        values = windows.values[column][:, first_slot:first_slot + length]
         if metadata.column_types[column] == "categorical":
             values = clamp_unknown_ids(column, values.astype(np.int64), metadata.n_classes[column])
         else:
@@ -285,10 +363,44 @@ def _model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows) -> dict
 def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows):
     """Run one model over all windows; return {output path: {column: 1-d array}}."""
     job.runner.reseed(cfg.seed)
-    inputs = _model_inputs(metadata, job.info, windows)
+    first_slot = 0
+    if cfg.forecast:  # the input ends with each sequence's last item
+        windows, first_slot = windows.select(last_window_per_sequence(windows)), 1
+    inputs = model_inputs(metadata, job.info, windows, first_slot)
     if job.info.model_type == "embedding":
-        return _infer_embeddings(cfg, metadata, job, windows, inputs)
-    return _infer_generative(cfg, metadata, job, windows, inputs)
+        return _infer_embeddings(cfg, metadata, job, windows, inputs, first_slot)
+    if cfg.positions == "scored":
+        rows, slots, predictions, probabilities = predict_every_position(
+            cfg, metadata, job, inputs, first_predicted_slot(windows))
+        keys = outputs.key_columns(metadata, windows.sequence_id[rows],
+                                   windows.item_position[rows, slots])
+        return prediction_tables(cfg, metadata, job, keys, predictions, probabilities)
+    steps = 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
+    predictions, probabilities = _predict(cfg, metadata, job, inputs, len(windows), steps)
+    if cfg.forecast:
+        positions = forecast_positions(windows, steps, cfg.forecast_position_step)
+    else:
+        positions = windows.item_position[:, job.info.seq_length][:, None] + np.arange(steps)
+    keys = outputs.key_columns(metadata, np.repeat(windows.sequence_id, steps), positions.reshape(-1))
+    predictions = {c: v.reshape(-1) for c, v in predictions.items()}
+    probabilities = {c: p.reshape(-1, p.shape[2]) for c, p in probabilities.items()}
+    return prediction_tables(cfg, metadata, job, keys, predictions, probabilities)
+
+
+def forecast_positions(windows: Windows, steps: int, step: int | None) -> np.ndarray:
+    """[N, steps] positions after each window's last item: last + step * (1..steps).
+
+    The step is `forecast_position_step` when set, else the sequence's most recent step
+    (last position minus the one before; 1 for a sequence of one item).
+    """
+    last = windows.item_position[:, -1]
+    if step is None:
+        before = windows.item_position[:, -2]
+        # slot L-1 is an item unless the window is all padding up to its last slot
+        has_before = windows.padding < windows.window_length - 1
+        step = np.where(has_before, last - before, 1)
+    step = np.broadcast_to(np.asarray(step, dtype=np.int64), last.shape)
+    return last[:, None] + step[:, None] * np.arange(1, steps + 1)
 
 
 def _batches(n: int, batch_size: int):
@@ -296,43 +408,103 @@ def _batches(n: int, batch_size: int):
         yield start, min(start + batch_size, n)
 
 
-def _infer_embeddings(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows, inputs):
+def _infer_embeddings(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows, inputs,
+                      first_slot: int):
     parts = []
     for start, end in _batches(len(windows), cfg.inference_batch_size):
         batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
         parts.append(np.asarray(job.runner.run(batch)[EMBEDDING_OUTPUT], dtype=np.float32))
     embeddings = np.concatenate(parts)
-    # the embedding summarises the window up to its last input slot (L-1)
+    # the embedding summarises the window up to its last input slot
     columns = outputs.key_columns(metadata, windows.sequence_id,
-                                  windows.item_position[:, job.info.seq_length - 1])
+                                  windows.item_position[:, first_slot + job.info.seq_length - 1])
     columns.update({str(j): embeddings[:, j] for j in range(embeddings.shape[1])})
     return {outputs.embedding_path(cfg.project_root, job.name, cfg.write_format): columns}
 
 
-def _infer_generative(cfg, metadata: Metadata, job: ModelJob, windows: Windows, inputs):
-    steps = 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
-    predictions, probabilities = _predict(cfg, metadata, job, inputs, len(windows), steps)
+def prediction_tables(cfg, metadata: Metadata, job: ModelJob, keys: dict[str, np.ndarray],
+                      predictions: dict[str, np.ndarray], probabilities: dict[str, np.ndarray],
+                      extra: dict[str, np.ndarray] | None = None, path: str | None = None):
+    """{path: table} of the predictions (ids/standardised values, one per row of `keys`)
+    in the user's terms, plus one probability table per categorical target asked for.
+    `extra` columns follow the predictions (e.g. evaluate's truth)."""
     info, root, fmt = job.info, cfg.project_root, cfg.write_format
-    positions = windows.item_position[:, info.seq_length][:, None] + np.arange(steps)
-    keys = outputs.key_columns(metadata, np.repeat(windows.sequence_id, steps), positions.reshape(-1))
     table = dict(keys)
     for column in info.target_columns:
-        values = predictions[column].reshape(-1)
-        if info.target_column_types[column] == "real":
-            values = destandardise(values, metadata.selected_columns_statistics[column])
-        elif cfg.map_to_id:
-            values = _decoder(metadata, column).decode(values)
-        table[column] = values
-    tables = {outputs.prediction_path(root, job.name, fmt): table}
+        table[column] = to_user_values(metadata, info, column, predictions[column], cfg.map_to_id)
+    table.update(extra or {})
+    tables = {path or outputs.prediction_path(root, job.name, fmt): table}
     for column, probs in probabilities.items():
-        n_classes = probs.shape[2]
+        n_classes = probs.shape[1]
         names = (_decoder(metadata, column).class_names()[:n_classes] if cfg.map_to_id
                  else [str(i) for i in range(n_classes)])
-        probs = probs.reshape(-1, n_classes)
         tables[outputs.probability_path(root, job.name, column, fmt)] = {
             **keys, **{name: probs[:, j] for j, name in enumerate(names)}
         }
     return tables
+
+
+def to_user_values(metadata: Metadata, info: ModelInfo, column: str, values: np.ndarray,
+                   map_to_id: bool) -> np.ndarray:
+    """Ids -> original values (with map_to_id), standardised -> original scale."""
+    if info.target_column_types[column] == "real":
+        return destandardise(values, metadata.selected_columns_statistics[column])
+    return _decoder(metadata, column).decode(values) if map_to_id else values
+
+
+def every_position_batches(job: ModelJob, inputs: dict[str, np.ndarray], first_slot: np.ndarray,
+                           batch_size: int):
+    """One forward pass per window, batch by batch: yields (start, end, outputs, mask),
+    outputs per target [b, L, n_classes] / [b, L] and mask [b, L] True where the output
+    (the prediction for slot j + 1) is one to keep."""
+    target_slots = np.arange(1, job.info.seq_length + 1)
+    for start, end in _batches(len(first_slot), batch_size):
+        batch = {c: np.ascontiguousarray(v[start:end]) for c, v in inputs.items()}
+        mask = target_slots[None, :] >= first_slot[start:end, None]
+        yield start, end, job.runner.run(batch), mask
+
+
+def predict_every_position(cfg, metadata: Metadata, job: ModelJob, inputs, first_slot: np.ndarray,
+                           on_batch=None):
+    """Predictions for every slot from `first_slot` on, one row per predicted slot.
+
+    Returns (window index [M], slot [M], {target: [M] ids or standardised values},
+    {categorical target: [M, n_classes] probabilities} if asked for). `on_batch(outputs,
+    mask, start, end)` sees each batch's raw outputs (evaluate scores them).
+    """
+    info = job.info
+    rng, sampling = _sampler(cfg)
+    target_slots = np.arange(1, info.seq_length + 1)
+    full_mask = target_slots[None, :] >= first_slot[:, None]
+    rows, positions = np.nonzero(full_mask)
+    n_rows = len(rows)
+    predictions: dict[str, np.ndarray] = {}
+    probabilities: dict[str, np.ndarray] = {}
+    done = 0
+    for start, end, raw, mask in every_position_batches(job, inputs, first_slot,
+                                                        cfg.inference_batch_size):
+        if on_batch is not None:
+            on_batch(raw, mask, start, end)
+        k = int(mask.sum())
+        for column in info.target_columns:
+            out = raw[column][mask]
+            if info.target_column_types[column] == "categorical":
+                _check_n_classes(metadata, column, out.shape[1], job.path)
+                ids = choose_ids(out, rng if column in sampling else None, sampling.get(column))
+                _buffer(predictions, column, (n_rows,), np.int64)[done:done + k] = ids
+                if cfg.output_probabilities:
+                    _buffer(probabilities, column, (n_rows, out.shape[1]), np.float32)[
+                        done:done + k] = softmax(out)
+            else:
+                _buffer(predictions, column, (n_rows,), np.float32)[done:done + k] = out
+        done += k
+    return rows, positions + 1, predictions, probabilities
+
+
+def _sampler(cfg) -> tuple[np.random.Generator, dict]:
+    sampled = list(getattr(cfg, "sample_from_distribution_columns", None) or [])
+    per_column = {name: getattr(cfg, name, None) for name in SAMPLING_FIELDS}
+    return np.random.default_rng(cfg.seed), sampling_by_column(sampled, per_column)
 
 
 def _predict(cfg, metadata: Metadata, job: ModelJob, inputs, n: int, steps: int):
@@ -343,8 +515,7 @@ def _predict(cfg, metadata: Metadata, job: ModelJob, inputs, n: int, steps: int)
     """
     info = job.info
     categorical = {c for c in info.target_columns if info.target_column_types[c] == "categorical"}
-    sampled = set(cfg.sample_from_distribution_columns or [])
-    rng = np.random.default_rng(cfg.seed)
+    rng, sampling = _sampler(cfg)
     predictions: dict[str, np.ndarray] = {}
     probabilities: dict[str, np.ndarray] = {}
     for start, end in _batches(n, cfg.inference_batch_size):
@@ -356,7 +527,8 @@ def _predict(cfg, metadata: Metadata, job: ModelJob, inputs, n: int, steps: int)
                 out = raw[column]
                 if column in categorical:
                     _check_n_classes(metadata, column, out.shape[1], job.path)
-                    chosen[column] = choose_ids(out, rng if column in sampled else None)
+                    chosen[column] = choose_ids(out, rng if column in sampling else None,
+                                                sampling.get(column))
                     if cfg.output_probabilities:
                         shape = (n, steps, out.shape[1])
                         _buffer(probabilities, column, shape, np.float32)[start:end, step] = (

@@ -6,6 +6,7 @@ preprocess standardised them with.
 """
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -84,12 +85,80 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def choose_ids(logits: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """argmax of each row, or (with an rng) one draw from each row's softmax."""
+@dataclass
+class Sampling:
+    """How one categorical target is drawn: softmax(logits / temperature), cut to the
+    `top_k` most likely ids and then to the smallest set whose probability reaches
+    `top_p` (nucleus sampling); None switches a cut off."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
+
+
+def sampling_problems(sampled: list[str], per_column: dict[str, dict | None]) -> list[str]:
+    """One line per bad sampling setting; `per_column` maps field -> {column: value}.
+
+    A setting for a column that is not sampled would have no effect, so it is refused.
+    """
+    problems = []
+    checks = {
+        "temperature": (lambda v: v > 0, "must be > 0"),
+        "top_k": (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+        "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    }
+    for name in SAMPLING_FIELDS:
+        ok, rule = checks[name]
+        for column, value in (per_column.get(name) or {}).items():
+            if column not in sampled:
+                problems.append(
+                    f"{name}.{column}: '{column}' is not sampled, so the setting would have no "
+                    "effect; add it to sample_from_distribution_columns or remove the setting"
+                )
+            elif value is None or not ok(value):
+                problems.append(f"{name}.{column}: {rule}, got {value}")
+    return problems
+
+
+def sampling_by_column(sampled: list[str], per_column: dict[str, dict | None]) -> dict[str, Sampling]:
+    """{sampled column: its Sampling}, from the per-column maps of the config."""
+    return {
+        column: Sampling(**{
+            name: (per_column.get(name) or {})[column]
+            for name in SAMPLING_FIELDS if column in (per_column.get(name) or {})
+        })
+        for column in sampled
+    }
+
+
+def choose_ids(logits: np.ndarray, rng: np.random.Generator | None,
+               sampling: Sampling | None = None) -> np.ndarray:
+    """argmax of each row, or (with an rng) one draw from each row's softmax, shaped by
+    `sampling`. A draw is never a reserved id (<pad>, <unknown>): they are not values
+    a sequence can continue with."""
     if rng is None:
         return logits.argmax(axis=1).astype(np.int64)
-    cumulative = np.cumsum(softmax(logits), axis=1)
-    draws = rng.random((len(logits), 1)) * cumulative[:, -1:]
+    sampling = sampling or Sampling()
+    scaled = logits.astype(np.float64) / sampling.temperature
+    scaled[:, list(RESERVED_LABELS)] = -np.inf
+    if sampling.top_k is not None and sampling.top_k < scaled.shape[1]:
+        kth = np.partition(scaled, -sampling.top_k, axis=1)[:, -sampling.top_k][:, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probabilities = softmax(scaled)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        order = np.argsort(-probabilities, axis=1, kind="stable")
+        ranked = np.take_along_axis(probabilities, order, axis=1)
+        # keep an id while the ids ranked before it hold less than top_p (the first always)
+        keep_ranked = (np.cumsum(ranked, axis=1) - ranked) < sampling.top_p
+        keep = np.empty_like(keep_ranked)
+        np.put_along_axis(keep, order, keep_ranked, axis=1)
+        probabilities = np.where(keep, probabilities, 0.0)
+    cumulative = np.cumsum(probabilities, axis=1)
+    # draws in (0, total]: an id of probability 0 can never be picked
+    draws = (1.0 - rng.random((len(logits), 1))) * cumulative[:, -1:]
     ids = (cumulative < draws).sum(axis=1)
     return np.minimum(ids, logits.shape[1] - 1).astype(np.int64)
 
