@@ -16,7 +16,7 @@ from sequifier.errors import SequifierError
 
 log = logging.getLogger("sequifier")
 
-COMMANDS = ("preprocess", "train", "infer")
+COMMANDS = ("preprocess", "train", "infer", "evaluate")
 
 USAGE = """usage: sequifier <command> [--config-path FILE.yaml] [key=value ...]
 
@@ -24,12 +24,16 @@ commands:
   preprocess   turn a long table into training windows, splits and metadata
   train        train a causal transformer and export it (ONNX / .pt)
   infer        run an exported model and write predictions, probabilities or embeddings
+               (positions=scored: every item; forecast=true: after each sequence's end)
+  evaluate     score models on every item of a split against baselines: accuracy,
+               top-k, cross-entropy / MAE, RMSE, written to outputs/evaluation/
   make NAME    create a project folder NAME with commented config templates
 
 Each command reads configs/<command>.yaml from the current folder unless --config-path
 names another YAML file. Hydra options work too: presets (+model_spec=gqa), overrides
 (training_spec.lr=3e-4), multirun sweeps (-m), --cfg job to print the composed config.
-The same commands exist as sequifier-preprocess, sequifier-train and sequifier-infer.
+The same commands exist as sequifier-preprocess, sequifier-train, sequifier-infer and
+sequifier-evaluate.
 """
 
 
@@ -59,10 +63,18 @@ def _run_infer(cfg):
     return None
 
 
+def _run_evaluate(cfg):
+    from sequifier.infer.evaluate import run_evaluate
+
+    run_evaluate(cfg)
+    return None
+
+
 RUNNERS: Dict[str, Callable] = {
     "preprocess": _run_preprocess,
     "train": _run_train,
     "infer": _run_infer,
+    "evaluate": _run_evaluate,
 }
 
 
@@ -198,6 +210,10 @@ def train_main() -> None:
 
 def infer_main() -> None:
     run_command("infer", sys.argv[1:], prog="sequifier-infer")
+
+
+def evaluate_main() -> None:
+    run_command("evaluate", sys.argv[1:], prog="sequifier-evaluate")
 
 
 if __name__ == "__main__":

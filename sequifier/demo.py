@@ -2,9 +2,10 @@
 
 Makes a project folder, writes a small synthetic table with learnable structure
 (a Markov chain over items, a category that depends on the item, and an AR(1) value
-driven by the item), then runs `sequifier preprocess`, `train` and `infer` through the
-real command line, and prints how good the model is against the baselines (from the
-run's logs/demo-summary.json) and where predictions, logs and models are.
+driven by the item), then runs `sequifier preprocess`, `train`, `infer` and `evaluate`
+through the real command line, and prints how good the model is against the baselines
+(from the run's logs/demo-summary.json, and evaluate's table of every test item) and
+where predictions, metrics, logs and models are.
 """
 
 import json
@@ -88,6 +89,12 @@ INFER = {
 }
 
 
+EVALUATE = {
+    "project_root": ".", "model_path": "MODEL", "metadata_config_path": "configs/metadata_configs/data.json",
+    "read_format": "parquet", "inference_batch_size": 256, "overwrite": True,
+}
+
+
 def prepare_folder(folder: str) -> None:
     if os.path.exists(folder):
         if not os.path.exists(os.path.join(folder, MARKER)):
@@ -136,8 +143,13 @@ def main(folder: str = os.path.join("outputs", "demo")) -> None:
     with open(os.path.join(folder, "configs", "infer.yaml"), "w") as f:
         yaml.safe_dump(infer, f, sort_keys=False)
     run_step(["infer"], folder)
+    evaluate = dict(EVALUATE, model_path=os.path.relpath(best, folder))
+    with open(os.path.join(folder, "configs", "evaluate.yaml"), "w") as f:
+        yaml.safe_dump(evaluate, f, sort_keys=False)
+    run_step(["evaluate"], folder)  # every test item vs the baselines, printed as a table
     print(f"\ndemo finished in {time.time() - started:.0f} s")
     for what, path in (("predictions", "outputs/predictions"), ("probabilities", "outputs/probabilities"),
+                       ("evaluation", "outputs/evaluation"),
                        ("models", "models"), ("checkpoints", "checkpoints"), ("logs", "logs")):
         files = sorted(os.listdir(os.path.join(folder, path))) if os.path.isdir(os.path.join(folder, path)) else []
         print(f"  {what:13s} {folder}/{path}/  ({', '.join(files[:4])}{' ...' if len(files) > 4 else ''})")

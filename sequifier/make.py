@@ -6,7 +6,7 @@ from importlib import resources
 
 from sequifier.errors import SequifierError
 
-TEMPLATES = ("preprocess.yaml", "train.yaml", "infer.yaml")
+TEMPLATES = ("preprocess.yaml", "train.yaml", "infer.yaml", "evaluate.yaml")
 
 
 def make_project(name: str) -> str:
@@ -20,6 +20,6 @@ def make_project(name: str) -> str:
             shutil.copyfile(src, os.path.join(name, "configs", template))
     with resources.as_file(templates / "gitignore") as src:
         shutil.copyfile(src, os.path.join(name, ".gitignore"))
-    print(f"created project '{name}': configs/ (preprocess, train, infer), data/, .gitignore\n"
+    print(f"created project '{name}': configs/ (preprocess, train, infer, evaluate), data/, .gitignore\n"
           f"next: put your table in {name}/data/ and run `sequifier preprocess` inside {name}")
     return name

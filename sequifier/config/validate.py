@@ -15,7 +15,7 @@ import math
 from typing import List
 
 from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
-from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
+from sequifier.config.schema import EvaluateConfig, InferConfig, PreprocessConfig, TrainConfig
 from sequifier.errors import SequifierError
 from sequifier.export_format import MODEL_TYPES
 from sequifier.io_utils import name_problem, resolve_path
@@ -68,7 +68,8 @@ def check_name(field: str, value, folder: str, p: Problems) -> None:
 
 
 def validate(command: str, cfg) -> None:
-    {"preprocess": validate_preprocess, "train": validate_train, "infer": validate_infer}[command](cfg)
+    {"preprocess": validate_preprocess, "train": validate_train, "infer": validate_infer,
+     "evaluate": validate_evaluate}[command](cfg)
 
 
 # --- preprocess -------------------------------------------------------------------------
@@ -308,4 +309,19 @@ def validate_infer(cfg: InferConfig) -> None:
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
             f"set seq_length: {metadata.seq_length}")
+    p.raise_if_any()
+
+
+# --- evaluate ---------------------------------------------------------------------------
+
+def validate_evaluate(cfg: EvaluateConfig) -> None:
+    p = Problems()
+    paths = cfg.model_path if isinstance(cfg.model_path, list) else [cfg.model_path]
+    p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
+            f"must be a model file path or a list of them, got {cfg.model_path!r}")
+    p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
+    p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
+    p.one_of(cfg.device.split(":")[0], DEVICES, "device")
+    p.positive(cfg.inference_batch_size, "inference_batch_size")
+    p.positive(cfg.top_k_accuracy, "top_k_accuracy", allow_none=True)
     p.raise_if_any()

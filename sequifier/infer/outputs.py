@@ -1,4 +1,5 @@
-"""Where infer writes, and how: pyarrow tables written atomically as csv or parquet.
+"""Where infer and evaluate write, and how: pyarrow tables (csv or parquet) and text
+files (metrics JSON, markdown), written atomically.
 
 Every output row names its item in the user's terms: `key_columns` turns the windows'
 internal sequence numbers and int64 positions back into the original ids and positions
@@ -27,6 +28,22 @@ def probability_path(project_root: str, model: str, target: str, write_format: s
 
 def embedding_path(project_root: str, model: str, write_format: str) -> str:
     return os.path.join(project_root, "outputs", "embeddings", f"{model}-embeddings.{write_format}")
+
+
+def evaluation_path(project_root: str, model: str, split: str, kind: str, extension: str) -> str:
+    """outputs/evaluation/MODEL-SPLIT-KIND.EXT (kind: metrics or predictions)."""
+    return os.path.join(project_root, "outputs", "evaluation", f"{model}-{split}-{kind}.{extension}")
+
+
+def comparison_path(project_root: str, split: str) -> str:
+    """The table comparing several models evaluated on one split."""
+    return os.path.join(project_root, "outputs", "evaluation", f"{split}-comparison.md")
+
+
+def write_text(text: str, path: str) -> None:
+    """Write a text file (metrics JSON, markdown) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def refuse_to_overwrite(paths: list[str]) -> None:

@@ -82,7 +82,7 @@ def option_problems(cfg: InferConfig) -> list[str]:
     problems = []
     if cfg.write_format not in outputs.WRITE_FORMATS:
         problems.append(
-            f"write_format: '{cfg.write_format}' is not one of {list(outputs.WRITE_FORMATS)}"
+            f"write_format: '{cfg.write_format}' is not one of {', '.join(outputs.WRITE_FORMATS)}"
         )
     if cfg.autoregression_extra_steps is not None and not cfg.autoregression:
         problems.append(

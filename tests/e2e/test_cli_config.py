@@ -24,7 +24,7 @@ def project(tmp_path_factory):
 
 
 def test_make_creates_templates(project):
-    assert sorted(os.listdir(os.path.join(project, "configs"))) == ["infer.yaml", "preprocess.yaml", "train.yaml"]
+    assert sorted(os.listdir(os.path.join(project, "configs"))) == ["evaluate.yaml", "infer.yaml", "preprocess.yaml", "train.yaml"]
     assert os.path.isdir(os.path.join(project, "data"))
     assert os.path.isfile(os.path.join(project, ".gitignore"))
 

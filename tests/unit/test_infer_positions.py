@@ -148,6 +148,7 @@ def test_forecast_refuses_a_window_without_any_item(tmp_path, forecast_project):
     models = forecast_project[3]
     _, metadata = preprocess(tmp_path, split_ratios=(1.0,))
     windows = read_windows(str(tmp_path / metadata.split_paths[0]), "parquet", metadata.column_types)
+    windows = windows.select(np.arange(len(windows)))  # writable copies
     windows.padding[0] = SEQ_LENGTH + 1
     windows.target_start[0] = SEQ_LENGTH + 1
     windows.item_position[0] = -1

@@ -1,0 +1,301 @@
+"""`sequifier evaluate`: how good is a model, on every item of a split, against baselines.
+
+Per model: every-position inference (`positions: scored`, one forward pass per window)
+predicts each item of the split that has an earlier item exactly once; the metrics of
+`sequifier.metrics` score those predictions against the split's own values, and the
+baselines (unigram / majority class, training mean, previous value) are scored on the
+same items, with class counts and means taken from the training split as training does.
+
+Writes, under outputs/evaluation/: MODEL-SPLIT-metrics.json and .md, MODEL-SPLIT-
+predictions.csv|parquet (one row per predicted item, each target next to TARGET_true),
+and with several models SPLIT-comparison.md, one table comparing them.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sequifier import metrics
+from sequifier.config.metadata import Metadata, read_metadata
+from sequifier.config.schema import EvaluateConfig, InferConfig
+from sequifier.data.windows import Windows, first_predicted_slot
+from sequifier.errors import SequifierError
+from sequifier.infer import outputs
+from sequifier.infer.run import (
+    ModelJob,
+    _check_distinct_names,
+    _open_model,
+    model_inputs,
+    predict_every_position,
+    prediction_tables,
+    read_input,
+    to_user_values,
+)
+from sequifier.io_utils import resolve_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetScore:
+    """The summed metrics of one target: the model's and each baseline's."""
+
+    column_type: str
+    model: torch.Tensor
+    baselines: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> list[str]:
+    """Evaluate every model in `cfg.model_path` on the split; return the paths written."""
+    root = cfg.project_root
+    metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
+    data_path = resolve_path(root, cfg.data_path or _split(metadata, -1, "data_path"))
+    baseline_path = resolve_path(root, cfg.baseline_data_path or _split(metadata, 0, "baseline_data_path"))
+    split = split_name(metadata, root, data_path)
+    infer_cfg = _as_infer_config(cfg, metadata)
+    paths = [resolve_path(root, p) for p in ([cfg.model_path] if isinstance(cfg.model_path, str)
+                                              else list(cfg.model_path))]
+    jobs = [_open_model(infer_cfg, metadata, p) for p in paths]
+    _check_distinct_names(jobs)
+    top_k = _top_k(cfg, jobs)
+    planned = _planned_paths(cfg, jobs, split)
+    if not cfg.overwrite:
+        outputs.refuse_to_overwrite(planned)
+
+    # everything is read and checked before anything is scored or written
+    windows_by_columns: dict[tuple, Windows] = {}
+    for job in jobs:
+        key = _columns(job)
+        if key not in windows_by_columns:
+            windows_by_columns[key] = read_input(cfg.read_format, metadata, data_path, list(key),
+                                                 metadata.seq_length)
+    targets = sorted({t for job in jobs for t in job.info.target_columns})
+    training = read_input(cfg.read_format, metadata, baseline_path, targets, metadata.seq_length)
+    for windows in windows_by_columns.values():
+        if not (first_predicted_slot(windows) <= metadata.seq_length).any():
+            raise SequifierError(
+                f"data_path: '{data_path}' has no item to score: every window's targets are "
+                "padding, context from an earlier split, or a sequence's first item; evaluate "
+                "a split with items (e.g. larger split_ratios for it)"
+            )
+
+    reports, texts, tables = [], {}, {}
+    for job in jobs:
+        windows = windows_by_columns[_columns(job)]
+        report, rows = _evaluate_model(infer_cfg, metadata, job, windows, training, top_k, split)
+        report.update(model=job.path, data_path=data_path, split=split,
+                      baseline_data_path=baseline_path)
+        reports.append(report)
+        texts[outputs.evaluation_path(root, job.name, split, "metrics", "json")] = (
+            json.dumps(report, indent=2, allow_nan=True) + "\n")
+        texts[outputs.evaluation_path(root, job.name, split, "metrics", "md")] = markdown(
+            [report], f"Evaluation of {job.name} on {split}")
+        tables.update(rows)
+    if len(jobs) > 1:
+        texts[outputs.comparison_path(root, split)] = markdown(reports, f"Models compared on {split}")
+    for path, columns in tables.items():
+        outputs.write_table(columns, path, cfg.write_format)
+    for path, text in texts.items():
+        outputs.write_text(text, path)
+    for report in reports:
+        logger.info("\n" + markdown([report], f"{os.path.basename(report['model'])} on {split}"))
+    for path in planned:
+        logger.info(f"wrote {path}")
+    return planned
+
+
+def _split(metadata: Metadata, index: int, field_name: str) -> str:
+    if not metadata.split_paths:
+        raise SequifierError(f"{field_name}: not set and the metadata records no splits; set {field_name}")
+    return metadata.split_paths[index]
+
+
+def split_name(metadata: Metadata, root: str, path: str) -> str:
+    """`splitK` for a split of the metadata, else the file's stem."""
+    for k, split in enumerate(metadata.split_paths):
+        if os.path.abspath(resolve_path(root, split)) == os.path.abspath(path):
+            return f"split{k}"
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+def _as_infer_config(cfg: EvaluateConfig, metadata: Metadata) -> InferConfig:
+    """The infer settings evaluate runs with: every position, argmax, no probabilities."""
+    return InferConfig(
+        project_root=cfg.project_root, model_path=cfg.model_path,
+        metadata_config_path=cfg.metadata_config_path, training_config_path=cfg.training_config_path,
+        read_format=cfg.read_format, write_format=cfg.write_format, model_type="generative",
+        seq_length=metadata.seq_length, inference_batch_size=cfg.inference_batch_size,
+        map_to_id=cfg.map_to_id, device=cfg.device, overwrite=cfg.overwrite, positions="scored",
+    )
+
+
+def _columns(job: ModelJob) -> tuple:
+    """Model inputs and targets: evaluate reads the targets' true values too."""
+    return tuple(dict.fromkeys(job.info.input_columns + job.info.target_columns))
+
+
+def _top_k(cfg: EvaluateConfig, jobs: list[ModelJob]) -> int:
+    if cfg.top_k_accuracy is None:
+        return metrics.DEFAULT_TOP_K
+    if cfg.top_k_accuracy < 1:
+        raise SequifierError(f"top_k_accuracy: must be >= 1, got {cfg.top_k_accuracy}")
+    for job in jobs:
+        if "categorical" not in job.info.target_column_types.values():
+            raise SequifierError(
+                f"top_k_accuracy: the model '{job.name}' has only real targets, and top-k "
+                "accuracy is a metric of categorical targets; remove top_k_accuracy"
+            )
+    return cfg.top_k_accuracy
+
+
+def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> list[str]:
+    root = cfg.project_root
+    paths = []
+    for job in jobs:
+        paths += [outputs.evaluation_path(root, job.name, split, "metrics", "json"),
+                  outputs.evaluation_path(root, job.name, split, "metrics", "md"),
+                  outputs.evaluation_path(root, job.name, split, "predictions", cfg.write_format)]
+    if len(jobs) > 1:
+        paths.append(outputs.comparison_path(root, split))
+    return paths
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows,
+                    training: Windows, top_k: int, split: str):
+    """(report, {predictions path: table}) of one model on the split."""
+    info = job.info
+    start_time = time.perf_counter()
+    first_slot = first_predicted_slot(windows)
+    inputs = model_inputs(metadata, info, windows)
+    truth = {t: tensor(windows.values[t][:, 1:])
+             for t in info.target_columns}
+    sums = {t: metrics.empty_sums(info.target_column_types[t]) for t in info.target_columns}
+
+    def score(raw, mask, start, end):
+        mask = torch.from_numpy(mask)
+        for t in info.target_columns:
+            out, target = tensor(raw[t]), truth[t][start:end]
+            if info.target_column_types[t] == "categorical":
+                sums[t] += metrics.categorical_sums(out, target, top_k, mask)
+            else:
+                sums[t] += metrics.real_sums(out, target, _std(metadata, t), mask)
+
+    rows, slots, predictions, _ = predict_every_position(cfg, metadata, job, inputs, first_slot,
+                                                         on_batch=score)
+    seconds = time.perf_counter() - start_time
+    full_mask = torch.from_numpy(np.arange(1, info.seq_length + 1)[None, :] >= first_slot[:, None])
+    scores = {}
+    for t in info.target_columns:
+        kind = info.target_column_types[t]
+        scores[t] = TargetScore(kind, sums[t], _baselines(metadata, t, kind, windows, training,
+                                                          full_mask, top_k))
+    report = {
+        "top_k": top_k,
+        "count": len(rows),
+        "seconds": round(seconds, 4),
+        "items_per_second": round(len(rows) / seconds, 1) if seconds > 0 else None,
+        "targets": {t: _target_report(s, top_k) for t, s in scores.items()},
+    }
+    keys = {"sequenceId": windows.sequence_id[rows], "itemPosition": windows.item_position[rows, slots]}
+    true_values = {
+        f"{t}_true": to_user_values(metadata, info, t, windows.values[t][rows, slots], cfg.map_to_id)
+        for t in info.target_columns
+    }
+    path = outputs.evaluation_path(cfg.project_root, job.name, split, "predictions", cfg.write_format)
+    tables = prediction_tables(cfg, metadata, job, keys, predictions, {}, extra=true_values, path=path)
+    return report, tables
+
+
+def tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor of `array`'s values (a copy where the array is a read-only Arrow view)."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _std(metadata: Metadata, column: str) -> float:
+    return float(metadata.selected_columns_statistics[column]["std"])
+
+
+def _baselines(metadata: Metadata, column: str, kind: str, windows: Windows, training: Windows,
+               mask: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """The baselines' sums on the same items as the model, fitted on the training split's
+    scored targets (the slots training learns from)."""
+    values = tensor(windows.values[column])
+    targets = values[:, 1:]
+    train_values = tensor(training.values[column][:, 1:])
+    train_slots = torch.arange(1, train_values.shape[1] + 1)
+    train_mask = train_slots[None, :] >= tensor(training.scored_from)[:, None]
+    if kind == "categorical":
+        counts = metrics.class_counts(train_values, metadata.n_classes[column], train_mask)
+        return metrics.categorical_baseline_sums(targets, counts, top_k, mask)
+    mean = metrics.mean_from_value_sums(metrics.value_sums(train_values, train_mask))
+    return metrics.real_baseline_sums(targets, values[:, :-1], mean, _std(metadata, column), mask)
+
+
+def _target_report(score: TargetScore, top_k: int) -> dict:
+    return {
+        "type": score.column_type,
+        "model": _plain(metrics.metrics_from_sums(score.column_type, score.model, top_k)),
+        "baselines": {name: _plain(metrics.metrics_from_sums(score.column_type, sums, top_k))
+                      for name, sums in score.baselines.items()},
+    }
+
+
+def _plain(values: dict) -> dict:
+    """JSON-friendly: NaN (no scored item) becomes null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+
+# ---------------------------------------------------------------- reports
+
+
+def markdown(reports: list[dict], title: str) -> str:
+    """One table per target type: a row per model and then per baseline, same items."""
+    lines = [f"# {title}", ""]
+    first = reports[0]
+    lines.append(f"Data: `{first['data_path']}` ({first['count']} items predicted, each once); "
+                 f"baselines fitted on `{first['baseline_data_path']}`.")
+    for kind in ("categorical", "real"):
+        targets = [t for t, r in first["targets"].items() if r["type"] == kind]
+        for report in reports[1:]:
+            targets += [t for t, r in report["targets"].items() if r["type"] == kind and t not in targets]
+        if not targets:
+            continue
+        names = (["count", "accuracy", metrics.top_k_name(first["top_k"]), "cross_entropy"]
+                 if kind == "categorical" else ["count", "mae", "rmse"])
+        lines += ["", "| target | predictor | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for target in targets:
+            baselines = None
+            for report in reports:
+                entry = report["targets"].get(target)
+                if entry is None:
+                    continue
+                model = os.path.splitext(os.path.basename(report["model"]))[0]
+                lines.append(_row(target, model, entry["model"], names))
+                baselines = baselines or entry["baselines"]
+            for name, values in (baselines or {}).items():
+                lines.append(_row(target, f"baseline: {name}", values, names))
+    lines.append("")
+    lines.append("Items per second (end to end, per model): " + ", ".join(
+        f"{os.path.splitext(os.path.basename(r['model']))[0]} {r['items_per_second']:,.0f}"
+        for r in reports if r["items_per_second"]))
+    return "\n".join(lines) + "\n"
+
+
+def _row(target: str, predictor: str, values: dict, names: list[str]) -> str:
+    def cell(value):
+        if value is None:
+            return "-"
+        return f"{value:d}" if isinstance(value, int) else f"{value:.4f}"
+
+    return f"| {target} | {predictor} | " + " | ".join(cell(values.get(n)) for n in names) + " |"
