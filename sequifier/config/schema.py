@@ -221,7 +221,7 @@ class EvaluateConfig:
     write_format: str = "csv"
     inference_batch_size: int = 256
     # k of the top-k accuracy of categorical targets (null: 5)
-    top_k_accuracy: Optional[int] = None
+    accuracy_top_k: Optional[int] = None
     map_to_id: bool = True
     device: str = "cpu"
     overwrite: bool = False

@@ -323,5 +323,5 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
     p.positive(cfg.inference_batch_size, "inference_batch_size")
-    p.positive(cfg.top_k_accuracy, "top_k_accuracy", allow_none=True)
+    p.positive(cfg.accuracy_top_k, "accuracy_top_k", allow_none=True)
     p.raise_if_any()

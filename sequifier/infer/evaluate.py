@@ -99,10 +99,7 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
         tables.update(rows)
     if len(jobs) > 1:
         texts[outputs.comparison_path(root, split)] = markdown(reports, f"Models compared on {split}")
-    for path, columns in tables.items():
-        outputs.write_table(columns, path, cfg.write_format)
-    for path, text in texts.items():
-        outputs.write_text(text, path)
+    outputs.write_tables(tables, cfg.write_format, texts)  # one set: all files or none
     for report in reports:
         logger.info("\n" + markdown([report], f"{os.path.basename(report['model'])} on {split}"))
     for path in planned:
@@ -141,17 +138,17 @@ def _columns(job: ModelJob) -> tuple:
 
 
 def _top_k(cfg: EvaluateConfig, jobs: list[ModelJob]) -> int:
-    if cfg.top_k_accuracy is None:
+    if cfg.accuracy_top_k is None:
         return metrics.DEFAULT_TOP_K
-    if cfg.top_k_accuracy < 1:
-        raise SequifierError(f"top_k_accuracy: must be >= 1, got {cfg.top_k_accuracy}")
+    if cfg.accuracy_top_k < 1:
+        raise SequifierError(f"accuracy_top_k: must be >= 1, got {cfg.accuracy_top_k}")
     for job in jobs:
         if "categorical" not in job.info.target_column_types.values():
             raise SequifierError(
-                f"top_k_accuracy: the model '{job.name}' has only real targets, and top-k "
-                "accuracy is a metric of categorical targets; remove top_k_accuracy"
+                f"accuracy_top_k: the model '{job.name}' has only real targets, and top-k "
+                "accuracy is a metric of categorical targets; remove accuracy_top_k"
             )
-    return cfg.top_k_accuracy
+    return cfg.accuracy_top_k
 
 
 def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> list[str]:

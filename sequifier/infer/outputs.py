@@ -1,5 +1,5 @@
 """Where infer and evaluate write, and how: pyarrow tables (csv or parquet) and text
-files (metrics JSON, markdown), written atomically.
+files (metrics JSON, markdown), written as output sets: all files or none.
 
 Every output row names its item in the user's terms: `key_columns` turns the windows'
 internal sequence numbers and int64 positions back into the original ids and positions
@@ -40,12 +40,6 @@ def comparison_path(project_root: str, split: str) -> str:
     return os.path.join(project_root, "outputs", "evaluation", f"{split}-comparison.md")
 
 
-def write_text(text: str, path: str) -> None:
-    """Write a text file (metrics JSON, markdown) atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def refuse_to_overwrite(paths: list[str]) -> None:
     existing = existing_outputs(paths)  # after sets interrupted by a crash are rolled back
     if existing:
@@ -84,11 +78,17 @@ def _column(values):
     return pa.array(values)
 
 
-def write_tables(tables: dict[str, dict[str, np.ndarray]], write_format: str) -> None:
-    """Write {path: named 1-d arrays} as one output set: all files appear or none."""
-    with output_set(list(tables)) as tmps:
+def write_tables(tables: dict[str, dict[str, np.ndarray]], write_format: str,
+                 texts: dict[str, str] | None = None) -> None:
+    """Write {path: named 1-d arrays} as tables (and {path: text} as text files) as one
+    output set: all appear together, or none does (see io_utils.output_set)."""
+    texts = texts or {}
+    with output_set(list(tables) + list(texts)) as tmps:
         for path, columns in tables.items():
             write_table(columns, tmps[path], write_format)
+        for path, text in texts.items():
+            with open(tmps[path], "w", encoding="utf-8") as f:
+                f.write(text)
 
 
 def write_table(columns: dict[str, np.ndarray], path: str, write_format: str) -> None:

@@ -147,10 +147,34 @@ def test_data_without_the_target_column_is_refused(tmp_path, project):
     assert not os.path.exists(tmp_path / "outputs")
 
 
-def test_top_k_accuracy_for_a_model_without_categorical_targets_is_refused(tmp_path):
+def test_accuracy_top_k_for_a_model_without_categorical_targets_is_refused(tmp_path):
     _, _, models = make_project(tmp_path, targets=("value",))
-    with pytest.raises(SequifierError, match="top_k_accuracy: the model 'm' has only real targets"):
-        run_evaluate(evaluate_config(tmp_path, models["pt"], top_k_accuracy=3))
+    with pytest.raises(SequifierError, match="accuracy_top_k: the model 'm' has only real targets"):
+        run_evaluate(evaluate_config(tmp_path, models["pt"], accuracy_top_k=3))
     written = run_evaluate(evaluate_config(tmp_path, models["pt"]))
     report = json.loads(open(written[0]).read())
     assert set(report["targets"]["value"]["model"]) == {"count", "mae", "rmse", "mse"}
+
+
+def test_command_line_evaluate_and_its_one_line_error(tmp_path, project):
+    import subprocess
+
+    import yaml
+
+    _, _, _, models = project
+    preprocess(tmp_path)
+    config = {"project_root": ".", "model_path": models["onnx"], "metadata_config_path": METADATA}
+    (tmp_path / "configs" / "evaluate.yaml").write_text(yaml.safe_dump(config))
+    script = os.path.join(os.path.dirname(sys.executable), "sequifier-evaluate")
+
+    def run(*args):
+        return subprocess.run([script, *args], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+
+    bad = run("accuracy_top_k=0")
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert bad.returncode == 1 and lines == ["sequifier: error: accuracy_top_k: must be >= 1, got 0"], bad.stderr
+    assert not os.path.exists(tmp_path / "outputs" / "evaluation")
+    good = run("write_format=parquet")
+    assert good.returncode == 0, good.stderr
+    assert "| colour | baseline: unigram |" in good.stdout + good.stderr
+    assert os.path.exists(tmp_path / "outputs/evaluation/m-split2-predictions.parquet")
