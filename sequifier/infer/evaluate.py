@@ -202,7 +202,7 @@ def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows
         "items_per_second": round(len(rows) / seconds, 1) if seconds > 0 else None,
         "targets": {t: _target_report(s, top_k) for t, s in scores.items()},
     }
-    keys = {"sequenceId": windows.sequence_id[rows], "itemPosition": windows.item_position[rows, slots]}
+    keys = outputs.key_columns(metadata, windows.sequence_id[rows], windows.item_position[rows, slots])
     true_values = {
         f"{t}_true": to_user_values(metadata, info, t, windows.values[t][rows, slots], cfg.map_to_id)
         for t in info.target_columns
