@@ -143,7 +143,7 @@ def main(folder: str = os.path.join("outputs", "demo")) -> None:
     with open(os.path.join(folder, "configs", "infer.yaml"), "w") as f:
         yaml.safe_dump(infer, f, sort_keys=False)
     run_step(["infer"], folder)
-    evaluate = dict(EVALUATE, model_path=os.path.relpath(best, folder))
+    evaluate = dict(EVALUATE, model_path="models/sequifier-demo-best.onnx")
     with open(os.path.join(folder, "configs", "evaluate.yaml"), "w") as f:
         yaml.safe_dump(evaluate, f, sort_keys=False)
     run_step(["evaluate"], folder)  # every test item vs the baselines, printed as a table

@@ -94,7 +94,7 @@ def first_predicted_slot(windows: Windows) -> np.ndarray:
     """int64 [N]: the first slot each window predicts when every target of the split is
     to be predicted exactly once (every-position inference, evaluate).
 
-    A window predicts its slots from `scored_from` on (its own split's items), never a
+    A window predicts its slots from `target_start` on (its own split's items), never a
     sequence's first item (only padding precedes it; training does score that one) nor
     slot 0 (no input precedes it), and not the items an earlier window of the same
     sequence already ends with: windows of one sequence may overlap (`distribute` spreads them at
@@ -109,7 +109,7 @@ def first_predicted_slot(windows: Windows) -> np.ndarray:
     # positions rise along a window (pad slots hold -1 and come first), so the slots an
     # earlier window covered are a prefix: count them
     covered = (windows.item_position <= before[:, None]).sum(axis=1)
-    return np.maximum(np.maximum(windows.scored_from, windows.padding + 1), covered).astype(np.int64)
+    return np.maximum(np.maximum(windows.target_start, windows.padding + 1), covered).astype(np.int64)
 
 
 def last_window_per_sequence(windows: Windows) -> np.ndarray:

@@ -230,7 +230,7 @@ def _baselines(metadata: Metadata, column: str, kind: str, windows: Windows, tra
     targets = values[:, 1:]
     train_values = tensor(training.values[column][:, 1:])
     train_slots = torch.arange(1, train_values.shape[1] + 1)
-    train_mask = train_slots[None, :] >= tensor(training.scored_from)[:, None]
+    train_mask = train_slots[None, :] >= tensor(training.target_start)[:, None]
     if kind == "categorical":
         counts = metrics.class_counts(train_values, metadata.n_classes[column], train_mask)
         return metrics.categorical_baseline_sums(targets, counts, top_k, mask)

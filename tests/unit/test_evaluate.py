@@ -88,7 +88,7 @@ def _training_majority(root, metadata):
 
     windows = read_windows(str(root / metadata.split_paths[0]), "parquet", metadata.column_types)
     slots = np.arange(1, windows.window_length)
-    ids = windows.values["colour"][:, 1:][slots[None, :] >= windows.scored_from[:, None]]
+    ids = windows.values["colour"][:, 1:][slots[None, :] >= windows.target_start[:, None]]
     counts = np.bincount(ids, minlength=metadata.n_classes["colour"])
     return metadata.inverse_id_map("colour")[int(counts.argmax())]
 
