@@ -53,6 +53,9 @@ class TargetScore:
 
 def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     """Evaluate every model in `cfg.model_path` on the split; return the paths written."""
+    from sequifier.config.validate import validate_evaluate
+
+    validate_evaluate(cfg)
     root = cfg.project_root
     metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
     data_path = resolve_path(root, cfg.data_path or _split(metadata, -1, "data_path"))
@@ -140,8 +143,6 @@ def _columns(job: ModelJob) -> tuple:
 def _top_k(cfg: EvaluateConfig, jobs: list[ModelJob]) -> int:
     if cfg.accuracy_top_k is None:
         return metrics.DEFAULT_TOP_K
-    if cfg.accuracy_top_k < 1:
-        raise SequifierError(f"accuracy_top_k: must be >= 1, got {cfg.accuracy_top_k}")
     for job in jobs:
         if "categorical" not in job.info.target_column_types.values():
             raise SequifierError(
