@@ -284,7 +284,7 @@ def markdown(reports: list[dict], title: str) -> str:
             for name, values in (baselines or {}).items():
                 lines.append(_row(target, f"baseline: {name}", values, names))
     lines.append("")
-    lines.append("Items per second (end to end, per model): " + ", ".join(
+    lines.append("Items per second (forward passes and scoring, per model): " + ", ".join(
         f"{os.path.splitext(os.path.basename(r['model']))[0]} {r['items_per_second']:,.0f}"
         for r in reports if r["items_per_second"]))
     return "\n".join(lines) + "\n"
