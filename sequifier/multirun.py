@@ -32,6 +32,7 @@ from hydra.types import RunMode
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "job_result.json"
+SWEEP_FILE = ".sequifier-sweeps.json"
 SUMMARY_COLUMNS = ("job", "status", "best_val_loss", "model_name", "overrides", "error")
 METRICS_AFTER = "best_val_loss"  # metric columns follow this one
 
@@ -51,7 +52,32 @@ def sweep_tag(sweep_dir: str) -> str:
     resolve the same folder (Hydra caches `${now:...}` for the whole sweep).
     """
     parts = os.path.normpath(sweep_dir).split(os.sep)
-    return _safe("_".join(parts[-2:]))
+    tag = _safe("_".join(parts[-2:]))
+    number = sweep_number(sweep_dir)
+    return tag if number <= 1 else f"{tag}-r{number}"
+
+
+def sweep_number(sweep_dir: str) -> int:
+    """How many sweeps have started in `sweep_dir` (1 for the first; 0: none recorded).
+
+    A fixed `hydra.sweep.dir` reused by a later sweep would give its jobs the earlier
+    jobs' model names, so they would resume the earlier checkpoints; the number recorded
+    by `SweepSummary.on_multirun_start` keeps the names of every sweep apart.
+    """
+    try:
+        with open(os.path.join(sweep_dir, SWEEP_FILE)) as f:
+            return int(json.load(f)["sweeps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def start_sweep(sweep_dir: str) -> int:
+    """Record one more sweep in `sweep_dir` (called once, before its jobs start)."""
+    from sequifier.io_utils import atomic_write_text
+
+    number = sweep_number(sweep_dir) + 1
+    atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json.dumps({"sweeps": number}))
+    return number
 
 
 def tagged_model_name(model_name: str, sweep_dir: str, job_num: int) -> str:
@@ -127,6 +153,9 @@ def format_csv(rows: List[Dict[str, Any]]) -> str:
 
 class SweepSummary(Callback):
     """Per-job result files and the sweep's summary table (see module docstring)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        start_sweep(str(config.hydra.sweep.dir))
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus

@@ -48,6 +48,9 @@ class Metadata:
     # text sequence ids in sorted order: windows hold the index into this list
     # (None: the ids are integers and windows hold them as they are)
     sequence_ids: Optional[List[str]] = None
+    # hash of id_maps, also stored in the windows (parquet, pt): train/infer refuse windows
+    # encoded with other id maps (None: metadata of an older version, not checked)
+    id_map_fingerprint: Optional[str] = None
 
     @property
     def columns(self) -> List[str]:

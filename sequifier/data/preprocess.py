@@ -50,7 +50,7 @@ from sequifier.data.splits import (
     whole_sequence_bounds,
     window_starts,
 )
-from sequifier.data.windows import Windows, write_shards, write_windows
+from sequifier.data.windows import Windows, id_map_fingerprint, write_shards, write_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
 
@@ -494,6 +494,7 @@ def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding,
         write_format=cfg.write_format,
         column_types={c: "real" if encoding.is_real(c) else "categorical" for c in encoding.columns},
         id_maps=id_maps,
+        id_map_fingerprint=id_map_fingerprint(id_maps),
         n_classes={c: len(id_maps[c]) + 2 for c in categorical},
         selected_columns_statistics={
             c: {"mean": encoding.mean[c], "std": encoding.std[c]}
@@ -527,9 +528,9 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
                 # sample of the whole split instead of a run of neighbouring sequences
                 order = np.random.default_rng([cfg.seed, k]).permutation(len(windows))
                 write_shards(windows.select(order), tmps[target], f"{plan.name}-split{k}",
-                             cfg.batches_per_file, metadata.column_types)
+                             cfg.batches_per_file, metadata.column_types, metadata.id_map_fingerprint)
             else:
-                write_windows(windows, tmps[target], cfg.write_format)
+                write_windows(windows, tmps[target], cfg.write_format, metadata.id_map_fingerprint)
             progress.update()
         write_metadata(metadata, tmps[plan.metadata_path])
     progress.close()

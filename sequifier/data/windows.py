@@ -28,6 +28,8 @@ categorical columns int64, real columns float32.
 """
 
 import glob
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -141,14 +143,58 @@ def windows_to_frame(windows: Windows):
     return frame
 
 
-def write_windows(windows: Windows, path: str, write_format: str) -> None:
+FINGERPRINT_KEY = "idMapFingerprint"  # in a shard dict; parquet: schema metadata
+
+
+def id_map_fingerprint(id_maps: Dict[str, Dict[str, int]]) -> str:
+    """A short hash of the id maps windows were encoded with."""
+    text = json.dumps(id_maps, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_fingerprint(path: str, read_format: str) -> Optional[str]:
+    """The id-map fingerprint a split carries (None: csv, or written before fingerprints)."""
+    try:
+        if read_format == "parquet" and os.path.isfile(path):
+            import pyarrow.parquet as pq
+
+            value = (pq.read_schema(path).metadata or {}).get(FINGERPRINT_KEY.encode())
+            return value.decode() if value else None
+        if read_format == "pt" and os.path.isdir(path):
+            value = load_shard(list_shards(path)[0], mmap=True).get(FINGERPRINT_KEY)
+            return value if isinstance(value, str) else None
+    except (OSError, ValueError, SequifierError):
+        return None  # unreadable: the reader that follows names the problem
+    return None
+
+
+def check_fingerprint(path: str, read_format: str, metadata, metadata_path: str) -> None:
+    """Refuse windows encoded with other id maps than `metadata`'s (their ids would be
+    decoded as the wrong values without a word)."""
+    expected = getattr(metadata, "id_map_fingerprint", None)
+    found = read_fingerprint(path, read_format)
+    if expected and found and found != expected:
+        raise SequifierError(
+            f"data '{path}' was preprocessed with other id maps than the metadata "
+            f"'{metadata_path}'; use the metadata written together with that data, or preprocess "
+            "the data again with reuse_metadata_path pointing at this metadata")
+
+
+def write_windows(windows: Windows, path: str, write_format: str, fingerprint: Optional[str] = None) -> None:
     """Write one split atomically (`path` is a file for parquet/csv)."""
     if write_format not in TABULAR_FORMATS:
         raise ValueError(f"write_windows: tabular format expected, got {write_format}")
     frame = windows_to_frame(windows)
     with atomic_path(path) as tmp:
         if write_format == "parquet":
-            frame.to_parquet(tmp, index=False)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if fingerprint:
+                table = table.replace_schema_metadata(
+                    {**(table.schema.metadata or {}), FINGERPRINT_KEY.encode(): fingerprint.encode()})
+            pq.write_table(table, tmp)
         else:  # pyarrow's writer is ~10x faster than DataFrame.to_csv here
             import pyarrow as pa
             import pyarrow.csv as pa_csv
@@ -175,14 +221,17 @@ def shard_dict(windows: Windows, column_types: Dict[str, str]):
 
 
 def write_shards(windows: Windows, folder: str, prefix: str, per_shard: int,
-                 column_types: Dict[str, str]) -> None:
+                 column_types: Dict[str, str], fingerprint: Optional[str] = None) -> None:
     """Write one split as a folder of .pt shards of `per_shard` windows, atomically."""
     import torch
 
     with atomic_dir(folder) as tmp:
         for k, start in enumerate(range(0, max(len(windows), 1), per_shard)):
             part = windows.select(np.arange(start, min(start + per_shard, len(windows))))
-            torch.save(shard_dict(part, column_types), os.path.join(tmp, f"{prefix}-{k:05d}.pt"))
+            shard = shard_dict(part, column_types)
+            if fingerprint:
+                shard[FINGERPRINT_KEY] = fingerprint
+            torch.save(shard, os.path.join(tmp, f"{prefix}-{k:05d}.pt"))
 
 
 def list_shards(folder: str) -> List[str]:

@@ -32,6 +32,7 @@ from sequifier.config.schema import InferConfig
 from sequifier.data.windows import (
     TABULAR_FORMATS,
     Windows,
+    check_fingerprint,
     first_predicted_slot,
     last_window_per_sequence,
     read_windows,
@@ -319,6 +320,7 @@ def read_input(read_format: str, metadata: Metadata, path: str, columns: list[st
     is_file = tabular and os.path.isfile(path)
     if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, read_format)):
         raise empty
+    check_fingerprint(path, cfg.read_format, metadata, cfg.metadata_config_path)
     try:
         windows = read_windows(path, read_format, metadata.column_types, columns)
     except SequifierError as e:

@@ -19,7 +19,7 @@ import torch
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainConfig
-from sequifier.data.windows import read_windows
+from sequifier.data.windows import check_fingerprint, read_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import resolve_path
 
@@ -55,13 +55,16 @@ def split_path(cfg: TrainConfig, metadata: Metadata, split: int) -> str:
     field = SPLIT_FIELDS[split]
     configured = getattr(cfg, field)
     if configured:
-        return resolve_path(cfg.project_root, configured)
-    if len(metadata.split_paths) <= split:
+        path = resolve_path(cfg.project_root, configured)
+    elif len(metadata.split_paths) <= split:
         raise SequifierError(
             f"{field}: the metadata lists {len(metadata.split_paths)} split(s), so there is no "
             f"split {split}; set {field} or preprocess with more split_ratios"
         )
-    return resolve_path(cfg.project_root, metadata.split_paths[split])
+    else:
+        path = resolve_path(cfg.project_root, metadata.split_paths[split])
+    check_fingerprint(path, cfg.read_format, metadata, cfg.metadata_config_path)
+    return path
 
 
 def needed_columns(cfg: TrainConfig, metadata: Metadata) -> list[str]:

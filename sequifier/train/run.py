@@ -18,6 +18,7 @@ from sequifier.config.schema import TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.export_format import is_export_of, list_exports, parse_export_name
 from sequifier.io_utils import clean_leftovers, resolve_path
+from sequifier.run_lock import model_lock
 from sequifier.train import distributed
 from sequifier.train.checkpoint import (
     latest_checkpoint,
@@ -80,6 +81,13 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     from sequifier.config.validate import validate_train
 
     validate_train(cfg)  # on every rank, before any file is touched
+    if distributed.context().enabled or os.environ.get("RANK", "0") != "0":
+        return _run_train(cfg, export)  # a rank of a run whose launcher holds the lock
+    with model_lock(os.path.join(cfg.project_root, CHECKPOINTS_DIR), cfg.model_name):
+        return _run_train(cfg, export)
+
+
+def _run_train(cfg: TrainConfig, export: bool) -> TrainResult:
     spec = cfg.training_spec
     if distributed.needs_launch(spec):  # start (or join, under torchrun) the DDP ranks
         return distributed.launch(run_train, (cfg, export), spec)

@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""Fault probe: bad inputs and faults against the `sequifier` CLI, as a user would meet them.
+
+Every case copies a small ready project (data preprocessed, one model trained), breaks
+one thing (a config value, a data cell, a file, the file system, a kill -9, a second
+concurrent run) and runs one command. A case passes when:
+
+* an expected failure exits non-zero with a last stderr line `sequifier: error: ...` and
+  no Python traceback; nothing that existed before the run is changed or lost, and no
+  temporary file (`.tmp-*`) is left in the project;
+* an expected success exits 0 and its outputs are right (the case's own check);
+* after a kill -9, a rerun of the same command succeeds, leaves no temporary and its
+  output sets are complete.
+
+Counts: tracebacks, silent wrong results (wrong exit status or a failed check), lost or
+changed files, leftovers. Read-only folders and full disks use a private mount namespace
+(`unshare -m`, needs root); elsewhere those cases are skipped.
+
+usage: probe_faults.py [--keep DIR] [--only SUBSTRING] [--list]
+Slow (a few minutes): not part of the test suite.
+"""
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+BIN = os.path.dirname(sys.executable)
+SEQ = os.path.join(BIN, "sequifier")
+MODEL = "models/sequifier-my-model-best.onnx"
+COMMON = {
+    "preprocess": ["seq_length=8", "n_cores=1", "dataset_name=data"],
+    "train": ["seq_length=8", "model_spec.dim_model=16", "model_spec.n_head=2", "model_spec.num_layers=1",
+              "model_spec.dim_feedforward=16", "model_spec.initial_embedding_dim=16", "training_spec.epochs=1",
+              "training_spec.batch_size=32", "inference_batch_size=8", "training_spec.early_stopping_epochs=null",
+              "+model_spec.feature_embedding_dims={itemId:8,value:8}"],
+    "infer": ["seq_length=8", f"model_path={MODEL}"],
+}
+
+
+# ---------------------------------------------------------------- the base project
+
+
+def long_table(n_seq=30, length=25, seed=0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "sequenceId": np.repeat([f"u{i:02d}" for i in range(n_seq)], length),
+        "itemPosition": np.tile(np.arange(length), n_seq),
+        "itemId": rng.choice(["a", "b", "c", "d", "e"], size=n_seq * length),
+        "value": np.round(rng.normal(size=n_seq * length), 3),
+    })
+
+
+def cli(command: str, extra: List[str], cwd: str, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([SEQ, command] + COMMON[command] + extra, cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def make_base(folder: str) -> str:
+    project = os.path.join(folder, "base")
+    if os.path.isfile(os.path.join(project, MODEL)):
+        return project  # from an earlier --keep run
+    shutil.rmtree(project, ignore_errors=True)
+    subprocess.run([SEQ, "make", project], check=True, capture_output=True)
+    long_table().to_csv(os.path.join(project, "data", "data.csv"), index=False)
+    for command in ("preprocess", "train"):
+        r = cli(command, [], project)
+        if r.returncode:
+            sys.exit(f"base project: {command} failed:\n{r.stderr}")
+    r = cli("infer", [], project)
+    if r.returncode:
+        sys.exit(f"base project: infer failed:\n{r.stderr}")
+    shutil.rmtree(os.path.join(project, "outputs", "predictions"), ignore_errors=True)
+    return project
+
+
+# ---------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    name: str
+    category: str
+    command: str
+    args: List[str] = field(default_factory=list)
+    expect: str = "error"  # "error", "ok" or "rerun" (kill -9, then the rerun must succeed)
+    setup: Optional[Callable[[str], None]] = None
+    check: Optional[Callable[[str, subprocess.CompletedProcess], Optional[str]]] = None
+    fs: Optional[str] = None  # "ro:FOLDER" or "full:FOLDER" (relative to the project)
+    kill_after: float = 0.0  # seconds, for expect == "rerun"
+    concurrent: bool = False  # two runs at once: one must refuse, one succeed
+    env: Dict[str, str] = field(default_factory=dict)  # extra environment variables
+
+
+def write_csv(frame, project, name="data.csv"):
+    frame.to_csv(os.path.join(project, "data", name), index=False)
+
+
+def edit_data(fn):
+    def setup(project):
+        frame = long_table()
+        write_csv(fn(frame) if fn(frame) is not None else frame, project, "bad.csv")
+    return setup
+
+
+def raw_data(text: bytes):
+    def setup(project):
+        with open(os.path.join(project, "data", "bad.csv"), "wb") as f:
+            f.write(text)
+    return setup
+
+
+def outputs_exist(*patterns):
+    def check(project, result):
+        missing = [p for p in patterns if not glob.glob(os.path.join(project, p))]
+        return f"missing outputs {missing}" if missing else None
+    return check
+
+
+def config_cases() -> List[Case]:
+    cases = []
+    bad_train = [
+        "training_spec.epochs=ten", "training_spec.epochs=0", "training_spec.epochs=-1",
+        "training_spec.batch_size=0", "training_spec.lr=abc", "training_spec.learning_rate=-1",
+        "training_spec.dropout=1.5", "training_spec.device=tpu", "training_spec.device=cuda:x",
+        "training_spec.optimizer.name=Adamm", "training_spec.optimizer.betas=[0.9]",
+        "training_spec.optimizer.weight_decay=abc", "training_spec.optimizer.lr=0.1",
+        "training_spec.scheduler.name=Cosine", "training_spec.scheduler.step_size=abc",
+        "training_spec.scheduler.gamma=abc", "training_spec.scheduler.nope=1",
+        "training_spec.scheduler_step_on=step", "training_spec.criterion.itemId=MSELoss",
+        "training_spec.criterion.itemId=FooLoss", "+training_spec.criterion.value=MSELoss",
+        "training_spec.backend=mpi", "training_spec.backend=tcp", "training_spec.max_ram_gb=0",
+        "training_spec.save_interval_epochs=0", "training_spec.log_interval=0",
+        "training_spec.load_full_data_to_ram=false", "training_spec.distributed=true",
+        "training_spec.layer_type_dtypes={linear:int4}", "training_spec.class_share_log_columns=[value]",
+        "model_spec.n_head=5", "model_spec.dim_model=abc", "model_spec.attention_type=xqa",
+        "model_spec.attention_type=mqa model_spec.n_kv_heads=2", "model_spec.attention_type=gqa model_spec.n_kv_heads=3",
+        "model_spec.activation_fn=tanh", "model_spec.positional_encoding=sinus", "model_spec.normalization=batch",
+        "model_spec.joint_embedding_dim=8", "model_spec.initial_embedding_dim=15", "model_spec.rope_theta=0",
+        "seq_length=9", "target_columns=[nope]", "target_column_types.itemId=ordinal",
+        "target_column_types.itemId=real", "input_columns=[nope]", "read_format=xlsx", "read_format=csv",
+        "model_name=a,b", "model_name=", "training_spec.lr=[", "+model_spec=nope", "nonsense=1",
+        "training_spec.epochz=1", "metadata_config_path=configs/metadata_configs/nope.json",
+    ]
+    for args in bad_train:
+        cases.append(Case(f"train {args}", "config", "train", args.split()))
+    cases.append(Case("train criterion MSELoss + overwrite, old outputs kept", "config", "train",
+                      ["training_spec.criterion.itemId=MSELoss", "overwrite=true",
+                       "training_spec.continue_training=false"]))
+    bad_pre = [
+        "split_ratios=[0.8,0.1]", "split_ratios=[0.8,0.3,-0.1]", "split_ratios=[0.8,0.2,0]",
+        "stride_by_split=[1,2]", "stride_by_split=[0,1,1]", "seq_length=0", "seq_length=abc",
+        "read_format=parquet", "read_format=xlsx", "write_format=json", "write_format=pt",
+        "merge_output=false", "subsequence_start_mode=random", "max_rows=0", "n_cores=0",
+        "batches_per_file=0", "data_path=data/nope.csv", "selected_columns=[nope]",
+        "missing_values=guess", "reuse_metadata_path=configs/nope.json", "overwrite=false",
+    ]
+    for args in bad_pre:
+        cases.append(Case(f"preprocess {args}", "config", "preprocess", args.split()))
+    bad_infer = [
+        "model_type=discriminative", "model_type=embedding", "write_format=xlsx", "read_format=csv",
+        "device=tpu", "seq_length=9", "inference_batch_size=0", "autoregression_extra_steps=3",
+        "autoregression=true autoregression_extra_steps=-1", "model_path=models/nope.onnx", "model_path=[]",
+        "target_columns=[nope]", "input_columns=[value]", "sample_from_distribution_columns=[value]",
+        "target_column_types.itemId=real", "infer_with_dropout=true", "data_path=data/nope.parquet",
+        "metadata_config_path=configs/metadata_configs/nope.json",
+    ]
+    for args in bad_infer:
+        cases.append(Case(f"infer {args}", "config", "infer", args.split()))
+    cases.append(Case("infer twice without overwrite", "config", "infer", [],
+                      setup=lambda p: cli("infer", [], p)))
+    cases.append(Case("config file is not YAML", "config", "train", ["--config-path", "configs/broken.yaml"],
+                      setup=lambda p: open(os.path.join(p, "configs", "broken.yaml"), "w").write("a: [\n")))
+    cases.append(Case("config file unknown key", "config", "train", ["--config-path", "configs/odd.yaml"],
+                      setup=lambda p: open(os.path.join(p, "configs", "odd.yaml"), "w").write(
+                          open(os.path.join(p, "configs", "train.yaml")).read() + "\nmodel_nam: x\n")))
+    return cases
+
+
+def name_cases() -> List[Case]:
+    cases = []
+    for name in ["../../escaped", "a/b", "x" * 300, ".hidden", "..", "a\\b"]:
+        cases.append(Case(f"train model_name={name[:20]}", "names", "train", [f"model_name={name}"],
+                          check=lambda p, r: None))
+        cases.append(Case(f"preprocess dataset_name={name[:20]}", "names", "preprocess",
+                          [f"dataset_name={name}", "overwrite=true"]))
+    cases.append(Case("preprocess data file with a 300-character stem", "names", "preprocess",
+                      ["data_path=data/" + "y" * 240 + ".csv", "dataset_name=null"],
+                      setup=lambda p: write_csv(long_table(), p, "y" * 240 + ".csv")))
+    return cases
+
+
+def data_cases() -> List[Case]:
+    def with_inf(sign):
+        def fn(f):
+            f.loc[3, "value"] = sign * np.inf
+            return f
+        return fn
+
+    def col(name, values):
+        def fn(f):
+            f[name] = values(f)
+            return f
+        return fn
+
+    bad = {
+        "inf in a real column": with_inf(1),
+        "-inf in a real column": with_inf(-1),
+        "NaN in a real column": col("value", lambda f: np.where(np.arange(len(f)) == 5, np.nan, f["value"])),
+        "empty id cell": col("sequenceId", lambda f: np.where(np.arange(len(f)) == 5, "", f["sequenceId"])),
+        "duplicate (id, position)": col("itemPosition", lambda f: np.where(np.arange(len(f)) == 1, 0, f["itemPosition"])),
+        "fractional positions": col("itemPosition", lambda f: f["itemPosition"] + 0.5),
+        "numbers as text with units": col("value", lambda f: [f"{v} kg" if i % 50 == 0 else str(v)
+                                                             for i, v in enumerate(f["value"])]),
+        "no itemPosition column": lambda f: f.drop(columns=["itemPosition"]),
+        "no sequenceId column": lambda f: f.drop(columns=["sequenceId"]),
+        "only key columns": lambda f: f[["sequenceId", "itemPosition"]],
+    }
+    cases = [Case(f"data: {name}", "data", "preprocess", ["data_path=data/bad.csv", "overwrite=true"],
+                  setup=edit_data(fn)) for name, fn in bad.items()]
+    raw = {
+        "empty file": b"",
+        "header only": b"sequenceId,itemPosition,itemId\n",
+        "duplicate column in the header": b"sequenceId,itemPosition,itemId,itemId\n1,0,a,b\n1,1,b,c\n",
+        "binary garbage": bytes(range(256)) * 4,
+        "ragged rows": b"sequenceId,itemPosition,itemId\n1,0,a\n1,1\n",
+        "latin-1 text": "sequenceId,itemPosition,itemId\n1,0,caf\xe9\n1,1,b\n".encode("latin-1"),
+        "parquet bytes read as csv": b"PAR1\x00\x00garbage",
+    }
+    cases += [Case(f"data: {name}", "data", "preprocess", ["data_path=data/bad.csv", "overwrite=true"],
+                   setup=raw_data(text)) for name, text in raw.items()]
+    cases.append(Case("data: csv read as parquet", "data", "preprocess",
+                      ["data_path=data/data.csv", "read_format=parquet", "overwrite=true"]))
+
+    def bom(project):
+        text = open(os.path.join(project, "data", "data.csv"), "rb").read()
+        open(os.path.join(project, "data", "bom.csv"), "wb").write(b"\xef\xbb\xbf" + text)
+    cases.append(Case("data: UTF-8 byte-order mark", "data", "preprocess",
+                      ["data_path=data/bom.csv", "dataset_name=bom"], expect="ok", setup=bom,
+                      check=outputs_exist("configs/metadata_configs/bom.json", "data/bom-split2.parquet")))
+
+    def unicode(project):
+        frame = long_table()
+        frame["itemId"] = frame["itemId"].map({"a": "é", "b": "日本", "c": "a,b", "d": '"q"', "e": "e"})
+        frame = frame.rename(columns={"itemId": "item Id ü"})
+        write_csv(frame, project, "uni.csv")
+    cases.append(Case("data: unicode values and an odd column name", "data", "preprocess",
+                      ["data_path=data/uni.csv", "dataset_name=uni"], expect="ok", setup=unicode,
+                      check=outputs_exist("configs/metadata_configs/uni.json")))
+    cases.append(Case("data: sequences shorter than a window", "data", "preprocess",
+                      ["data_path=data/short.csv", "dataset_name=short"], expect="ok",
+                      setup=lambda p: write_csv(long_table(length=3), p, "short.csv"),
+                      check=outputs_exist("configs/metadata_configs/short.json")))
+    return cases
+
+
+def shard_cases() -> List[Case]:
+    """Split files that are corrupt, foreign or crafted."""
+    def replace_split(content: bytes, name="data/data-split2.parquet"):
+        def setup(project):
+            with open(os.path.join(project, name), "wb") as f:
+                f.write(content)
+        return setup
+
+    cases = [
+        Case("infer: truncated parquet split", "files", "infer", [], setup=replace_split(b"PAR1 truncated")),
+        Case("infer: empty split file", "files", "infer", [], setup=replace_split(b"")),
+        Case("train: truncated training split", "files", "train", ["model_name=fresh"],
+             setup=replace_split(b"PAR1 x", "data/data-split0.parquet")),
+        Case("infer: metadata is not JSON", "files", "infer", [],
+             setup=replace_split(b"{not json", "configs/metadata_configs/data.json")),
+        Case("infer: model file is garbage", "files", "infer", [], setup=replace_split(b"garbage", MODEL)),
+    ]
+
+    def pt_project(project):
+        r = cli("preprocess", ["write_format=pt", "merge_output=false", "dataset_name=pt"], project)
+        assert r.returncode == 0, r.stderr
+
+    def crafted(project):
+        pt_project(project)
+        code = ("import os, torch\n"
+                "class P:\n"
+                "    def __reduce__(self):\n"
+                f"        return (os.system, ('touch {project}/PWNED',))\n"
+                f"torch.save({{'sequenceId': P()}}, '{project}/data/pt-split0/pt-split0-00000.pt')\n")
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+    def no_pwned(project, result):
+        return "crafted shard ran code" if os.path.exists(os.path.join(project, "PWNED")) else None
+
+    env_unsafe = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    pt_args = ["model_name=pt", "read_format=pt", "metadata_config_path=configs/metadata_configs/pt.json"]
+    cases += [
+        Case("train: crafted pickle shard (in RAM)", "safe-load", "train", pt_args, setup=crafted, check=no_pwned),
+        Case("train: crafted pickle shard (lazy)", "safe-load", "train",
+             pt_args + ["training_spec.load_full_data_to_ram=false"], setup=crafted, check=no_pwned),
+        Case("train: crafted shard with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "safe-load", "train",
+             pt_args + ["+env=unsafe"], setup=crafted, check=no_pwned),
+        Case("train: foreign .pt shard", "files", "train", pt_args,
+             setup=lambda p: (pt_project(p), subprocess.run(
+                 [sys.executable, "-c", f"import torch; torch.save([1,2], '{p}/data/pt-split0/pt-split0-00000.pt')"],
+                 check=True))),
+        Case("train: truncated .pt shard (lazy)", "files", "train",
+             pt_args + ["training_spec.load_full_data_to_ram=false"],
+             setup=lambda p: (pt_project(p), open(f"{p}/data/pt-split0/pt-split0-00000.pt", "wb").write(b"PK\x03\x04"))),
+    ]
+    for case in cases:
+        if "+env=unsafe" in case.args:
+            case.args.remove("+env=unsafe")
+            case.env = env_unsafe
+    return cases
+
+
+def idmap_cases() -> List[Case]:
+    def other_map(project):
+        frame = long_table(seed=1)
+        frame["itemId"] = frame["itemId"].map({"a": "z", "b": "y", "c": "x", "d": "w", "e": "v"})
+        write_csv(frame, project, "other.csv")
+        r = cli("preprocess", ["data_path=data/other.csv", "dataset_name=other"], project)
+        assert r.returncode == 0, r.stderr
+    return [
+        Case("infer: windows made with another id map", "id-map", "infer",
+             ["data_path=data/other-split2.parquet"], setup=other_map),
+        Case("train: windows made with another id map", "id-map", "train",
+             ["model_name=mixed", "training_data_path=data/other-split0.parquet"], setup=other_map),
+    ]
+
+
+def fs_cases() -> List[Case]:
+    cases = [
+        Case("read-only data/ (preprocess)", "os", "preprocess", ["overwrite=true", "dataset_name=new"], fs="ro:data"),
+        Case("read-only project (preprocess)", "os", "preprocess", ["dataset_name=new"], fs="ro:."),
+        Case("read-only models/ (train export)", "os", "train", ["model_name=ro"], fs="ro:models"),
+        Case("read-only checkpoints/ (train)", "os", "train", ["model_name=ro"], fs="ro:checkpoints"),
+        Case("read-only logs/ (train)", "os", "train", ["model_name=ro"], fs="ro:logs"),
+        Case("read-only outputs/ (infer)", "os", "infer", [], fs="ro:outputs"),
+        Case("read-only metadata folder (preprocess)", "os", "preprocess", ["dataset_name=new"],
+             fs="ro:configs/metadata_configs"),
+        Case("full disk data/ (preprocess)", "os", "preprocess", ["dataset_name=new"], fs="full:data"),
+        Case("full disk models/ (train export)", "os", "train", ["model_name=full"], fs="full:models"),
+        Case("full disk checkpoints/ (train)", "os", "train", ["model_name=full"], fs="full:checkpoints"),
+        Case("full disk outputs/ (infer)", "os", "infer", [], fs="full:outputs"),
+        Case("full disk metadata folder (preprocess)", "os", "preprocess", ["dataset_name=new"],
+             fs="full:configs/metadata_configs"),
+    ]
+    return cases
+
+
+def kill_cases() -> List[Case]:
+    cases = []
+    for t in (1.5, 3.0, 4.5, 6.0):
+        cases.append(Case(f"kill -9 train after {t}s, rerun", "kill", "train",
+                          ["model_name=killed", "training_spec.epochs=3"], expect="rerun", kill_after=t,
+                          check=outputs_exist("models/sequifier-killed-best.onnx")))
+        cases.append(Case(f"kill -9 infer (probabilities) after {t}s, rerun", "kill", "infer",
+                          ["output_probabilities=true"], expect="rerun", kill_after=t,
+                          check=outputs_exist("outputs/predictions/*", "outputs/probabilities/*")))
+    for t in (1.5, 3.0):
+        cases.append(Case(f"kill -9 preprocess after {t}s, rerun", "kill", "preprocess",
+                          ["dataset_name=k", "write_format=pt", "merge_output=false"], expect="rerun", kill_after=t,
+                          check=outputs_exist("configs/metadata_configs/k.json", "data/k-split2")))
+    return cases
+
+
+def concurrency_cases() -> List[Case]:
+    def sweep_twice(project):
+        sweep = ["-m", "hydra.sweep.dir=multirun/fixed", "model_name=sw"]
+        r = subprocess.run([SEQ, "train"] + COMMON["train"] + sweep + ["training_spec.lr=0.01,0.02"],
+                           cwd=project, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+    def fresh_jobs(project, result):
+        logs = "".join(open(p).read() for p in glob.glob(os.path.join(project, "logs", "sequifier-sw-*.txt")))
+        return "a repeated sweep resumed the earlier sweep's checkpoints" if "resuming from" in logs else None
+
+    return [
+        Case("two trains of one model_name at once", "concurrency", "train", ["model_name=twin"],
+             concurrent=True),
+        Case("repeated sweep into a fixed hydra.sweep.dir", "concurrency", "train",
+             ["-m", "hydra.sweep.dir=multirun/fixed", "model_name=sw", "training_spec.lr=0.05,0.06"],
+             expect="ok", setup=sweep_twice, check=fresh_jobs),
+    ]
+
+
+def all_cases() -> List[Case]:
+    return (config_cases() + name_cases() + data_cases() + shard_cases() + idmap_cases()
+            + fs_cases() + kill_cases() + concurrency_cases())
+
+
+# ---------------------------------------------------------------- running a case
+
+
+def snapshot(project: str) -> Dict[str, str]:
+    """sha1 of every file, except Hydra's run folders and logs (new files every run)."""
+    out = {}
+    for dirpath, _, names in os.walk(project):
+        rel = os.path.relpath(dirpath, project)
+        if rel.startswith(("outputs/runs", "multirun", "outputs/multirun")):
+            continue
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or name.endswith(".lock"):
+                continue
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, project)] = hashlib.sha1(f.read()).hexdigest()
+    return out
+
+
+def leftovers(project: str) -> List[str]:
+    found = []
+    for dirpath, dirnames, names in os.walk(project):
+        for name in names + dirnames:
+            if name.startswith(".tmp-") or name.endswith(".part"):
+                found.append(os.path.relpath(os.path.join(dirpath, name), project))
+    return found
+
+
+FS_SCRIPT = {
+    "ro": 'mount --bind "$D" "$D" && mount -o remount,bind,ro "$D"',
+    "full": ('cp -a "$D" "$D.copy" && mount -t tmpfs -o size=256k tmpfs "$D" && cp -a "$D.copy/." "$D/" '
+             '&& rm -rf "$D.copy" && (dd if=/dev/zero of="$D/.probe-filler" bs=4k 2>/dev/null; true)'),
+}
+
+
+def command_line(case: Case, project: str) -> List[str]:
+    args = [SEQ, case.command] + COMMON[case.command] + case.args
+    if case.fs is None:
+        return args
+    kind, folder = case.fs.split(":", 1)
+    target = os.path.normpath(os.path.join(project, folder))
+    os.makedirs(target, exist_ok=True)
+    # the checks run inside the namespace, where the mount is still visible
+    report = os.path.join(project, ".probe-fs-report.json")
+    check = (f'{sys.executable} -c "import json,sys; sys.path.insert(0, \'{os.path.dirname(__file__)}\'); '
+             f'import probe_faults as p; json.dump(p.leftovers(\'{target}\'), open(\'{report}\', \'w\'))"')
+    script = f'D="{target}"; {FS_SCRIPT[kind]} && "$@"; rc=$?; {check}; exit $rc'
+    return ["unshare", "-m", "sh", "-c", script, "sh"] + args
+
+
+def one_line_error(result) -> Optional[str]:
+    if "Traceback (most recent call last)" in result.stderr:
+        return "traceback"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if result.returncode == 0:
+        return "silent"
+    if not lines or not lines[-1].startswith("sequifier: error:"):
+        return "not one line"
+    return None
+
+
+def run_case(case: Case, project: str) -> Dict[str, object]:
+    env = dict(os.environ, **case.env)
+    env.pop("HYDRA_FULL_ERROR", None)
+    if case.setup:
+        case.setup(project)
+    before = snapshot(project)
+    problems: List[str] = []
+    kind = None
+    argv = command_line(case, project)
+    if case.concurrent:
+        first = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        second = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        out, err = first.communicate(timeout=300)
+        codes = sorted([first.returncode, second.returncode])
+        errs = err + second.stderr
+        if "Traceback (most recent call last)" in errs:
+            kind = "traceback"
+        elif codes != [0, 1] or "in progress" not in errs:
+            kind = "silent"
+            problems.append(f"exit codes {codes}: both runs went ahead")
+        result = second
+    elif case.expect == "rerun":
+        proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(case.kill_after)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        result = subprocess.run(argv + (["overwrite=true"] if proc.returncode == 0 else []), cwd=project,
+                                env=env, capture_output=True, text=True, timeout=600)
+        if "Traceback (most recent call last)" in result.stderr:
+            kind = "traceback"
+        elif result.returncode != 0:
+            kind = "silent"
+            problems.append("rerun after kill -9 failed: " + (result.stderr.strip().splitlines() or [""])[-1][:200])
+    else:
+        result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        if case.expect == "error":
+            kind = one_line_error(result)
+        elif result.returncode != 0:
+            kind = "traceback" if "Traceback (most recent call last)" in result.stderr else "silent"
+            problems.append((result.stderr.strip().splitlines() or [""])[-1][:200])
+    if case.check:
+        message = case.check(project, result)
+        if message:
+            kind = kind or "silent"
+            problems.append(message)
+    lost = []
+    if case.expect == "error" or case.concurrent:
+        after = snapshot(project)
+        lost = [p for p, digest in before.items() if after.get(p) != digest and not p.startswith(".probe")]
+    left = leftovers(project)
+    report = os.path.join(project, ".probe-fs-report.json")
+    if os.path.exists(report):
+        left += json.load(open(report))
+    return {"name": case.name, "category": case.category, "kind": kind, "lost": lost, "leftovers": left,
+            "problems": problems, "last_line": (result.stderr.strip().splitlines() or [""])[-1][:240]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="work folder to keep (default: a temporary one)")
+    parser.add_argument("--only", help="run the cases whose name contains this")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    cases = all_cases()
+    if args.only:
+        cases = [c for c in cases if args.only in c.name]
+    if args.list:
+        for c in cases:
+            print(f"{c.category:12} {c.name}")
+        print(f"{len(cases)} cases")
+        return
+    can_mount = os.geteuid() == 0 and subprocess.run(["unshare", "-m", "true"]).returncode == 0
+    work = args.keep or tempfile.mkdtemp(prefix="sequifier-probe-")
+    os.makedirs(work, exist_ok=True)
+    base = make_base(work)
+    results = []
+    start = time.time()
+    for i, case in enumerate(cases):
+        if case.fs and not can_mount:
+            results.append({"name": case.name, "category": case.category, "kind": "skipped"})
+            continue
+        project = os.path.join(work, f"case{i:03d}")
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.copytree(base, project, symlinks=True)
+        try:
+            row = run_case(case, project)
+        except Exception as e:  # noqa: BLE001  (a probe bug: count it, go on)
+            row = {"name": case.name, "category": case.category, "kind": "probe error", "problems": [repr(e)],
+                   "lost": [], "leftovers": []}
+        results.append(row)
+        status = "ok" if not (row["kind"] or row["lost"] or row["leftovers"]) else "FAIL"
+        print(f"[{i + 1:3}/{len(cases)}] {status:4} {case.category:11} {case.name[:60]:60} "
+              f"{row.get('kind') or ''} {row['problems'][:1] if row.get('problems') else ''}"
+              f"{' lost ' + str(row['lost'][:3]) if row.get('lost') else ''}"
+              f"{' leftovers ' + str(row['leftovers'][:3]) if row.get('leftovers') else ''}", flush=True)
+        if not args.keep:
+            shutil.rmtree(project, ignore_errors=True)
+    ran = [r for r in results if r["kind"] != "skipped"]
+    totals = {
+        "cases": len(results), "ran": len(ran), "skipped": len(results) - len(ran),
+        "tracebacks": sum(r["kind"] == "traceback" for r in ran),
+        "silent_wrong_results": sum(r["kind"] == "silent" for r in ran),
+        "not_one_line": sum(r["kind"] == "not one line" for r in ran),
+        "probe_errors": sum(r["kind"] == "probe error" for r in ran),
+        "files_lost": sum(len(r["lost"]) for r in ran),
+        "leftovers": sum(len(r["leftovers"]) for r in ran),
+        "minutes": round((time.time() - start) / 60, 1),
+    }
+    print(json.dumps(totals, indent=2))
+    with open(os.path.join(work, "probe_results.json"), "w") as f:
+        json.dump({"totals": totals, "cases": results}, f, indent=2)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    bad = sum(totals[k] for k in ("tracebacks", "silent_wrong_results", "not_one_line", "probe_errors",
+                                  "files_lost", "leftovers"))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

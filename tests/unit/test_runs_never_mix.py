@@ -1,0 +1,63 @@
+"""Runs never mix: one training run per model_name; a killed run's lock is taken over."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sequifier.errors import SequifierError
+from sequifier.run_lock import lock_path, model_lock
+
+
+def test_a_second_run_of_the_same_model_refuses_naming_the_holder(tmp_path):
+    with model_lock(str(tmp_path), "m"):
+        with pytest.raises(SequifierError, match=rf"in progress \(pid {os.getpid()} on ") as e:
+            with model_lock(str(tmp_path), "m"):
+                pass
+        assert "\n" not in str(e.value)
+        with model_lock(str(tmp_path), "other"):  # another model_name runs freely
+            pass
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
+    code = ("import os, sys\nfrom sequifier.run_lock import model_lock\n"
+            "with model_lock(sys.argv[1], 'm'):\n    os.kill(os.getpid(), 9)\n")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == -9
+    assert os.path.getsize(lock_path(str(tmp_path), "m")) > 0  # the killed holder's record
+    with model_lock(str(tmp_path), "m"):
+        pass
+
+
+def test_train_holds_the_lock(tmp_path, monkeypatch):
+    from train_data import make_config, make_project
+
+    from sequifier.train import run as run_module
+
+    root = make_project(tmp_path)
+    seen = []
+    original = run_module._run_train
+
+    def probe(cfg, export):
+        with pytest.raises(SequifierError, match="in progress"):
+            with model_lock(os.path.join(root, "checkpoints"), cfg.model_name):
+                pass
+        seen.append(True)
+        return original(cfg, export)
+
+    monkeypatch.setattr(run_module, "_run_train", probe)
+    run_module.run_train(make_config(root, **{"training_spec.epochs": 1}), export=False)
+    assert seen == [True]
+
+
+def test_a_repeated_sweep_into_the_same_folder_gets_new_model_names(tmp_path):
+    """A fixed hydra.sweep.dir used twice: the second sweep's jobs must not take the first
+    sweep's model names (they would resume its checkpoints and be credited its results)."""
+    from sequifier.multirun import start_sweep, tagged_model_name
+
+    folder = str(tmp_path / "multirun" / "fixed")
+    start_sweep(folder)
+    first = tagged_model_name("m", folder, 0)
+    start_sweep(folder)
+    second = tagged_model_name("m", folder, 0)
+    assert first == "m-multirun_fixed-0" and second == "m-multirun_fixed-r2-0"
