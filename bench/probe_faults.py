@@ -222,7 +222,6 @@ def data_cases() -> List[Case]:
         "NaN in a real column": col("value", lambda f: np.where(np.arange(len(f)) == 5, np.nan, f["value"])),
         "empty id cell": col("sequenceId", lambda f: np.where(np.arange(len(f)) == 5, "", f["sequenceId"])),
         "duplicate (id, position)": col("itemPosition", lambda f: np.where(np.arange(len(f)) == 1, 0, f["itemPosition"])),
-        "fractional positions": col("itemPosition", lambda f: f["itemPosition"] + 0.5),
         "numbers as text with units": col("value", lambda f: [f"{v} kg" if i % 50 == 0 else str(v)
                                                              for i, v in enumerate(f["value"])]),
         "no itemPosition column": lambda f: f.drop(columns=["itemPosition"]),
@@ -260,6 +259,11 @@ def data_cases() -> List[Case]:
     cases.append(Case("data: unicode values and an odd column name", "data", "preprocess",
                       ["data_path=data/uni.csv", "dataset_name=uni"], expect="ok", setup=unicode,
                       check=outputs_exist("configs/metadata_configs/uni.json")))
+    cases.append(Case("data: fractional positions (ordered numbers are positions)", "data", "preprocess",
+                      ["data_path=data/frac.csv", "dataset_name=frac"], expect="ok",
+                      setup=lambda p: write_csv(long_table().assign(itemPosition=lambda f: f["itemPosition"] + 0.5),
+                                                p, "frac.csv"),
+                      check=outputs_exist("configs/metadata_configs/frac.json")))
     cases.append(Case("data: sequences shorter than a window", "data", "preprocess",
                       ["data_path=data/short.csv", "dataset_name=short"], expect="ok",
                       setup=lambda p: write_csv(long_table(length=3), p, "short.csv"),
@@ -430,7 +434,7 @@ def leftovers(project: str) -> List[str]:
 
 FS_SCRIPT = {
     "ro": 'mount --bind "$D" "$D" && mount -o remount,bind,ro "$D"',
-    "full": ('cp -a "$D" "$D.copy" && mount -t tmpfs -o size=256k tmpfs "$D" && cp -a "$D.copy/." "$D/" '
+    "full": ('cp -a "$D" "$D.copy" && mount -t tmpfs -o size=8m tmpfs "$D" && cp -a "$D.copy/." "$D/" '
              '&& rm -rf "$D.copy" && (dd if=/dev/zero of="$D/.probe-filler" bs=4k 2>/dev/null; true)'),
 }
 

@@ -176,6 +176,20 @@ def run_command(command: str, args: List[str], prog: str) -> None:
         report_and_exit(SequifierError(hydra_error_line(e)))
     except SequifierError as e:  # a failed sweep job
         report_and_exit(e)
+    except Exception as e:  # noqa: BLE001  e.g. Hydra failing to open its log in a read-only folder
+        error = next((as_user_error(x) for x in _chain(e) if as_user_error(x) is not None), None)
+        if error is None:
+            raise
+        report_and_exit(error)
+
+
+def _chain(error: BaseException):
+    """The error and the errors it was raised from."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def main(argv: Optional[List[str]] = None) -> None:

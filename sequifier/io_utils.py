@@ -203,7 +203,13 @@ def output_set(files: Sequence[str], dirs: Sequence[str] = ()) -> Iterator[Dict[
     except BaseException as e:
         for tmp in tmps.values():
             _remove(tmp)
-        converted = user_os_error(e, _culprit(e, tmps)) if isinstance(e, (OSError, RuntimeError)) else None
+        converted = (user_os_error(e, _culprit(e, tmps), name_this_path=True)
+                     if isinstance(e, (OSError, RuntimeError)) else None)
+        if isinstance(e, SequifierError):  # raised by a nested atomic write: name our target
+            text = str(e)
+            for final, tmp in tmps.items():
+                text = text.replace(tmp, final)
+            converted = SequifierError(text) if text != str(e) else None
         if converted is not None:
             raise converted from None
         raise
@@ -215,7 +221,7 @@ def _culprit(error: BaseException, tmps: Dict[str, str]) -> str:
     for final, tmp in tmps.items():
         if name and os.path.abspath(str(name)).startswith(tmp):
             return final
-    return next(iter(tmps), "")
+    return str(name) if name else next(iter(tmps), "")
 
 
 def _commit(tmps: Dict[str, str]) -> None:
@@ -347,7 +353,7 @@ _MESSAGES = {  # libraries that lose errno (torch's writer, some pyarrow paths)
 }
 
 
-def user_os_error(error: BaseException, path: str) -> Optional[SequifierError]:
+def user_os_error(error: BaseException, path: str, name_this_path: bool = False) -> Optional[SequifierError]:
     """The one-line user error for an environment failure writing `path`, or None
     (for anything else, which is then a bug and keeps its traceback)."""
     text = str(error)
@@ -357,5 +363,5 @@ def user_os_error(error: BaseException, path: str) -> Optional[SequifierError]:
         code = next((c for m, c in _MESSAGES.items() if m in text), None)
     if code not in _FIXES:
         return None
-    where = getattr(error, "filename", None) or path
+    where = path if name_this_path else (getattr(error, "filename", None) or path)
     return SequifierError(f"cannot write '{where}': {_FIXES[code]}")

@@ -239,6 +239,10 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length} "
             f"(metadata {cfg.metadata_config_path}); set seq_length: {metadata.seq_length} or re-run preprocess")
+    if (cfg.training_data_path is None or cfg.validation_data_path is None) and \
+            cfg.read_format != metadata.write_format:
+        p.add("read_format", f"'{cfg.read_format}' but the metadata's splits are written as "
+              f"{metadata.write_format}; set read_format: {metadata.write_format}")
     available = metadata.column_types
     for col in cfg.target_columns:
         if col not in available:

@@ -109,6 +109,10 @@ def read_header(path: str, read_format: str) -> List[str]:
 def choose_columns(path: str, header: List[str], selected_columns: Optional[List[str]],
                    keys: KeyColumns = KeyColumns()) -> List[str]:
     """Key columns plus the feature columns to keep, checked against the file's header."""
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise SequifierError(f"input file '{path}': the header names column(s) {duplicated} more than "
+                             "once; rename or drop the duplicates")
     for field, name, holds in (("sequence_id_column", keys.sequence_id, "sequence ids"),
                                ("position_column", keys.position, "item positions or times")):
         if name not in header:

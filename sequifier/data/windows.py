@@ -327,10 +327,17 @@ def read_windows(path: str, read_format: str, column_types: Dict[str, str],
         raise SequifierError(f"data file '{path}' not found; check the path or run preprocess")
     import pandas as pd
 
-    if read_format == "parquet":
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_csv(path, engine="pyarrow")
+    try:
+        if read_format == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, engine="pyarrow")
+    except (ValueError, OSError) as e:  # pyarrow/pandas parser errors: another format, a cut file
+        reason = " ".join(str(e).split())[:160]
+        if not reason.isprintable():  # a parser quoting the bytes it choked on
+            reason = type(e).__name__
+        raise SequifierError(f"data file '{path}' could not be read as {read_format} ({reason}); "
+                             "check read_format and the file (re-run preprocess if it is cut short)") from None
     missing = [c for c in INDEX_COLUMNS + ["inputCol"] if c not in frame.columns]
     if missing:
         raise SequifierError(f"data file '{path}' is not in sequifier's window format (missing {missing})")

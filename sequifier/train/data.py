@@ -111,9 +111,12 @@ def _is_empty_table(path: str, read_format: str) -> bool:
     if read_format == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows == 0
+        try:
+            return pq.ParquetFile(path).metadata.num_rows == 0
+        except (OSError, ValueError):  # not parquet: read_windows names the problem
+            return False
     if read_format == "csv":
-        with open(path) as f:
+        with open(path, "rb") as f:  # bytes: a file in another format must not fail here
             return sum(1 for _, line in zip(range(2), f) if line.strip()) < 2
     return False
 

@@ -75,3 +75,25 @@ def test_windows_of_another_id_map_are_refused_by_train_and_infer(tmp_path, writ
     with pytest.raises(SequifierError, match="preprocessed with other id maps than the metadata") as e:
         check_fingerprint(str(tmp_path / other.split_paths[0]), write_format, mine, mine_path)
     assert other.split_paths[0] in str(e.value) and mine_path in str(e.value)
+
+
+def test_a_duplicate_column_in_the_header_is_one_line(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("sequenceId,itemPosition,colour,colour\n1,0,a,b\n1,1,b,c\n")
+    with pytest.raises(SequifierError, match=r"header names column\(s\) \['colour'\] more than once") as e:
+        run_preprocess(config(tmp_path, str(path)))
+    assert "\n" not in str(e.value) and outputs(tmp_path) == []
+
+
+def test_train_read_format_must_match_the_splits(tmp_path):
+    from train_data import make_config, make_project
+
+    from sequifier.train.run import run_train
+
+    root = make_project(tmp_path)  # parquet splits
+    with pytest.raises(SequifierError, match="read_format: 'csv' but the metadata's splits are written as parquet"):
+        run_train(make_config(root, read_format="csv"), export=False)
+    with open(os.path.join(root, "data", "cut.parquet"), "wb") as f:
+        f.write(b"PAR1 x")
+    with pytest.raises(SequifierError, match="could not be read as parquet"):
+        run_train(make_config(root, training_data_path="data/cut.parquet"), export=False)
