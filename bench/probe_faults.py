@@ -382,7 +382,7 @@ def kill_cases() -> List[Case]:
 def concurrency_cases() -> List[Case]:
     def sweep_twice(project):
         sweep = ["-m", "hydra.sweep.dir=multirun/fixed", "model_name=sw"]
-        r = subprocess.run([SEQ, "train"] + COMMON["train"] + sweep + ["training_spec.lr=0.01,0.02"],
+        r = subprocess.run([SEQ, "train", "-m"] + COMMON["train"] + sweep[1:] + ["training_spec.lr=0.01,0.02"],
                            cwd=project, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
 
@@ -440,7 +440,8 @@ FS_SCRIPT = {
 
 
 def command_line(case: Case, project: str) -> List[str]:
-    args = [SEQ, case.command] + COMMON[case.command] + case.args
+    flags = [a for a in case.args if a == "-m"]  # Hydra wants flags before the overrides
+    args = [SEQ, case.command] + flags + COMMON[case.command] + [a for a in case.args if a != "-m"]
     if case.fs is None:
         return args
     kind, folder = case.fs.split(":", 1)

@@ -242,11 +242,11 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path, monkeypatch):
     real_write = preprocess.write_windows
     calls = []
 
-    def failing_write(windows, path, fmt):
+    def failing_write(windows, path, fmt, *fingerprint):
         calls.append(path)
         if len(calls) == 3:
             raise OSError("disk full")
-        real_write(windows, path, fmt)
+        real_write(windows, path, fmt, *fingerprint)
 
     monkeypatch.setattr(preprocess, "write_windows", failing_write)
     with pytest.raises(OSError):
