@@ -133,6 +133,9 @@ class TrainingSpec:
     # Not in the original field list: clip the total gradient norm to this value before
     # every optimizer step (null: no clipping).
     max_grad_norm: Optional[float] = None
+    # Not in the original field list: the parameter kinds the optimizer's weight_decay
+    # applies to (matrices, embeddings, norms, biases); the others get no decay.
+    weight_decay_on: List[str] = field(default_factory=lambda: ["matrices"])
     # Not in the original field list: k of the top-k accuracy reported per epoch for
     # categorical targets (sequifier/metrics.py).
     accuracy_top_k: int = 5

@@ -226,8 +226,11 @@ def _check_optimizer_and_scheduler(t, p: Problems) -> None:
     from sequifier.train import optimizers, schedulers  # import torch: only for train
 
     p.lines.extend(optimizers.block_problems(t.optimizer, t.learning_rate))
+    p.lines.extend(optimizers.decay_kinds_problems(t.weight_decay_on))
     if t.scheduler_step_on in schedulers.STEP_ON:
-        p.lines.extend(schedulers.block_problems(t.scheduler, t.scheduler_step_on))
+        # per-epoch stepping: the run's length is known here; per batch, once the data is read
+        known_steps = t.epochs if t.scheduler_step_on == "epoch" else None
+        p.lines.extend(schedulers.block_problems(t.scheduler, t.scheduler_step_on, known_steps))
         # the run records (and a resume compares) the arguments it trains with
         t.scheduler = schedulers.with_default_arguments(t.scheduler)
 

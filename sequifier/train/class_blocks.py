@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 # constructor parameters a block never sets: the object itself and what sequifier passes
-PASSED_BY_SEQUIFIER = ("self", "params", "optimizer", "lr")
+PASSED_BY_SEQUIFIER = ("self", "params", "optimizer", "lr", "total_steps")
 
 
 def keyword_arguments(block: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,6 +4,8 @@
 every other key of the block is a keyword argument, checked against the class by
 `block_problems` in the validation gate (see `class_blocks`). The learning rate comes
 from `training_spec.learning_rate`, so an `lr` key is refused rather than silently winning.
+The block's `weight_decay` applies to the parameter kinds `training_spec.weight_decay_on`
+names (default: weight matrices only); the others get none (`parameter_groups`).
 """
 
 import inspect
@@ -66,16 +68,87 @@ def _prefer_fused(cls: type, kwargs: dict[str, Any], params: list[torch.Tensor])
 
 
 def build_optimizer(params: Iterable, block: dict[str, Any], learning_rate: float):
-    """The optimizer of a block that passed `block_problems`."""
+    """The optimizer of a block that passed `block_problems`; `params` may be parameter
+    groups (`parameter_groups`)."""
     problems = block_problems(block, learning_rate)
     if problems:
         raise SequifierError(problems[0])
     cls = optimizer_class(block["name"])
     kwargs = keyword_arguments(block)
     params = list(params)
-    if _prefer_fused(cls, kwargs, params):
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    if _prefer_fused(cls, kwargs, tensors):
         try:
             return cls(params, lr=learning_rate, fused=True, **kwargs)
         except (RuntimeError, ValueError, TypeError):
             pass  # e.g. an option the fused kernel lacks: the default implementation decides
     return cls(params, lr=learning_rate, **kwargs)
+
+
+# ---- weight decay by parameter kind ------------------------------------------------------
+
+# What `training_spec.weight_decay_on` can name. Decaying embeddings pulls rare items'
+# vectors to zero, and decaying norm scales and biases shrinks the model's own
+# normalisation and offsets, so by default only weight matrices decay (as in nanoGPT).
+PARAMETER_KINDS = ("matrices", "embeddings", "norms", "biases")
+DECAY_FIELD = "training_spec.weight_decay_on"
+
+
+def parameter_kind(module: torch.nn.Module, name: str, param: torch.Tensor) -> str:
+    if isinstance(module, torch.nn.Embedding):
+        return "embeddings"
+    if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):
+        return "norms"
+    if name == "bias" or param.ndim < 2:
+        return "biases"
+    return "matrices"
+
+
+def parameters_by_kind(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
+    """kind -> the model's trainable parameters of that kind (each parameter once)."""
+    kinds: dict[str, list[torch.Tensor]] = {k: [] for k in PARAMETER_KINDS}
+    seen = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                kinds[parameter_kind(module, name, param)].append(param)
+    return kinds
+
+
+def decay_kinds_problems(decay_on) -> list[str]:
+    unknown = [k for k in decay_on or [] if k not in PARAMETER_KINDS]
+    if unknown:
+        return [f"{DECAY_FIELD}: unknown kind(s) {unknown}; use any of {', '.join(PARAMETER_KINDS)}"]
+    return []
+
+
+def parameter_groups(model: torch.nn.Module, block: dict[str, Any], decay_on) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the kinds in `decay_on` with the block's weight decay,
+    the others with none. One group when the optimizer class has no weight decay."""
+    kinds = parameters_by_kind(model)
+    cls = optimizer_class(block.get("name"))
+    if "weight_decay" not in inspect.signature(cls.__init__).parameters:
+        return [{"params": [p for params in kinds.values() for p in params]}]
+    decayed = [p for k in PARAMETER_KINDS if k in decay_on for p in kinds[k]]
+    kept = [p for k in PARAMETER_KINDS if k not in decay_on for p in kinds[k]]
+    groups = [{"params": decayed}] if decayed else []
+    if kept:
+        groups.append({"params": kept, "weight_decay": 0.0})
+    return groups
+
+
+def describe_decay(model: torch.nn.Module, optimizer, decay_on) -> str:
+    """One log line: which parameter kinds get which weight decay."""
+    kinds = parameters_by_kind(model)
+    decay = optimizer.param_groups[0].get("weight_decay", 0.0)
+
+    def part(names):
+        counts = [f"{k} ({len(kinds[k])} tensors, {sum(p.numel() for p in kinds[k]):,} values)"
+                  for k in names if kinds[k]]
+        return ", ".join(counts) or "nothing"
+
+    on = [k for k in PARAMETER_KINDS if k in decay_on]
+    off = [k for k in PARAMETER_KINDS if k not in decay_on]
+    return (f"weight decay {decay:g} on {part(on)}; none on {part(off)} "
+            f"({DECAY_FIELD}: {on})")

@@ -36,7 +36,7 @@ from sequifier.train.device import (
 from sequifier.train.logs import TrainLogger, baseline_lines
 from sequifier.train.loop import EpochRecord, Trainer, TrainState
 from sequifier.train.losses import build_target_losses
-from sequifier.train.optimizers import build_optimizer
+from sequifier.train.optimizers import build_optimizer, describe_decay, parameter_groups
 from sequifier.train.resume import (
     Change,
     applied_changes,
@@ -45,7 +45,7 @@ from sequifier.train.resume import (
     compare,
     config_record,
 )
-from sequifier.train.schedulers import build_scheduler
+from sequifier.train.schedulers import CUSTOM_SCHEDULERS, build_scheduler, total_scheduler_steps
 from sequifier.train.scoring import measure_baselines, scored_targets
 from sequifier.train.summary import build_summary, summary_lines, summary_path, write_summary
 
@@ -123,8 +123,11 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
 
     seed_everything(spec.seed)  # weights, dropout; shuffling is seeded per epoch
     model = build_model(cfg, metadata).to(device)
-    optimizer = build_optimizer(model.parameters(), spec.optimizer, spec.learning_rate)
-    scheduler = build_scheduler(optimizer, spec.scheduler, spec.scheduler_step_on)
+    optimizer = build_optimizer(parameter_groups(model, spec.optimizer, spec.weight_decay_on),
+                                spec.optimizer, spec.learning_rate)
+    # a warm-up longer than the run is refused here, before any file is touched
+    total_steps = total_scheduler_steps(spec.epochs, len(train_batches), spec.scheduler_step_on)
+    scheduler = build_scheduler(optimizer, spec.scheduler, spec.scheduler_step_on, total_steps)
     amp_dtype = autocast_dtype(device, spec.layer_autocast, spec.layer_type_dtypes)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 and device.type == "cuda" else None
 
@@ -153,6 +156,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             f"and {val_batches.n_samples} validation windows, device {device}"
             + (f", autocast {amp_dtype}" if amp_dtype else "")
         )
+        logger.info(describe_decay(model, optimizer, spec.weight_decay_on))
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):
             logger.info(note)
         if resume is not None:
@@ -211,6 +215,11 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
             f"training_spec.num_workers ({spec.num_workers}) is not used with load_full_data_to_ram: "
             "true: batches are gathered in this process from tensors already in RAM; loader "
             "workers apply to lazy loading (load_full_data_to_ram: false) and distributed runs"
+        )
+    if spec.scheduler.get("name") in CUSTOM_SCHEDULERS and spec.scheduler_step_on == "epoch":
+        notes.append(
+            f"training_spec.scheduler_step_on: epoch: {spec.scheduler['name']} moves once per epoch, so its "
+            "warm-up and decay come in whole epochs; set scheduler_step_on: batch for a per-batch schedule"
         )
     if spec.world_size > 1 and not spec.distributed:
         notes.append(

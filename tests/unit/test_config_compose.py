@@ -32,7 +32,8 @@ GROUP_OPTIONS = {
     "optimizer": {"adam": {"name": "Adam"}, "adamw": {"name": "AdamW"},
                   "ademamix": {"name": "AdEMAMix"}, "sgd": {"name": "SGD"}},
     "scheduler": {"step_lr": {"name": "StepLR"}, "cosine": {"name": "CosineAnnealingLR"},
-                  "none": {"name": "none"}},
+                  "none": {"name": "none"},
+                  "warmup_cosine": {"name": "WarmupCosineLR", "warmup_fraction": 0.05}},
 }
 WHERE = {"model_spec": "model_spec", "attention": "model_spec", "training_spec": "training_spec",
          "optimizer": "training_spec.optimizer", "scheduler": "training_spec.scheduler"}

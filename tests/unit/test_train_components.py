@@ -1,5 +1,6 @@
 """Unit tests of the training components: registries, losses, batches, checkpoints, device."""
 
+import math
 import os
 import random
 
@@ -23,6 +24,7 @@ from sequifier.train.data import InRamBatches, WindowTensors, make_batch_sources
 from sequifier.train.device import autocast_dtype, resolve_device
 from sequifier.train.losses import build_target_losses, class_weight_vector
 from sequifier.train.optimizers import build_optimizer
+from sequifier.train import schedulers
 from sequifier.train.schedulers import build_scheduler
 
 
@@ -326,3 +328,95 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
     bar = logger.progress(items, 2, "epoch 1")
     assert bar is not items and list(bar) == items
     logger.close()
+
+
+# ---- weight decay by parameter kind ---------------------------------------------------
+
+def _tiny_model(**spec):
+    from test_model import make_model
+
+    return make_model(**spec).train()
+
+
+@pytest.mark.parametrize("block", [{"name": "AdamW", "weight_decay": 0.5},
+                                   {"name": "AdEMAMix", "weight_decay": 0.5}])
+def test_weight_decay_reaches_matrices_only_by_default(block):
+    from sequifier.train.optimizers import parameter_groups, parameters_by_kind
+
+    model = _tiny_model(tie_embeddings=True, normalization="layer_norm")
+    kinds = parameters_by_kind(model)
+    assert all(kinds[k] for k in ("matrices", "embeddings", "norms", "biases"))
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    optimizer = build_optimizer(parameter_groups(model, block, ["matrices"]), block, 0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # the step is then weight decay alone
+    optimizer.step()
+    for kind, params in kinds.items():
+        moved = [not torch.equal(p, before[id(p)]) for p in params]
+        if kind == "matrices":
+            assert all(moved), kind
+            torch.testing.assert_close(params[0].detach(), before[id(params[0])] * (1 - 0.1 * 0.5))
+        else:
+            assert not any(moved), kind  # no decay on embeddings, norm scales/biases, biases
+    # asked for: embeddings decay too
+    optimizer = build_optimizer(parameter_groups(model, block, ["matrices", "embeddings"]), block, 0.1)
+    table = model.embedding.tables["a"].weight
+    start = table.detach().clone()
+    optimizer.step()
+    assert not torch.equal(table, start)
+
+
+def test_decay_groups_cover_every_parameter_once_and_optimizers_without_decay():
+    from sequifier.train.optimizers import decay_kinds_problems, parameter_groups
+
+    model = _tiny_model(tie_embeddings=True)
+    groups = parameter_groups(model, {"name": "AdamW"}, ["matrices"])
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters()) and len(set(grouped)) == len(grouped)
+    assert [g.get("weight_decay") for g in groups] == [None, 0.0]  # decayed group: the block's value
+    assert len(parameter_groups(model, {"name": "Rprop"}, ["matrices"])) == 1  # Rprop has no weight decay
+    assert decay_kinds_problems(["matrices", "weights"]) == [
+        "training_spec.weight_decay_on: unknown kind(s) ['weights']; use any of matrices, embeddings, norms, biases"]
+
+
+# ---- warm-up + cosine ------------------------------------------------------------------
+
+def lr_curve(scheduler, optimizer, steps):
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("optimizer_block", [{"name": "Adam"}, {"name": "AdamW", "weight_decay": 0.01},
+                                             {"name": "AdEMAMix"}, {"name": "SGD", "momentum": 0.9}])
+def test_warmup_rises_then_decays_to_the_floor_with_every_optimizer(optimizer_block):
+    optimizer = build_optimizer(params(), optimizer_block, 0.1)
+    scheduler = build_scheduler(optimizer, {"name": "WarmupCosineLR", "warmup_steps": 4, "min_lr_ratio": 0.1},
+                                "batch", total_steps=20)
+    lrs = lr_curve(scheduler, optimizer, 20)
+    assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])  # linear warm-up to the rate
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # then strictly decreasing
+    assert lrs[-1] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # the floor, and it stays there
+    fraction = build_scheduler(build_optimizer(params(), {"name": "Adam"}, 0.1),
+                               {"name": "WarmupCosineLR", "warmup_fraction": 0.25}, "batch", total_steps=20)
+    assert fraction.warmup_steps == 5
+
+
+def test_warmup_arguments_are_checked():
+    def problems(block, total):
+        return schedulers.block_problems(block, "batch", total)
+
+    assert "warmup_steps (20) must be shorter than the run (20 scheduler steps)" in problems(
+        {"name": "WarmupCosineLR", "warmup_steps": 20}, 20)[0]
+    assert problems({"name": "WarmupCosineLR", "warmup_steps": 20}, None) == []  # length unknown yet
+    assert "not both" in problems({"name": "WarmupCosineLR", "warmup_steps": 2, "warmup_fraction": 0.1}, 20)[0]
+    assert "warmup_fraction must be in [0, 1)" in problems({"name": "WarmupCosineLR", "warmup_fraction": 1.0}, 20)[0]
+    assert "min_lr_ratio must be in [0, 1]" in problems({"name": "WarmupCosineLR", "min_lr_ratio": 2.0}, 20)[0]
+    assert problems({"name": "WarmupCosineLR", "total_steps": 5}, 20)[0].startswith(
+        "training_spec.scheduler.total_steps: WarmupCosineLR takes no argument")

@@ -321,3 +321,27 @@ def test_clipping_sees_unscaled_gradients_under_a_gradient_scaler(root, monkeypa
     # Unscaled first: the same norms as without a scaler, not 4096 times larger.
     assert norms(scaled) == pytest.approx(norms(plain), rel=5e-3)
     torch.testing.assert_close(final_weights(scaled), final_weights(plain), rtol=1e-4, atol=1e-5)
+
+
+def test_warmup_cosine_per_batch_in_the_loop_and_decay_groups_logged_once(root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(root, **{"training_spec.scheduler": {"name": "WarmupCosineLR", "warmup_steps": 5},
+                            "training_spec.scheduler_step_on": "batch", "training_spec.epochs": 3,
+                            "training_spec.log_interval": 1,
+                            "training_spec.optimizer": {"name": "AdamW", "weight_decay": 0.1}})
+    runs = glob.glob(os.path.join(root, "logs", "tensorboard", "tiny", "*"))
+    events = EventAccumulator(runs[0])
+    events.Reload()
+    lrs = [e.value for e in events.Scalars("train/learning_rate")]  # after each of the 30 batches
+    assert len(lrs) == 30
+    # logged after each step: the rate of the next batch (batch 6 is the first at the full rate)
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5])) and lrs[4] == pytest.approx(0.01)
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.001)
+    text = log_text(result)
+    assert text.count("weight decay 0.1 on matrices (") == 1
+    assert "none on embeddings (2 tensors" in text and "norms (" in text and "biases (" in text
+    # stepped per epoch, the coarse schedule is said in one line
+    epoch_steps = train(root, model_name="per-epoch", **{
+        "training_spec.scheduler": {"name": "WarmupCosineLR", "warmup_steps": 1}, "training_spec.epochs": 2})
+    assert "WarmupCosineLR moves once per epoch" in log_text(epoch_steps)

@@ -39,6 +39,39 @@ def test_two_plus_two_epochs_equal_four(tmp_path):
     assert (resumed.best_epoch, resumed.best_val_loss) == (straight.best_epoch, straight.best_val_loss)
 
 
+def test_warmup_cosine_per_batch_resumes_exactly(tmp_path):
+    warmup = {"training_spec.scheduler": {"name": "WarmupCosineLR", "warmup_fraction": 0.3},
+              "training_spec.scheduler_step_on": "batch", "training_spec.max_grad_norm": 0.5}
+    # The schedule spans the configured run, so "interrupted" here is a 4-epoch run whose
+    # last two checkpoints are lost: it resumes from epoch 2 on the same curve.
+    straight = train(make_project(tmp_path / "a"), **warmup, **{"training_spec.epochs": 4})
+    root = make_project(tmp_path / "b")
+    train(root, **warmup, **{"training_spec.epochs": 4})
+    for epoch in (3, 4):
+        os.remove(os.path.join(root, "checkpoints", f"tiny-epoch-000{epoch}.pt"))
+    resumed = train(root, **warmup, **{"training_spec.epochs": 4})
+    assert resumed.resumed_from.endswith("tiny-epoch-0002.pt")
+    assert [r.learning_rate for r in resumed.history] == [r.learning_rate for r in straight.history]
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in straight.history]
+    a = torch.load(straight.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scheduler"] == b["scheduler"] and b["scheduler"]["last_epoch"] == 40  # 4 epochs x 10 batches
+
+
+def test_warmup_longer_than_the_run_is_refused_before_any_file_is_touched(tmp_path):
+    root = make_project(tmp_path)
+    train(root, **{"training_spec.epochs": 1})
+    before = names(root)
+    too_long = {"training_spec.scheduler": {"name": "WarmupCosineLR", "warmup_steps": 30},
+                "training_spec.scheduler_step_on": "batch", "training_spec.epochs": 3,
+                "training_spec.continue_training": False}
+    with pytest.raises(SequifierError, match=r"training_spec.scheduler: WarmupCosineLR rejected .*"
+                                             r"warmup_steps \(30\) must be shorter than the run \(30 scheduler steps\)"):
+        train(root, overwrite=True, **too_long)
+    assert names(root) == before  # the outputs it would replace are still there
+
+
 def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     root = make_project(tmp_path)
     done = train(root, **{"training_spec.epochs": 2})

@@ -128,6 +128,10 @@ CASES = [
      "training_spec.optimizer"),
     ({"training_spec__optimizer": {"name": "Adam", "weight_decay": "abc"}},
      "training_spec.optimizer"),
+    ({"training_spec__weight_decay_on": ["matrix"]}, "training_spec.weight_decay_on: unknown kind(s) ['matrix']"),
+    ({"training_spec__scheduler": {"name": "WarmupCosineLR", "warmup_steps": 3}, "training_spec__epochs": 3},
+     "training_spec.scheduler: WarmupCosineLR rejected its arguments {'warmup_steps': 3}: warmup_steps (3) "
+     "must be shorter than the run (3 scheduler steps)"),
     ({"read_format": "xlsx"}, "read_format: 'xlsx' is not one of parquet, csv, pt"),
 ]
 
