@@ -261,13 +261,20 @@ class TransformerBlock(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """GPT-style init: small normal weights for matrices and tables, zero biases."""
+    """GPT-style init: small normal weights for matrices and tables, zero biases; a tied
+    head's projection scale-preserving."""
     if isinstance(module, nn.Linear) and module.in_features > 1:
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
+    elif isinstance(module, TiedDecoder) and module.project is not None:
+        # Runs after its Linear child (apply visits children first). A 0.02 projection
+        # times 0.02 table rows would start the logits and both their gradients near
+        # zero; a 1/sqrt(dim_model) projection keeps the hidden state's unit scale, so a
+        # tied head starts at the scale of an untied one.
+        nn.init.normal_(module.project.weight, std=module.project.in_features ** -0.5)
 
 
 __all__ = [

@@ -423,3 +423,15 @@ def test_tie_embeddings_needs_an_input_table_and_an_eligible_column():
     spec.tie_embeddings = True
     with pytest.raises(SequifierError, match="true, but no categorical column is both an input and a target"):
         SequifierModel(spec, layout)
+
+
+def test_tied_head_starts_at_the_scale_of_an_untied_one():
+    # A small-init projection times small-init table rows would start the logits (and
+    # their gradients) near zero: the projection keeps the hidden state's scale instead.
+    spec = dict(dim_model=64, n_head=4, initial_embedding_dim=64, feature_embedding_dims={"a": 32, "b": 31, "x": 1})
+    tied, untied = make_model(seed=1, tie_embeddings=True, **spec), make_model(seed=1, **spec)
+    assert tied.heads["a"].project.weight.std().item() == pytest.approx(64 ** -0.5, rel=0.1)
+    with torch.no_grad():
+        tied_std = tied(make_inputs())["a"].std().item()
+        untied_std = untied(make_inputs())["a"].std().item()
+    assert 0.5 < tied_std / untied_std < 2.0
