@@ -16,7 +16,7 @@ split's class frequencies: what a model that ignores the context would reach).
 Target: >= 700 samples/s.
 
 `--template-settings` trains with the `sequifier make` template's tied embeddings,
-optimizer, weight-decay groups, scheduler, clipping and criterion instead.
+learning rate, optimizer, weight-decay groups, scheduler, clipping and criterion instead.
 
 usage: python bench/bench_train.py [--epochs 2] [--cores 2] [--no-compile] [--template-settings]
 """
@@ -37,7 +37,8 @@ TARGET_SAMPLES_PER_S = 700
 
 def template_quality_settings() -> tuple[dict, dict]:
     """(model_spec, training_spec) settings of issue 14 as the `sequifier make` template sets
-    them: tied embeddings, optimizer, weight decay groups, scheduler, clipping, criterion."""
+    them: tied embeddings, learning rate, optimizer, weight decay groups, scheduler,
+    clipping, criterion."""
     import yaml
 
     from sequifier import templates
@@ -45,7 +46,7 @@ def template_quality_settings() -> tuple[dict, dict]:
     with open(os.path.join(os.path.dirname(templates.__file__), "train.yaml")) as f:
         template = yaml.safe_load(f)
     model = {"tie_embeddings": template["model_spec"]["tie_embeddings"]}
-    keys = ("optimizer", "weight_decay_on", "scheduler", "scheduler_step_on", "max_grad_norm")
+    keys = ("learning_rate", "optimizer", "weight_decay_on", "scheduler", "scheduler_step_on", "max_grad_norm")
     training = {k: template["training_spec"][k] for k in keys}
     training["criterion"] = {"itemId": template["training_spec"]["criterion"]["itemId"]}
     return model, training

@@ -150,5 +150,4 @@ def describe_decay(model: torch.nn.Module, optimizer, decay_on) -> str:
 
     on = [k for k in PARAMETER_KINDS if k in decay_on]
     off = [k for k in PARAMETER_KINDS if k not in decay_on]
-    return (f"weight decay {decay:g} on {part(on)}; none on {part(off)} "
-            f"({DECAY_FIELD}: {on})")
+    return f"weight decay {decay:g} on {part(on)}; none on {part(off)} (weight_decay_on: {on})"
