@@ -87,7 +87,8 @@ def test_readme_preset_examples_run_as_written(project):
 
 def test_resume_logs_a_changed_lr_and_refuses_a_changed_architecture(project):
     proc = sequifier(project, "train", "training_spec.lr=0.0005", "training_spec.epochs=5")
-    assert "changed since the checkpoint, applied: training_spec.learning_rate: 0.001 -> 0.0005" in proc.stdout
+    # 0.003: the template's learning rate
+    assert "changed since the checkpoint, applied: training_spec.learning_rate: 0.003 -> 0.0005" in proc.stdout
     proc = sequifier(project, "train", "model_spec.dim_model=32", "model_spec.initial_embedding_dim=32", check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
