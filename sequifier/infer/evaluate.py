@@ -77,9 +77,10 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
         key = _columns(job)
         if key not in windows_by_columns:
             windows_by_columns[key] = read_input(cfg.read_format, metadata, data_path, list(key),
-                                                 metadata.seq_length)
+                                                 metadata.seq_length, cfg.metadata_config_path)
     targets = sorted({t for job in jobs for t in job.info.target_columns})
-    training = read_input(cfg.read_format, metadata, baseline_path, targets, metadata.seq_length)
+    training = read_input(cfg.read_format, metadata, baseline_path, targets, metadata.seq_length,
+                          cfg.metadata_config_path)
     for windows in windows_by_columns.values():
         if not (first_predicted_slot(windows) <= metadata.seq_length).any():
             raise SequifierError(

@@ -138,7 +138,8 @@ def run_infer(cfg: InferConfig) -> list[str]:
         key = tuple(job.info.input_columns)
         if key not in windows_by_columns:
             windows_by_columns[key] = read_input(cfg.read_format, metadata, data_path,
-                                                 job.info.input_columns, cfg.seq_length)
+                                                 job.info.input_columns, cfg.seq_length,
+                                                 cfg.metadata_config_path)
     if cfg.forecast:
         for windows in windows_by_columns.values():
             _check_forecast_input(data_path, windows, cfg.seq_length)
@@ -308,8 +309,9 @@ def _is_empty_tabular(path: str, read_format: str) -> bool:
 
 
 def read_input(read_format: str, metadata: Metadata, path: str, columns: list[str],
-               seq_length: int) -> Windows:
-    """The windows of `path` with `columns`, checked to be windows of `seq_length`."""
+               seq_length: int, metadata_path: str) -> Windows:
+    """The windows of `path` with `columns`, checked to be windows of `seq_length` and to
+    be encoded with the id maps of `metadata` (read from `metadata_path`)."""
     empty = SequifierError(f"data_path: '{path}' holds no windows; nothing to infer on")
     tabular = read_format in TABULAR_FORMATS
     if tabular and os.path.isdir(path):
@@ -320,7 +322,7 @@ def read_input(read_format: str, metadata: Metadata, path: str, columns: list[st
     is_file = tabular and os.path.isfile(path)
     if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, read_format)):
         raise empty
-    check_fingerprint(path, cfg.read_format, metadata, cfg.metadata_config_path)
+    check_fingerprint(path, read_format, metadata, metadata_path)
     try:
         windows = read_windows(path, read_format, metadata.column_types, columns)
     except SequifierError as e:
