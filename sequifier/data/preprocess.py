@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -370,16 +371,17 @@ class Workers:
                 context.set_forkserver_preload([__name__])
             else:
                 context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.n)
-        return self._pool.imap(fn, tasks, chunksize=1)
+            self._pool = ProcessPoolExecutor(self.n, mp_context=context)
+        return self._pool.map(fn, tasks)
 
     def __enter__(self) -> "Workers":  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
+        # not multiprocessing.Pool: its terminate() can deadlock (its task thread blocked on
+        # the queue lock) when a worker's error ends the run early, hanging preprocess
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
