@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 from sequifier.metrics import BASELINE_DESCRIPTIONS
+from sequifier.train.resume import flatten
 
 RESERVED_LABELS = {PAD_ID: "<pad>", UNKNOWN_ID: "<unknown>"}
 
@@ -75,7 +76,7 @@ class TrainLogger:
         """The run's settings (flattened dotted keys) and final metrics in the HParams tab."""
         if self._writer is None:
             return
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flatten(settings).items()}
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(settings).items()}
         self._writer.add_hparams(flat, {f"hparams/{k}": v for k, v in metrics.items()}, run_name=".")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -115,15 +116,6 @@ def _continued_paths(continues: dict | None, logs_dir: str) -> tuple[str, str] |
     root = os.path.realpath(logs_dir)
     inside = all(isinstance(p, str) and os.path.realpath(p).startswith(root + os.sep) for p in (text, board))
     return (text, board) if inside and os.path.exists(text) else None
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict) and node:
-        out = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def format_losses(losses: dict[str, float]) -> str:

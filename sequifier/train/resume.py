@@ -47,11 +47,12 @@ def config_record(cfg) -> dict:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted paths (`model_spec.dim_model`) to leaf values."""
     if isinstance(node, dict) and node:
         out = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: node}
 
@@ -62,7 +63,7 @@ def _covered(path: str, prefixes) -> bool:
 
 def compare(recorded: dict, current: dict) -> list[Change]:
     """Every difference between two config records, as dotted paths, sorted."""
-    old, new = _flatten(recorded), _flatten(current)
+    old, new = flatten(recorded), flatten(current)
     changes = []
     for path in sorted(set(old) | set(new)):
         before, after = old.get(path, _ABSENT), new.get(path, _ABSENT)
