@@ -103,16 +103,14 @@ def hydra_error_line(error: BaseException) -> str:
     return "; ".join(p for p in parts if p) + "; check the override or preset name (see `sequifier --help`)"
 
 
-def _log_to_run_folder(command: str, error: SequifierError) -> None:
-    """The error in the run folder's COMMAND.log too (the console gets it once, on stderr)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return
-    path = os.path.join(HydraConfig.get().runtime.output_dir, f"{command}.log")
-    with open(path, "a") as f:
-        for line in str(error).splitlines():
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR sequifier: error: {line}\n")
+def _log_to_run_folder(error: SequifierError) -> None:
+    """The error in the run folder's COMMAND.log too, in its format; only through the file
+    handlers, as the console gets it once, on stderr."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for line in str(error).splitlines():
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, f"sequifier: error: {line}", None, None)
+        for handler in files:
+            handler.handle(record)
 
 
 def make_task(command: str) -> Callable:
@@ -133,7 +131,7 @@ def make_task(command: str) -> Callable:
             error = as_user_error(e)
             if error is None:
                 raise  # a bug: keep the traceback
-            _log_to_run_folder(command, error)
+            _log_to_run_folder(error)
             if in_multirun():
                 raise error from None  # the sweeper records the failed job and goes on
             report_and_exit(error)

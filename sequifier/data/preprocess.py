@@ -17,10 +17,10 @@ sequence's windows depend on that sequence alone, and results are joined in inpu
 """
 
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -54,6 +54,8 @@ from sequifier.data.splits import (
 from sequifier.data.windows import Windows, id_map_fingerprint, write_shards, write_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
+
+log = logging.getLogger("sequifier.preprocess")
 
 # rows per window-building task: small enough to bound worker memory, large enough that
 # per-task overhead does not matter
@@ -393,8 +395,8 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
         for i, path in enumerate(plan.inputs)
     ]
     if any(cached):
-        print(f"[preprocess] continue_preprocessing: {sum(cached)} of {len(tasks)} input files "
-              "already read, reading the rest", file=sys.stderr)
+        log.info(f"continue_preprocessing: {sum(cached)} of {len(tasks)} input files "
+                 "already read, reading the rest")
     progress = Progress(len(tasks), "read files")
     summaries = []
     if cfg.max_rows is None:
@@ -480,9 +482,9 @@ def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSumma
     for column, values in unknown.items():
         if len(values):
             examples = ", ".join(repr(v) for v in values[:3].tolist())
-            print(f"[preprocess] {column}: {len(values)} values not in the id map of "
-                  f"{cfg.reuse_metadata_path} ({examples}{', ...' if len(values) > 3 else ''}) "
-                  "get the unknown id", file=sys.stderr)
+            log.warning(f"{column}: {len(values)} values not in the id map of "
+                        f"{cfg.reuse_metadata_path} ({examples}{', ...' if len(values) > 3 else ''}) "
+                        "get the unknown id")
     return encoding
 
 
@@ -523,8 +525,8 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
     with output_set([plan.metadata_path] + ([] if pt else targets), dirs=targets if pt else []) as tmps:
         for k, (windows, target) in enumerate(zip(splits, targets)):
             if len(windows) == 0:
-                print(f"[preprocess] warning: split {k} has no windows (sequences too short for "
-                      "its share in split_ratios)", file=sys.stderr)
+                log.warning(f"split {k} has no windows (sequences too short for "
+                            "its share in split_ratios)")
             if pt:
                 # lazy loading reads shard by shard; a seeded shuffle makes every shard a
                 # sample of the whole split instead of a run of neighbouring sequences
@@ -553,9 +555,9 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
                 split_whole_sequences(summaries, plan.split_ratios, cfg.seed)
             encoding = choose_encoding(plan, cfg, summaries)
             for line in report_lines([s.missing for s in summaries]):
-                print(f"[preprocess] missing values: {line}", file=sys.stderr)
+                log.info(f"missing values: {line}")
             for line in column_warnings(summaries, encoding):
-                print(f"[preprocess] warning: {line}", file=sys.stderr)
+                log.warning(line)
             sequence_ids = number_sequences(summaries)
             splits = make_windows(plan, cfg, summaries, encoding, workers)
         metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)
@@ -565,6 +567,6 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
         raise
     shutil.rmtree(plan.work_dir, ignore_errors=True)
     total = ", ".join(f"split{k}: {len(w)}" for k, w in enumerate(splits))
-    print(f"[preprocess] wrote {plan.name} windows ({total}) and "
-          f"{os.path.relpath(plan.metadata_path, plan.project_root)}", file=sys.stderr)
+    log.info(f"wrote {plan.name} windows ({total}) and "
+             f"{os.path.relpath(plan.metadata_path, plan.project_root)}")
     return metadata

@@ -1,7 +1,16 @@
-"""Progress reporting: a tqdm bar on a terminal, periodic plain lines otherwise (logs, CI)."""
+"""Progress of a long preprocess stage: a tqdm bar on a terminal, periodic log lines otherwise.
 
+The lines go through `logging` (logger `sequifier.preprocess`), like every other
+command's output, so under the CLI they reach the console and the run folder's
+`preprocess.log` in Hydra's one format. While a bar is shown, the console's log lines
+are printed above it (tqdm's logging redirect) instead of over it.
+"""
+
+import logging
 import sys
 import time
+
+log = logging.getLogger("sequifier.preprocess")
 
 
 class Progress:
@@ -12,10 +21,13 @@ class Progress:
         self.stream = sys.stderr if stream is None else stream
         self.interval = interval_seconds
         self.started = self.last_line = time.monotonic()
-        self.bar = None
+        self.bar = self._redirect = None
         if getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
+            self._redirect.__enter__()
             self.bar = tqdm(total=total, desc=stage, file=self.stream, leave=False)
 
     def update(self, n: int = 1) -> None:
@@ -31,8 +43,9 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self._redirect.__exit__(None, None, None)
+            self.bar = self._redirect = None
             self._line(f"{self.done}/{self.total} done")
 
     def _line(self, text: str) -> None:
-        elapsed = time.monotonic() - self.started
-        print(f"[preprocess] {self.stage}: {text} ({elapsed:.1f} s)", file=self.stream, flush=True)
+        log.info(f"{self.stage}: {text} ({time.monotonic() - self.started:.1f} s)")

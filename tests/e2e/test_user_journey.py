@@ -7,6 +7,7 @@ than a window); the configs are the templates, changed only where the user must
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -104,3 +105,24 @@ def test_every_hydra_run_folder_holds_a_non_empty_command_log(project):
         if command == "train" and not os.path.exists(log):
             continue  # `--cfg job` prints the config and starts no job
         assert os.path.getsize(log) > 0, log
+
+
+LOG_LINE = r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[[\w.]+\]\[(INFO|WARNING|ERROR)\] - "
+
+
+def test_every_command_logs_its_progress_in_one_format(project):
+    sequifier(project, "evaluate")
+    progress = {"preprocess": r"\[sequifier.preprocess\]\[INFO\] - read files: 1/1 .*\n.*- wrote \w+ windows",
+                "train": r"\[sequifier.train\]\[INFO\] - epoch 1/",
+                "infer": r"\[sequifier.infer.run\]\[INFO\] - wrote ",
+                "evaluate": r"\[sequifier.infer.evaluate\]\[INFO\] - wrote "}
+    for command, pattern in progress.items():
+        logs = sorted(glob.glob(os.path.join(project, "outputs", "runs", command, "*", "*", f"{command}.log")))
+        with open(logs[0]) as f:
+            text = f.read()
+        assert re.match(LOG_LINE, text) and re.search(pattern, text, re.DOTALL), (command, text)
+    # a refused run's error line is in its run folder's log, in the same format
+    errors = [line for path in glob.glob(os.path.join(project, "outputs", "runs", "train", "*", "*", "train.log"))
+              for line in open(path) if "sequifier: error:" in line]
+    assert errors and all(re.match(LOG_LINE.replace("(INFO|WARNING|ERROR)", "ERROR") + "sequifier: error: ", e)
+                          for e in errors), errors

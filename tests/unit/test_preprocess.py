@@ -2,7 +2,9 @@
 
 import glob
 import io
+import logging
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -300,22 +302,38 @@ def test_continue_preprocessing_rereads_changed_files_and_checks_settings(tmp_pa
     assert sorted(read) == ["a.csv", "b.csv"]
 
 
-def test_progress_lines_without_terminal(tmp_path, capsys):
+def test_progress_lines_without_terminal_go_through_logging(tmp_path, caplog):
     write_input(long_table(), tmp_path / "items.csv")
-    preprocess.run_preprocess(config(tmp_path, "items.csv"))
-    err = capsys.readouterr().err
-    assert "[preprocess] read files: 1/1" in err and "write splits: 3/3" in err
+    with caplog.at_level(logging.INFO, logger="sequifier"):
+        preprocess.run_preprocess(config(tmp_path, "items.csv"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "sequifier.preprocess"]
+    assert any(line.startswith("read files: 1/1") for line in lines), lines
+    assert any(line.startswith("write splits: 3/3") for line in lines), lines
+    assert any(line.startswith("wrote items windows") for line in lines), lines
 
 
-def test_progress_bar_on_terminal():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
 
-    stream = Terminal()
-    progress = Progress(3, "build windows", stream=stream)
-    assert progress.bar is not None
-    for _ in range(3):
-        progress.update()
-    progress.close()
-    assert "build windows" in stream.getvalue() and "3/3 done" in stream.getvalue()
+
+def test_progress_bar_on_terminal_keeps_log_lines_above_it(caplog):
+    console = Terminal()
+    handler = logging.StreamHandler(sys.stderr)  # a console handler, as Hydra's
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="sequifier"):
+            progress = Progress(3, "build windows", stream=console)
+            assert progress.bar is not None
+            # while the bar is shown, the console handler writes through tqdm (above the bar)
+            assert handler not in root.handlers
+            progress.update()
+            logging.getLogger("sequifier.preprocess").info("a line while the bar runs")
+            progress.update(2)
+            progress.close()
+        assert handler in root.handlers  # the console handler is back after the bar
+    finally:
+        root.removeHandler(handler)
+    assert "build windows" in console.getvalue()  # the bar
+    assert any(r.getMessage().startswith("build windows: 3/3 done") for r in caplog.records)
