@@ -1,6 +1,7 @@
 """missing_values policies (error, drop_rows, fill, {fill: VALUE}) and the column warnings."""
 
 import glob
+import logging
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,8 @@ def test_error_is_the_default_and_names_every_column(tmp_path):
     assert glob.glob(str(tmp_path / "data" / "*")) + glob.glob(str(tmp_path / "data" / ".*")) == []
 
 
-def test_drop_rows_leaves_out_exactly_the_rows_with_missing_cells(tmp_path, capsys):
+def test_drop_rows_leaves_out_exactly_the_rows_with_missing_cells(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sequifier")
     frame = holey_table()
     run(tmp_path, frame, missing_values="drop_rows")
     kept = frame.dropna()
@@ -44,16 +46,17 @@ def test_drop_rows_leaves_out_exactly_the_rows_with_missing_cells(tmp_path, caps
     assert len(rebuilt) == len(kept)
     expected = kept.sort_values(["sequenceId", "itemPosition"]).reset_index(drop=True)
     np.testing.assert_array_equal(rebuilt["itemPosition"], expected["itemPosition"])
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "missing values: 'value': 8 rows dropped" in err
     assert "missing values: 'colour': 5 rows dropped" in err
     assert f"{len(frame) - len(kept)} rows dropped in all" in err
 
 
-def test_fill_uses_training_mean_and_a_missing_category(tmp_path, capsys):
+def test_fill_uses_training_mean_and_a_missing_category(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sequifier")
     frame = holey_table()
     metadata = run(tmp_path, frame, missing_values="fill")
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "'value': 8 cells filled with the training mean" in err
     assert f"'colour': 5 cells filled with the '{MISSING_CATEGORY}' category" in err
     assert f"'code': 3 cells filled with the '{MISSING_CATEGORY}' category" in err
@@ -83,11 +86,12 @@ def test_training_mean_comes_from_known_training_cells(tmp_path):
     assert metadata.selected_columns_statistics["value"]["mean"] == pytest.approx(known_training.mean())
 
 
-def test_per_column_policies_and_given_values(tmp_path, capsys):
+def test_per_column_policies_and_given_values(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sequifier")
     frame = holey_table()
     metadata = run(tmp_path, frame, missing_values={"value": {"fill": -1.5}, "colour": {"fill": "none"},
                                                     "*": "drop_rows"})
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "'value': 8 cells filled with -1.5" in err
     assert "'colour': 5 cells filled with 'none'" in err
     assert "'code': 3 rows dropped" in err
@@ -145,12 +149,13 @@ def test_reused_metadata_keeps_the_missing_category(tmp_path):
 
 # ---------------------------------------------------------------- warnings that save a run
 
-def test_high_cardinality_and_date_like_columns_are_named(tmp_path, capsys):
+def test_high_cardinality_and_date_like_columns_are_named(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sequifier")
     frame = long_table()
     frame["session"] = [f"s{i}" for i in range(len(frame))]
     frame["when"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(len(frame)) % 7, unit="D")
     run(tmp_path, frame)
-    err = capsys.readouterr().err
+    err = caplog.text
     assert f"categorical column 'session' has {len(frame)} distinct values in {len(frame)} rows" in err
     assert "column 'when' looks like dates or times and is read as categorical" in err
     assert "drop it (selected_columns)" in err and "position_column: when" in err

@@ -1,5 +1,6 @@
 """reuse_metadata_path: new data encoded with an earlier run's id maps and statistics."""
 
+import logging
 import os
 
 import numpy as np
@@ -22,7 +23,8 @@ def new_data(tmp_path, frame):
     return write_input(frame, tmp_path / "new" / "fresh.csv")
 
 
-def test_new_data_gets_the_old_ids_statistics_and_unknown_ids(tmp_path, trained, capsys):
+def test_new_data_gets_the_old_ids_statistics_and_unknown_ids(tmp_path, trained, caplog):
+    caplog.set_level(logging.INFO, logger="sequifier")
     frame = long_table(seed=5, first_id=100)
     frame.loc[:4, "colour"] = "violet"  # never seen by the first run
     frame["value"] = frame["value"] + 50.0  # would move mean/std if recomputed
@@ -39,7 +41,7 @@ def test_new_data_gets_the_old_ids_statistics_and_unknown_ids(tmp_path, trained,
                                                    windows.values["colour"][real], windows.values["value"][real])}
     violet = {(s, p) for s, p in frame.loc[frame.colour == "violet", ["sequenceId", "itemPosition"]].to_numpy()}
     assert {k for k, (c, _) in items.items() if c == UNKNOWN_ID} == violet
-    assert "colour: 1 values not in the id map" in capsys.readouterr().err
+    assert "colour: 1 values not in the id map" in caplog.text
     # known values keep the first run's ids; reals use its mean and std
     stats = trained.selected_columns_statistics["value"]
     for row in frame.head(20).itertuples():
