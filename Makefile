@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm,plot]'
 	touch $@
 
 test: install

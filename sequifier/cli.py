@@ -28,6 +28,10 @@ commands:
   evaluate     score models on every item of a split against baselines: accuracy,
                top-k, cross-entropy / MAE, RMSE, written to outputs/evaluation/
   make NAME    create a project folder NAME with commented config templates
+  plot [RUN]   PNG of a run's loss and metric curves (logs/RUN-curves.png; RUN: a model
+               name, default the latest run) or of a sweep's jobs side by side (RUN: the
+               sweep folder, outputs/multirun/train/DATE/TIME; writes its curves.png);
+               --project-root DIR when not run from the project folder
 
 Each command reads configs/<command>.yaml from the current folder unless --config-path
 names another YAML file. Hydra options work too: presets (+model_spec=gqa), overrides
@@ -206,10 +210,29 @@ def main(argv: Optional[List[str]] = None) -> None:
         except SequifierError as e:
             report_and_exit(e)
         return
+    if command == "plot":
+        plot_main(rest)
+        return
     if command not in COMMANDS:
         report_and_exit(SequifierError(
-            f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}, make"))
+            f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}, make, plot"))
     run_command(command, rest, prog=f"sequifier {command}")
+
+
+def plot_main(args: List[str]) -> None:
+    import argparse
+
+    from sequifier.plot import plot
+
+    parser = argparse.ArgumentParser(prog="sequifier plot", description="PNG of a run's or a sweep's curves")
+    parser.add_argument("run", nargs="?", help="model name (default: the latest run) or sweep folder")
+    parser.add_argument("--project-root", default=".", help="the project folder (default: the current one)")
+    options = parser.parse_args(args)
+    try:
+        for line in plot(options.run, options.project_root):
+            print(line)
+    except SequifierError as e:
+        report_and_exit(e)
 
 
 def preprocess_main() -> None:

@@ -177,6 +177,9 @@ class SweepSummary(Callback):
             "overrides": " ".join(config.hydra.overrides.task),
             "error": str(job_return._return_value).splitlines()[0] if failed else None,
             "metrics": None if failed else _job_metrics(config.get("project_root"), model_name),
+            # where the job's logs/ are, for `sequifier plot SWEEP_FOLDER`
+            "project_root": os.path.abspath(config.project_root) if isinstance(config.get("project_root"), str)
+            else None,
         }
         atomic_write_text(os.path.join(config.hydra.runtime.output_dir, RESULT_FILE),
                           json.dumps(result, indent=2))
@@ -189,6 +192,20 @@ class SweepSummary(Callback):
         if table:
             log.info("sweep summary (%s):\n%s",
                      os.path.join(str(config.hydra.sweep.dir), "summary.md"), table)
+            _plot_sweep(str(config.hydra.sweep.dir), str(config.get("project_root", ".")))
+
+
+def _plot_sweep(sweep_dir: str, project_root: str) -> None:
+    """The jobs' curves side by side in SWEEP/curves.png; a missing matplotlib or a sweep
+    without curves is logged, as the sweep itself has finished."""
+    from sequifier.errors import SequifierError
+    from sequifier.plot import plot_sweep
+
+    try:
+        path, _ = plot_sweep(sweep_dir, project_root)
+        log.info("sweep curves: %s", path)
+    except SequifierError as e:
+        log.warning("no sweep curves: %s", e)
 
 
 def _job_metrics(project_root: Any, model_name: Any) -> Optional[Dict[str, Dict[str, float]]]:

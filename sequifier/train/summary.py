@@ -9,6 +9,7 @@ read the JSON to put each job's metrics in their summary table (sequifier/multir
 import json
 import math
 import os
+from dataclasses import asdict
 from typing import Any
 
 from sequifier.io_utils import atomic_write_text
@@ -36,6 +37,8 @@ def build_summary(result, baselines: dict, tensorboard_dir: str | None) -> dict[
         "checkpoint": result.checkpoint_path,
         "log": result.log_path,
         "tensorboard": tensorboard_dir,
+        # per epoch: losses, learning rate, validation metrics (`sequifier plot` draws them)
+        "history": [asdict(r) for r in result.history],
     }
 
 

@@ -65,6 +65,13 @@ def test_grid_sweep_runs_four_separate_jobs_and_writes_a_summary(tmp_path):
             assert float(row[f"itemId/{name}"]) == pytest.approx(metrics["itemId"][name])
         for name in ("mae", "rmse"):
             assert float(row[f"itemValue/{name}"]) == pytest.approx(metrics["itemValue"][name])
+    # the sweep's end drew the jobs' curves side by side; `sequifier plot` draws them again
+    picture = os.path.join(sweep_dir(project), "curves.png")
+    with open(picture, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    os.remove(picture)
+    proc = run(["sequifier", "plot", sweep_dir(project)], cwd=project)
+    assert proc.stdout.strip() == f"wrote {picture}" and os.path.exists(picture)
 
 
 def test_optuna_preset_minimises_the_validation_loss(tmp_path):
