@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "job_result.json"
 SWEEP_FILE = ".sequifier-sweeps.json"
+# "sweep" (the number of the sweep in its folder, see sweep_number) is recorded, not shown
 SUMMARY_COLUMNS = ("job", "status", "best_val_loss", "model_name", "overrides", "error")
 METRICS_AFTER = "best_val_loss"  # metric columns follow this one
 
@@ -101,11 +102,18 @@ def _number(value: Any) -> Optional[float]:
 
 
 def read_results(sweep_dir: str) -> List[Dict[str, Any]]:
-    """The job results of a sweep folder, best validation loss first, failures last."""
+    """The job results of the latest sweep in `sweep_dir`, best validation loss first, failures last.
+
+    A sweep repeated into the same folder overwrites only the job folders it runs; the
+    results an earlier sweep left in the others carry its number and are left out.
+    """
+    number = sweep_number(sweep_dir)
     rows = []
     for path in glob.glob(os.path.join(glob.escape(sweep_dir), "**", RESULT_FILE), recursive=True):
         with open(path) as f:
-            rows.append(json.load(f))
+            row = json.load(f)
+        if row.get("sweep") == number:
+            rows.append(row)
     return sorted(rows, key=lambda r: (r.get("best_val_loss") is None,
                                        r.get("best_val_loss") or 0.0, r.get("job", 0)))
 
@@ -165,11 +173,12 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         failed = job_return.status != JobStatus.COMPLETED
+        sweep_dir = str(config.hydra.sweep.dir)
         model_name = config.get("model_name")
         if isinstance(model_name, str):
-            model_name = tagged_model_name(model_name, str(config.hydra.sweep.dir),
-                                           config.hydra.job.num)
+            model_name = tagged_model_name(model_name, sweep_dir, config.hydra.job.num)
         result = {
+            "sweep": sweep_number(sweep_dir),
             "job": int(config.hydra.job.num),
             "status": "failed" if failed else "completed",
             "best_val_loss": None if failed else _number(job_return._return_value),
@@ -185,7 +194,7 @@ class SweepSummary(Callback):
                           json.dumps(result, indent=2))
         # Kept up to date after every job: Hydra's basic sweeper raises a failed job's
         # error before on_multirun_end, and a SLURM sweep can be interrupted.
-        write_summary(str(config.hydra.sweep.dir))
+        write_summary(sweep_dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         table = write_summary(str(config.hydra.sweep.dir))

@@ -61,3 +61,49 @@ def test_a_repeated_sweep_into_the_same_folder_gets_new_model_names(tmp_path):
     start_sweep(folder)
     second = tagged_model_name("m", folder, 0)
     assert first == "m-multirun_fixed-0" and second == "m-multirun_fixed-r2-0"
+
+
+def _end_job(sweep_dir: str, num: int, loss: float) -> None:
+    """What Hydra calls when job `num` of a sweep into `sweep_dir` ends."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from sequifier.multirun import SweepSummary
+
+    output_dir = os.path.join(sweep_dir, str(num))
+    os.makedirs(output_dir, exist_ok=True)
+    config = OmegaConf.create({
+        "model_name": "m", "project_root": os.path.dirname(sweep_dir),
+        "hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": sweep_dir},
+                  "job": {"num": num}, "runtime": {"output_dir": output_dir},
+                  "overrides": {"task": [f"training_spec.learning_rate={loss}"]}}})
+    job_return = JobReturn()
+    job_return.status, job_return.return_value = JobStatus.COMPLETED, loss
+    SweepSummary().on_job_end(config, job_return)
+
+
+def sweep_config(folder: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"hydra": {"sweep": {"dir": folder}}})
+
+
+def test_a_repeated_sweep_summarises_only_its_own_jobs(tmp_path):
+    """The second sweep into a folder runs fewer jobs: job folders it does not overwrite
+    still hold the first sweep's results, which must not reach its summary."""
+    from sequifier.multirun import SweepSummary, read_results
+
+    folder = str(tmp_path / "multirun" / "fixed")
+    os.makedirs(folder)
+    SweepSummary().on_multirun_start(sweep_config(folder))
+    for num, loss in enumerate((0.5, 0.1, 0.2)):
+        _end_job(folder, num, loss)
+    assert [r["job"] for r in read_results(folder)] == [1, 2, 0]
+    SweepSummary().on_multirun_start(sweep_config(folder))
+    _end_job(folder, 0, 0.3)
+    rows = read_results(folder)
+    assert [(r["job"], r["model_name"]) for r in rows] == [(0, "m-multirun_fixed-r2-0")]
+    with open(os.path.join(folder, "summary.csv")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 2 and "learning_rate=0.3" in lines[1]
