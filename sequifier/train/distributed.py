@@ -95,15 +95,15 @@ def choose_backend(backend: str, device: str, announce: bool = False) -> str:
 def check_supported(spec: TrainingSpec) -> None:
     """Reject distributed settings this machine cannot run, before any process starts.
 
-    The backend's name is checked even without `distributed`, so a typo never waits
-    for the first distributed run to surface."""
-    check_backend_name(spec.backend)
+    Only a distributed run uses them (the spec: `backend` is "only relevant if
+    distributed: true"); a one-process run logs a set backend as unused instead
+    (`train/run.py`, `_unused_setting_notes`)."""
     if not spec.distributed:
         return
     if not torch.distributed.is_available():
         raise SequifierError("training_spec.distributed: this torch build has no "
                              "torch.distributed; set distributed: false")
-    choose_backend(spec.backend, spec.device)
+    choose_backend(spec.backend, spec.device)  # checks the name first
     world_size = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else spec.world_size
     if world_size < 1:
         raise SequifierError(f"training_spec.world_size must be >= 1, got {world_size}")

@@ -226,6 +226,11 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
             f"training_spec.world_size ({spec.world_size}) is not used: distributed is false, so "
             "this run trains in one process; set distributed: true for DDP"
         )
+    if spec.backend != TrainingSpec.backend and not spec.distributed:
+        notes.append(
+            f"training_spec.backend ({spec.backend}) is not used: distributed is false, so "
+            "no process group is started; set distributed: true for DDP"
+        )
     if spec.layer_autocast and amp_dtype is None:
         notes.append(
             f"training_spec.layer_autocast: no autocast on {device.type} for a float32 model "

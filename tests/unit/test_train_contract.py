@@ -197,14 +197,17 @@ def test_inference_batch_size_is_the_onnx_example_batch(tmp_path, monkeypatch):
 
 # ---- settings a run accepts but does not apply are logged, not silently dropped ------------
 
-def test_unused_num_workers_world_size_and_cpu_autocast_are_logged(tmp_path):
+def test_unused_num_workers_world_size_backend_and_cpu_autocast_are_logged(tmp_path):
     root = make_project(tmp_path, n_train=32, n_val=16)
     one_epoch = {"training_spec.epochs": 1}
+    # backend is checked only where it takes effect (distributed: true); unused, it is logged
     noted = log_text(run_train(make_config(root, model_name="a", **one_epoch,
                                            **{"training_spec.num_workers": 2,
-                                              "training_spec.world_size": 2}), export=False))
+                                              "training_spec.world_size": 2,
+                                              "training_spec.backend": "mpi"}), export=False))
     assert "training_spec.num_workers (2) is not used with load_full_data_to_ram: true" in noted
     assert "training_spec.world_size (2) is not used: distributed is false" in noted
+    assert "training_spec.backend (mpi) is not used: distributed is false" in noted
     assert "training_spec.layer_autocast: no autocast on cpu for a float32 model" in noted
     quiet = log_text(run_train(make_config(root, model_name="b", **one_epoch,
                                            **{"training_spec.layer_autocast": False}), export=False))
