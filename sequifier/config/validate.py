@@ -20,10 +20,6 @@ from sequifier.errors import SequifierError
 from sequifier.export_format import MODEL_TYPES
 from sequifier.io_utils import name_problem, resolve_path
 
-ACTIVATIONS = ("swiglu", "gelu", "relu")
-ATTENTION_TYPES = ("mha", "mqa", "gqa")
-POSITIONAL_ENCODINGS = ("learned", "rope")
-NORMALIZATIONS = ("rmsnorm", "layer_norm")
 DEVICES = ("cpu", "cuda", "mps")
 
 
@@ -145,6 +141,10 @@ def _check_train_fields(cfg: TrainConfig, p: Problems) -> None:
 
 
 def _check_model_spec(cfg: TrainConfig, p: Problems) -> None:
+    # the option lists belong to the model code that builds them (imports torch: train only)
+    from sequifier.model.layers import ACTIVATIONS, NORMALIZATIONS
+    from sequifier.model.transformer import POSITIONAL_ENCODINGS
+
     m = cfg.model_spec
     for name in ("dim_model", "n_head", "num_layers", "dim_feedforward"):
         p.positive(getattr(m, name), f"model_spec.{name}")
@@ -166,7 +166,7 @@ def _check_model_spec(cfg: TrainConfig, p: Problems) -> None:
 
 
 def _check_attention(m, p: Problems) -> None:
-    from sequifier.model.transformer import kv_heads
+    from sequifier.model.transformer import ATTENTION_TYPES, kv_heads
 
     p.one_of(m.attention_type, ATTENTION_TYPES, "model_spec.attention_type")
     if m.attention_type in ATTENTION_TYPES and m.n_head >= 1:
@@ -242,10 +242,8 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length} "
             f"(metadata {cfg.metadata_config_path}); set seq_length: {metadata.seq_length} or re-run preprocess")
-    if (cfg.training_data_path is None or cfg.validation_data_path is None) and \
-            cfg.read_format != metadata.write_format:
-        p.add("read_format", f"'{cfg.read_format}' but the metadata's splits are written as "
-              f"{metadata.write_format}; set read_format: {metadata.write_format}")
+    reads_splits = cfg.training_data_path is None or cfg.validation_data_path is None
+    _check_read_format(cfg.read_format, reads_splits, metadata, p)
     available = metadata.column_types
     for col in cfg.target_columns:
         if col not in available:
@@ -274,6 +272,13 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
 
     for line in tie_embeddings_problems(cfg.model_spec.tie_embeddings, inputs, list(cfg.target_columns), available):
         p.lines.append(line)
+
+
+def _check_read_format(read_format: str, reads_splits: bool, metadata: Metadata, p: Problems) -> None:
+    """A command reading the splits the metadata names reads them in their written format."""
+    if reads_splits and read_format != metadata.write_format:
+        p.add("read_format", f"'{read_format}' but the metadata's splits are written as "
+              f"{metadata.write_format}; set read_format: {metadata.write_format}")
 
 
 def _check_feature_embedding_dims(cfg: TrainConfig, inputs, metadata: Metadata, p: Problems) -> None:
@@ -316,6 +321,7 @@ def validate_infer(cfg: InferConfig) -> None:
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
             f"set seq_length: {metadata.seq_length}")
+    _check_read_format(cfg.read_format, cfg.data_path is None, metadata, p)
     p.raise_if_any()
 
 
@@ -331,4 +337,7 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
     p.positive(cfg.inference_batch_size, "inference_batch_size")
     p.positive(cfg.accuracy_top_k, "accuracy_top_k", allow_none=True)
+    p.raise_if_any()
+    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
+    _check_read_format(cfg.read_format, cfg.data_path is None or cfg.baseline_data_path is None, metadata, p)
     p.raise_if_any()

@@ -120,11 +120,6 @@ def run_infer(cfg: InferConfig) -> list[str]:
     validate_infer(cfg)
     root = cfg.project_root
     metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
-    if cfg.data_path is None and metadata.write_format != cfg.read_format:
-        raise SequifierError(
-            f"read_format: the metadata's splits are written as {metadata.write_format} but "
-            f"read_format is '{cfg.read_format}'; set read_format: {metadata.write_format}"
-        )
     data_path = resolve_path(root, cfg.data_path or _last_split(metadata))
 
     jobs = [_open_model(cfg, metadata, resolve_path(root, p)) for p in _as_list(cfg.model_path)]

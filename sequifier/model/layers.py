@@ -95,13 +95,17 @@ class Dropout(nn.Dropout):
         return x * keep / (1.0 - self.p)
 
 
+NORMALIZATIONS = ("rmsnorm", "layer_norm")  # model_spec.normalization (validate.py checks it)
+ACTIVATIONS = ("swiglu", "gelu", "relu")  # model_spec.activation_fn (validate.py checks it)
+
+
 def make_norm(normalization: str, dim: int) -> nn.Module:
     if normalization == "rmsnorm":
         return RMSNorm(dim, eps=1e-6)
     if normalization == "layer_norm":
         return LayerNorm(dim, eps=1e-5)
     raise SequifierError(
-        f"model_spec.normalization: '{normalization}' is not supported; use rmsnorm or layer_norm"
+        f"model_spec.normalization: '{normalization}' is not supported; use {' or '.join(NORMALIZATIONS)}"
     )
 
 
@@ -202,10 +206,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim_model: int, dim_feedforward: int, activation: str):
         super().__init__()
-        if activation not in ("swiglu", "gelu", "relu"):
+        if activation not in ACTIVATIONS:
             raise SequifierError(
-                f"model_spec.activation_fn: '{activation}' is not supported; "
-                "use swiglu, gelu or relu"
+                f"model_spec.activation_fn: '{activation}' is not supported; use one of {', '.join(ACTIVATIONS)}"
             )
         self.activation = activation
         # swiglu needs a gate and a value projection; fused into one matrix.

@@ -33,6 +33,9 @@ from sequifier.model.layers import (
     make_norm,
 )
 
+POSITIONAL_ENCODINGS = ("learned", "rope")  # model_spec.positional_encoding (validate.py checks it)
+ATTENTION_TYPES = ("mha", "mqa", "gqa")  # model_spec.attention_type (kv_heads is its rule)
+
 
 @dataclass
 class ColumnLayout:
@@ -197,7 +200,7 @@ class SequifierModel(nn.Module):
         else:
             raise SequifierError(
                 f"model_spec.positional_encoding: '{spec.positional_encoding}' is not "
-                "supported; use learned or rope"
+                f"supported; use one of {', '.join(POSITIONAL_ENCODINGS)}"
             )
         self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -290,9 +293,7 @@ def kv_heads(spec: ModelSpec) -> int:
         if n_kv < 1 or n_head % n_kv:
             raise SequifierError(f"model_spec.n_kv_heads: must divide n_head ({n_head}), got {n_kv}")
         return n_kv
-    raise SequifierError(
-        f"model_spec.attention_type: '{kind}' is not one of mha, mqa, gqa"
-    )
+    raise SequifierError(f"model_spec.attention_type: '{kind}' is not one of {', '.join(ATTENTION_TYPES)}")
 
 
 def build_model(cfg: TrainConfig, metadata: Metadata) -> SequifierModel:

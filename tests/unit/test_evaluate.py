@@ -147,6 +147,13 @@ def test_data_without_the_target_column_is_refused(tmp_path, project):
     assert not os.path.exists(tmp_path / "outputs")
 
 
+def test_read_format_must_match_the_splits_it_reads(project):
+    """The one rule train and infer apply too (validate._check_read_format), in the gate."""
+    root, _, _, models = project
+    with pytest.raises(SequifierError, match="read_format: 'csv' but the metadata's splits are written as parquet"):
+        run_evaluate(evaluate_config(root, models["onnx"], read_format="csv"))
+
+
 def test_accuracy_top_k_for_a_model_without_categorical_targets_is_refused(tmp_path):
     _, _, models = make_project(tmp_path, targets=("value",))
     with pytest.raises(SequifierError, match="accuracy_top_k: the model 'm' has only real targets"):

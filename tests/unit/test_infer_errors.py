@@ -223,7 +223,7 @@ def test_metadata_without_splits_needs_data_path(project):
 
 def test_read_format_must_match_default_split(project):
     fails(infer_config(project, "models/gen.onnx", read_format="csv"),
-          "read_format: the metadata's splits are written as parquet")
+          "read_format: 'csv' but the metadata's splits are written as parquet")
 
 
 def test_parquet_data_read_as_csv(project):
