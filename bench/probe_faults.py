@@ -142,7 +142,7 @@ def config_cases() -> List[Case]:
         "training_spec.scheduler.gamma=abc", "training_spec.scheduler.nope=1",
         "training_spec.scheduler_step_on=step", "training_spec.criterion.itemId=MSELoss",
         "training_spec.criterion.itemId=FooLoss", "+training_spec.criterion.value=MSELoss",
-        "training_spec.backend=mpi", "training_spec.backend=tcp", "training_spec.max_ram_gb=0",
+        "training_spec.distributed=true training_spec.backend=mpi", "training_spec.max_ram_gb=0",
         "training_spec.save_interval_epochs=0", "training_spec.log_interval=0",
         "training_spec.load_full_data_to_ram=false", "training_spec.distributed=true",
         "training_spec.layer_type_dtypes={linear:int4}", "training_spec.class_share_log_columns=[value]",
@@ -157,6 +157,10 @@ def config_cases() -> List[Case]:
     ]
     for args in bad_train:
         cases.append(Case(f"train {args}", "config", "train", args.split()))
+    cases.append(Case("train training_spec.backend=tcp without distributed: logged as not used", "config",
+                      "train", ["model_name=nodist", "training_spec.backend=tcp"], expect="ok",
+                      check=lambda p, r: None if "training_spec.backend (tcp) is not used" in r.stderr
+                      else "an unused backend was neither refused nor logged"))
     cases.append(Case("train criterion MSELoss + overwrite, old outputs kept", "config", "train",
                       ["training_spec.criterion.itemId=MSELoss", "overwrite=true",
                        "training_spec.continue_training=false"]))
@@ -382,13 +386,19 @@ def kill_cases() -> List[Case]:
 def concurrency_cases() -> List[Case]:
     def sweep_twice(project):
         sweep = ["-m", "hydra.sweep.dir=multirun/fixed", "model_name=sw"]
-        r = subprocess.run([SEQ, "train", "-m"] + COMMON["train"] + sweep[1:] + ["training_spec.lr=0.01,0.02"],
+        r = subprocess.run([SEQ, "train", "-m"] + COMMON["train"] + sweep[1:] + ["training_spec.lr=0.01,0.02,0.03"],
                            cwd=project, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
 
     def fresh_jobs(project, result):
         logs = "".join(open(p).read() for p in glob.glob(os.path.join(project, "logs", "sequifier-sw-*.txt")))
-        return "a repeated sweep resumed the earlier sweep's checkpoints" if "resuming from" in logs else None
+        if "resuming from" in logs:
+            return "a repeated sweep resumed the earlier sweep's checkpoints"
+        with open(os.path.join(project, "multirun", "fixed", "summary.csv")) as f:
+            rows = f.read().splitlines()[1:]
+        if len(rows) != 2 or not all("0.05" in r or "0.06" in r for r in rows):
+            return f"the repeated sweep's summary holds other jobs: {rows}"
+        return None
 
     return [
         Case("two trains of one model_name at once", "concurrency", "train", ["model_name=twin"],
