@@ -18,6 +18,7 @@ from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
 from sequifier.config.schema import EvaluateConfig, InferConfig, PreprocessConfig, TrainConfig
 from sequifier.errors import SequifierError
 from sequifier.export_format import MODEL_TYPES
+from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.io_utils import name_problem, resolve_path
 
 DEVICES = ("cpu", "cuda", "mps")
@@ -72,8 +73,10 @@ def validate(command: str, cfg) -> None:
 
 def validate_preprocess(cfg: PreprocessConfig) -> None:
     p = Problems()
-    p.one_of(cfg.read_format, ("csv", "parquet"), "read_format")
-    p.one_of(cfg.write_format, ("parquet", "csv", "pt"), "write_format")
+    from sequifier.data.read_table import EXTENSIONS
+
+    p.one_of(cfg.read_format, list(EXTENSIONS), "read_format")
+    p.one_of(cfg.write_format, WINDOW_FORMATS, "write_format")
     for field in ("sequence_id_column", "position_column"):
         p.check(bool(getattr(cfg, field)), field, "must name a column of the input")
     p.check(cfg.sequence_id_column != cfg.position_column, "position_column",
@@ -105,8 +108,9 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
         p.check(len(cfg.stride_by_split) == len(cfg.split_ratios or []), "stride_by_split",
                 f"needs one stride per split ({len(cfg.split_ratios or [])}), got {list(cfg.stride_by_split)}")
         p.check(all(s >= 1 for s in cfg.stride_by_split), "stride_by_split", "strides must be >= 1")
-    p.one_of(cfg.subsequence_start_mode, ("distribute", "exact"), "subsequence_start_mode")
-    from sequifier.data.splits import SPLIT_METHODS
+    from sequifier.data.splits import SPLIT_METHODS, START_MODES
+
+    p.one_of(cfg.subsequence_start_mode, START_MODES, "subsequence_start_mode")
 
     p.one_of(cfg.split_method, SPLIT_METHODS, "split_method")
     p.positive(cfg.max_rows, "max_rows", allow_none=True)
@@ -130,7 +134,7 @@ def validate_train(cfg: TrainConfig) -> None:
 
 def _check_train_fields(cfg: TrainConfig, p: Problems) -> None:
     check_name("model_name", cfg.model_name, cfg.project_root, p)
-    p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
+    p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.check(len(cfg.target_columns) > 0, "target_columns", "name at least one column to predict")
     for col, kind in (cfg.target_column_types or {}).items():  # missing types: the metadata's
         if col not in cfg.target_columns:
@@ -301,7 +305,7 @@ def validate_infer(cfg: InferConfig) -> None:
     p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
             f"must be a model file path or a list of them, got {cfg.model_path!r}")
     p.one_of(cfg.model_type, MODEL_TYPES, "model_type")
-    p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
+    p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
     p.positive(cfg.seq_length, "seq_length", allow_none=True)
     p.positive(cfg.inference_batch_size, "inference_batch_size")
@@ -332,7 +336,7 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     paths = cfg.model_path if isinstance(cfg.model_path, list) else [cfg.model_path]
     p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
             f"must be a model file path or a list of them, got {cfg.model_path!r}")
-    p.one_of(cfg.read_format, ("parquet", "csv", "pt"), "read_format")
+    p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
     p.positive(cfg.inference_batch_size, "inference_batch_size")

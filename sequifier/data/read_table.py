@@ -48,7 +48,7 @@ NULL_VALUES = ["", "NaN", "nan", "NULL", "null"]
 def list_input_files(data_path: str, read_format: str) -> List[str]:
     """The input files: `data_path` itself, or the sorted `.csv`/`.parquet` files in it."""
     if read_format not in EXTENSIONS:
-        raise SequifierError(f"read_format: '{read_format}' is not one of csv, parquet")
+        raise SequifierError(f"read_format: '{read_format}' is not one of {', '.join(EXTENSIONS)}")
     if not os.path.exists(data_path):
         raise SequifierError(
             f"data_path: '{data_path}' does not exist; point data_path at a "

@@ -42,6 +42,7 @@ def segment_bounds(lengths: np.ndarray, split_ratios: Sequence[float]) -> np.nda
 
 
 SPLIT_METHODS = ("within_sequence", "between_sequences")
+START_MODES = ("distribute", "exact")  # subsequence_start_mode (validate.py checks it)
 
 
 def assign_sequences(n_sequences: int, split_ratios: Sequence[float], seed: int) -> np.ndarray:
@@ -121,9 +122,7 @@ def window_starts(seg_start: np.ndarray, seg_end: np.ndarray, window_length: int
     elif mode == "distribute":
         n_long = -(-span // stride) + 1
     else:
-        raise SequifierError(
-            f"subsequence_start_mode: '{mode}' is not one of distribute, exact"
-        )
+        raise SequifierError(f"subsequence_start_mode: '{mode}' is not one of {', '.join(START_MODES)}")
     counts = np.where(long, n_long, (seg_end > seg_start).astype(np.int64))
     sequence_index = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     first = np.cumsum(counts) - counts

@@ -43,6 +43,7 @@ POSITION_COLUMN = "itemPosition"
 INDEX_COLUMNS = ["sequenceId", "subsequenceId", "padding"]
 TARGET_START_COLUMN = "targetStart"
 TABULAR_FORMATS = ("parquet", "csv")
+WINDOW_FORMATS = TABULAR_FORMATS + ("pt",)  # read_format of train/infer, write_format of preprocess
 
 
 @dataclass
@@ -322,7 +323,7 @@ def read_windows(path: str, read_format: str, column_types: Dict[str, str],
             raise SequifierError(f"data path '{path}' is not a folder of .pt shards")
         return Windows.concat([read_shard(f, columns) for f in list_shards(path)])
     if read_format not in TABULAR_FORMATS:
-        raise SequifierError(f"read_format: '{read_format}' is not one of parquet, csv, pt")
+        raise SequifierError(f"read_format: '{read_format}' is not one of {', '.join(WINDOW_FORMATS)}")
     if not os.path.isfile(path):
         raise SequifierError(f"data file '{path}' not found; check the path or run preprocess")
     import pandas as pd
