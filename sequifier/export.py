@@ -46,7 +46,7 @@ from sequifier.export_format import (
     output_name,
     positions_output_name,
 )
-from sequifier.io_utils import atomic_path, output_set
+from sequifier.io_utils import atomic_path, load_tensor_file, output_set
 from sequifier.model.dtypes import bake_weight_quantization, layer_type_dtype_names
 from sequifier.model.layers import Dropout
 from sequifier.model.transformer import ColumnLayout, SequifierModel
@@ -339,13 +339,7 @@ def load_pt_model(path: str) -> Tuple[SequifierModel, ColumnLayout, dict]:
     """
     if not os.path.isfile(path):
         raise model_not_found(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors of many types for foreign files
-        raise SequifierError(
-            f"model_path: '{path}' could not be read as a sequifier .pt export "
-            f"({type(e).__name__}); point it at a file written by `sequifier train`"
-        ) from None
+    payload = load_tensor_file(path, "model_path:", "point it at a file written by `sequifier train`")
     required = ("sequifier_format", "model_type", "state_dict", "model_spec", "layout", "dropout")
     if not isinstance(payload, dict) or any(k not in payload for k in required):
         raise SequifierError(

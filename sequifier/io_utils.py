@@ -40,6 +40,29 @@ def resolve_path(project_root: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(project_root, path)
 
 
+# ---------------------------------------------------------------- safe loading
+
+
+def load_tensor_file(path: str, what: str, fix: str, mmap: bool = False):
+    """`torch.load` of tensors and plain containers; never runs code the file carries.
+
+    `weights_only=True` is explicit so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the
+    environment cannot turn unpickling of arbitrary objects back on. A file that cannot
+    be read (truncated, foreign, crafted) is one line naming it (`what` 'PATH') and `fix`.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        reason = "it holds Python objects other than tensors, which are not loaded as that could run code"
+    except Exception as e:  # noqa: BLE001  (zip, EOF and OS errors of many types)
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+    raise SequifierError(f"{what} '{path}' cannot be read ({reason}); {fix}")
+
+
 # ---------------------------------------------------------------- names
 
 

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_dir, atomic_path
+from sequifier.io_utils import atomic_dir, atomic_path, load_tensor_file
 
 POSITION_COLUMN = "itemPosition"
 INDEX_COLUMNS = ["sequenceId", "subsequenceId", "padding"]
@@ -259,18 +259,10 @@ SHARD_KEYS = ("sequenceId", "subsequenceId", "padding", "itemPosition", "columns
 def load_shard(path: str, mmap: bool = False) -> dict:
     """A shard's dict of tensors, loaded without running any code the file may carry.
 
-    `weights_only=True` is explicit so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the
-    environment cannot turn unpickling of arbitrary objects back on. With `mmap` only
-    the rows later copied out are read from disk.
+    With `mmap` only the rows later copied out are read from disk.
     """
-    import torch
-
     fix = "re-run preprocess with write_format: pt, or remove the file from the folder"
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001  (truncated, foreign or crafted file: name it)
-        reason = " ".join(str(e).split())[:160] or type(e).__name__
-        raise SequifierError(f"shard '{path}' is not a readable sequifier shard ({reason}); {fix}") from None
+    raw = load_tensor_file(path, "shard", fix, mmap=mmap)
     if not (isinstance(raw, dict) and all(k in raw for k in SHARD_KEYS) and isinstance(raw["columns"], dict)):
         raise SequifierError(f"shard '{path}' is not a sequifier shard (expected a dict with {list(SHARD_KEYS)}); {fix}")
     return raw

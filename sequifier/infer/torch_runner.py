@@ -12,6 +12,7 @@ from sequifier.config.metadata import Metadata
 from sequifier.errors import SequifierError
 from sequifier.export_format import output_keys
 from sequifier.infer.model_info import ModelInfo
+from sequifier.io_utils import load_tensor_file
 
 
 def torch_device(device: str):
@@ -62,15 +63,7 @@ class TorchRunner:
 
 
 def _read_payload(path: str):
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many types for foreign files
-        raise SequifierError(
-            f"model_path: '{path}' could not be read as a .pt model ({type(e).__name__}); "
-            "point it at a file written by `sequifier train`"
-        ) from None
+    return load_tensor_file(path, "model_path:", "point it at a file written by `sequifier train`")
 
 
 def _load(path: str, training_config_path: str, model_type: str, metadata: Metadata):

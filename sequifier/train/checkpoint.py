@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_path
+from sequifier.io_utils import atomic_path, load_tensor_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -90,13 +90,8 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (a truncated or foreign file: name it)
-        raise SequifierError(
-            f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e}); delete it or set "
-            "training_spec.continue_training: false with overwrite: true"
-        ) from None
+    state = load_tensor_file(path, "checkpoint", "delete it or set training_spec.continue_training: false "
+                             "with overwrite: true")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise SequifierError(f"checkpoint '{path}' is not a sequifier checkpoint of this version")
     return state

@@ -171,7 +171,7 @@ def test_an_error_in_a_rank_reaches_the_caller_as_one_line(tmp_path):
     cfg = make_config(root, read_format="pt", **{"training_spec.load_full_data_to_ram": False,
                                                  "training_spec.distributed": True,
                                                  "training_spec.world_size": 2})
-    with pytest.raises(SequifierError, match="not a readable sequifier shard"):
+    with pytest.raises(SequifierError, match="shard .* cannot be read"):
         run_train(cfg, export=False)
 
 

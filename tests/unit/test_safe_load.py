@@ -1,5 +1,5 @@
-"""Shards are loaded with weights_only=True: a crafted file runs nothing, even when
-TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks torch to unpickle anything."""
+"""Shards, checkpoints and .pt models are loaded with weights_only=True: a crafted file
+runs nothing, even when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks torch to unpickle anything."""
 
 import os
 
@@ -37,10 +37,22 @@ def crafted(tmp_path, monkeypatch):
 ])
 def test_crafted_shard_runs_nothing_and_is_one_line(crafted, load):
     path, marker = crafted
-    with pytest.raises(SequifierError, match="not a readable sequifier shard") as info:
+    with pytest.raises(SequifierError, match="shard .* cannot be read") as info:
         load(path)
     assert not marker.exists()
     assert "\n" not in str(info.value) and path in str(info.value)
+
+
+def test_crafted_checkpoint_and_pt_model_run_nothing_and_are_one_line(crafted):
+    from sequifier.export import load_pt_model
+    from sequifier.train.checkpoint import load_checkpoint
+
+    path, marker = crafted
+    for load, what in ((load_checkpoint, "checkpoint"), (load_pt_model, "model_path:")):
+        with pytest.raises(SequifierError, match=f"{what} '.*' cannot be read \\(it holds Python objects") as info:
+            load(path)
+        assert not marker.exists()
+        assert "\n" not in str(info.value) and path in str(info.value)
 
 
 def test_foreign_and_truncated_shards_are_one_line(tmp_path):
@@ -50,5 +62,5 @@ def test_foreign_and_truncated_shards_are_one_line(tmp_path):
         read_shard(str(foreign))
     truncated = tmp_path / "b.pt"
     truncated.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(SequifierError, match="not a readable sequifier shard"):
+    with pytest.raises(SequifierError, match="shard .* cannot be read"):
         read_shard(str(truncated))
