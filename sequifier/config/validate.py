@@ -16,9 +16,9 @@ from typing import List
 
 from sequifier.config.metadata import COLUMN_TYPES, Metadata, read_metadata
 from sequifier.config.schema import EvaluateConfig, InferConfig, PreprocessConfig, TrainConfig
+from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.errors import SequifierError
 from sequifier.export_format import MODEL_TYPES
-from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.io_utils import name_problem, resolve_path
 
 DEVICES = ("cpu", "cuda", "mps")
