@@ -1,10 +1,12 @@
-"""One run per model at a time: an exclusive lock per `model_name`.
+"""One run per model, and one preprocess per dataset, at a time: exclusive locks.
 
 Two `train` runs with the same model_name would write each other's checkpoints and
-exports. `model_lock` holds `checkpoints/.NAME.lock` for the whole run with `flock`,
-which the kernel releases when the process ends, however it ends: a lock file left by a
-run that was killed is no lock at all, and the next run takes it over (and says so). The
-file records the holder's pid and host so that a refused run can name them.
+exports; two `preprocess` runs of one dataset_name would share (and delete) one work
+folder and replace each other's splits. `model_lock` holds `checkpoints/.NAME.lock` and
+`dataset_lock` `data/.NAME.preprocess.lock` for the whole run with `flock`, which the
+kernel releases when the process ends, however it ends: a lock file left by a run that
+was killed is no lock at all, and the next run takes it over (and says so). The file
+records the holder's pid and host so that a refused run can name them.
 """
 
 import fcntl
@@ -25,6 +27,10 @@ def lock_path(folder: str, model_name: str) -> str:
     return os.path.join(folder, f".{model_name}.lock")
 
 
+def dataset_lock_path(folder: str, dataset_name: str) -> str:
+    return os.path.join(folder, f".{dataset_name}.preprocess.lock")
+
+
 def _holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -34,7 +40,7 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
-def _acquire(path: str, model_name: str) -> int:
+def _acquire(path: str, busy: str, fix: str) -> int:
     """An open, flock-ed descriptor of the lock file at `path` (retried if a finishing
     holder removed the file between our open and our lock)."""
     while True:
@@ -45,8 +51,7 @@ def _acquire(path: str, model_name: str) -> int:
             holder = _holder(fd)
             os.close(fd)
             raise SequifierError(
-                f"model_name '{model_name}': another training run of this model is in progress "
-                f"({holder}, lock {path}); wait for it to finish or choose another model_name"
+                f"{busy} is in progress ({holder}, lock {path}); wait for it to finish or {fix}"
             ) from None
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -56,22 +61,33 @@ def _acquire(path: str, model_name: str) -> int:
         os.close(fd)
 
 
-@contextmanager
-def model_lock(folder: str, model_name: str) -> Iterator[None]:
-    """Hold the lock of `model_name` in `folder`; refuse with one line if a live run has it.
+def model_lock(folder: str, model_name: str):
+    """Hold the lock of `model_name` in `folder` (checkpoints/) while training."""
+    return _run_lock(lock_path(folder, model_name), f"model_name '{model_name}'",
+                     "another training run of this model", "choose another model_name")
 
-    The lock file is removed when the run ends (and `folder`, if this created it and it
-    stayed empty), so a run that fails early leaves nothing behind.
+
+def dataset_lock(folder: str, dataset_name: str):
+    """Hold the lock of `dataset_name` in `folder` (data/) while preprocessing."""
+    return _run_lock(dataset_lock_path(folder, dataset_name), f"dataset_name '{dataset_name}'",
+                     "another preprocess run of this dataset", "choose another dataset_name")
+
+
+@contextmanager
+def _run_lock(path: str, field: str, busy: str, fix: str) -> Iterator[None]:
+    """Hold the lock file at `path`; refuse with one line if a live run has it.
+
+    The lock file is removed when the run ends (and its folder, if this created it and
+    it stayed empty), so a run that fails early leaves nothing behind.
     """
+    folder = os.path.dirname(path)
     created = not os.path.isdir(folder)
     make_dirs(folder)
-    path = lock_path(folder, model_name)
-    fd = _acquire(path, model_name)
+    fd = _acquire(path, f"{field}: {busy}", fix)
     try:
         previous = _holder(fd)
         if previous != "another process":  # a run that ended without releasing: killed
-            log.warning("model_name '%s': taking over the lock of %s, which no longer runs",
-                        model_name, previous)
+            log.warning("%s: taking over the lock of %s, which no longer runs", field, previous)
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
@@ -85,5 +101,5 @@ def model_lock(folder: str, model_name: str) -> Iterator[None]:
         if created:
             try:
                 os.rmdir(folder)
-            except OSError:  # not empty: the run wrote checkpoints
+            except OSError:  # not empty: the run wrote its outputs there
                 pass

@@ -54,6 +54,7 @@ from sequifier.data.splits import (
 from sequifier.data.windows import Windows, id_map_fingerprint, write_shards, write_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
+from sequifier.run_lock import dataset_lock
 
 log = logging.getLogger("sequifier.preprocess")
 
@@ -546,6 +547,11 @@ def run_preprocess(cfg: PreprocessConfig) -> Metadata:
 
     validate_preprocess(cfg)
     plan = make_plan(cfg)
+    with dataset_lock(os.path.dirname(plan.work_dir), plan.name):  # the work folder is per dataset
+        return _preprocess(plan, cfg)
+
+
+def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
     _check_overwrite(plan, cfg.overwrite)
     cached = prepare_work_dir(plan, cfg)
     try:

@@ -107,3 +107,28 @@ def test_a_repeated_sweep_summarises_only_its_own_jobs(tmp_path):
     with open(os.path.join(folder, "summary.csv")) as f:
         lines = f.read().splitlines()
     assert len(lines) == 2 and "learning_rate=0.3" in lines[1]
+
+
+def test_preprocess_holds_the_lock_of_its_dataset(tmp_path, monkeypatch):
+    """A second preprocess of one dataset_name would delete the first's work folder."""
+    from preprocess_data import config, long_table, write_input
+
+    from sequifier.data import preprocess
+    from sequifier.run_lock import dataset_lock
+
+    path = write_input(long_table(), tmp_path / "data" / "items.csv")
+    seen = []
+    original = preprocess._preprocess
+
+    def probe(plan, cfg):
+        with pytest.raises(SequifierError, match=r"dataset_name 'items': another preprocess run of this "
+                                                 r"dataset is in progress \(pid "):
+            with dataset_lock(os.path.dirname(plan.work_dir), "items"):
+                pass
+        seen.append(True)
+        return original(plan, cfg)
+
+    monkeypatch.setattr(preprocess, "_preprocess", probe)
+    preprocess.run_preprocess(config(tmp_path, path))
+    assert seen == [True]
+    assert not [n for n in os.listdir(tmp_path / "data") if n.endswith(".lock")]  # released and removed
