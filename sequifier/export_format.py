@@ -76,12 +76,15 @@ def list_exports(folder: str) -> list[str]:
 
 
 def model_not_found(path: str, field: str = "model_path") -> SequifierError:
-    """The error for a model file that does not exist, listing the exports beside it."""
-    folder = os.path.dirname(path) or "."
+    """The error for a model file that does not exist, listing the exports beside it
+    (or in it, for a folder)."""
+    is_folder = os.path.isdir(path)
+    folder = path.rstrip("/") if is_folder else os.path.dirname(path) or "."
     present = list_exports(folder)
     if present:
         shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "")
         hint = f"models in {folder}/: {shown}"
     else:
         hint = f"no models in {folder}/; run `sequifier train` first"
-    return SequifierError(f"{field}: file '{path}' not found; {hint}")
+    what = "is a folder, not a model file" if is_folder else "not found"
+    return SequifierError(f"{field}: file '{path}' {what}; {hint}")

@@ -78,6 +78,10 @@ def test_missing_model_file_lists_the_models_present(project):
     empty.mkdir(exist_ok=True)
     fails(infer_config(project, "empty/sequifier-x-best.onnx"), "no models in .*empty/; run `sequifier train` first")
 
+    message = fails(infer_config(project, "models"), "model_path: file .*models' is a folder, not a model file; "
+                                                     "models in .*models/: ")
+    assert all(name in message for name in present[:12]), message
+
 
 def test_unknown_model_extension(project):
     (project / "models/model.txt").write_text("x")
