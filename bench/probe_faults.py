@@ -102,6 +102,7 @@ class Case:
     fs: Optional[str] = None  # "ro:FOLDER" or "full:FOLDER" (relative to the project)
     kill_after: float = 0.0  # seconds, for expect == "rerun"
     concurrent: bool = False  # two runs at once: one must refuse, one succeed
+    second_args: Optional[List[str]] = None  # concurrent with other arguments: both must succeed
     env: Dict[str, str] = field(default_factory=dict)  # extra environment variables
 
 
@@ -201,6 +202,21 @@ def name_cases() -> List[Case]:
                           check=lambda p, r: None))
         cases.append(Case(f"preprocess dataset_name={name[:20]}", "names", "preprocess",
                           [f"dataset_name={name}", "overwrite=true"]))
+    cases.append(Case("train model_name with unicode and spaces", "names", "train", ["model_name='modèle ü 1'"],
+                      expect="ok", check=outputs_exist("models/sequifier-modèle ü 1-best.onnx")))
+
+    def nul_name(project):  # argv cannot hold a NUL; a YAML file can
+        with open(os.path.join(project, "configs", "train.yaml")) as f:
+            lines = [line for line in f if not line.startswith("model_name:")]
+        with open(os.path.join(project, "configs", "nul.yaml"), "w") as f:
+            f.write("".join(lines) + 'model_name: "a\\0b"\n')
+    cases.append(Case("train model_name with a NUL (from YAML)", "names", "train",
+                      ["--config-path", "configs/nul.yaml"], setup=nul_name))
+    cases.append(Case("train project_root that does not exist", "names", "train", ["project_root=nope"]))
+    cases.append(Case("preprocess data_path outside the project (read only)", "names", "preprocess",
+                      ["data_path=../outside.csv", "dataset_name=outside"], expect="ok",
+                      setup=lambda p: long_table().to_csv(os.path.join(os.path.dirname(p), "outside.csv"), index=False),
+                      check=outputs_exist("data/outside-split0.parquet")))
     cases.append(Case("preprocess data file with a 300-character stem", "names", "preprocess",
                       ["data_path=data/" + "y" * 240 + ".csv", "dataset_name=null"],
                       setup=lambda p: write_csv(long_table(), p, "y" * 240 + ".csv")))
@@ -325,6 +341,26 @@ def shard_cases() -> List[Case]:
              pt_args + ["training_spec.load_full_data_to_ram=false"],
              setup=lambda p: (pt_project(p), open(f"{p}/data/pt-split0/pt-split0-00000.pt", "wb").write(b"PK\x03\x04"))),
     ]
+
+    def crafted_file(target: str):
+        def setup(project):
+            code = ("import os, torch\n"
+                    "class P:\n"
+                    "    def __reduce__(self):\n"
+                    f"        return (os.system, ('touch {project}/PWNED',))\n"
+                    f"torch.save({{'format': P()}}, '{project}/{target}')\n")
+            subprocess.run([sys.executable, "-c", code], check=True)
+        return setup
+
+    cases += [
+        Case("train: crafted pickle checkpoint resumed, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "safe-load", "train",
+             ["+env=unsafe"], setup=crafted_file("checkpoints/my-model-epoch-0009.pt"), check=no_pwned),
+        Case("infer: crafted pickle .pt model, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "safe-load", "infer",
+             ["model_path=models/evil.pt", "+env=unsafe"], setup=crafted_file("models/evil.pt"), check=no_pwned),
+        Case("infer: model_path is a folder", "files", "infer", ["model_path=models"]),
+        Case("train: metadata_config_path is a folder", "files", "train",
+             ["metadata_config_path=configs/metadata_configs"]),
+    ]
     for case in cases:
         if "+env=unsafe" in case.args:
             case.args.remove("+env=unsafe")
@@ -344,6 +380,32 @@ def idmap_cases() -> List[Case]:
              ["data_path=data/other-split2.parquet"], setup=other_map),
         Case("train: windows made with another id map", "id-map", "train",
              ["model_name=mixed", "training_data_path=data/other-split0.parquet"], setup=other_map),
+    ]
+
+
+def infer_data_cases() -> List[Case]:
+    """Infer on data that does not fit the model."""
+    def without_value(project):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(os.path.join(project, "data", "data-split2.parquet"))  # keeps the fingerprint
+        pq.write_table(table.filter(pc.not_equal(table["inputCol"], "value")),
+                       os.path.join(project, "data", "novalue.parquet"))
+
+    def other_length(project):
+        r = cli("preprocess", ["dataset_name=six", "seq_length=6", "data_path=data/data.csv"], project)
+        assert r.returncode == 0, r.stderr
+
+    return [
+        Case("infer: data without an input column of the model", "infer", "infer",
+             ["data_path=data/novalue.parquet"], setup=without_value),
+        Case("infer: windows of another seq_length", "infer", "infer",
+             ["data_path=data/six-split2.parquet"], setup=other_length),
+        Case("infer: data_path is a folder of parquet files", "infer", "infer", ["data_path=data"]),
+        Case("infer: scored positions and probabilities", "infer", "infer",
+             ["positions=scored", "output_probabilities=true"], expect="ok",
+             check=outputs_exist("outputs/predictions/*", "outputs/probabilities/*")),
     ]
 
 
@@ -403,6 +465,12 @@ def concurrency_cases() -> List[Case]:
     return [
         Case("two trains of one model_name at once", "concurrency", "train", ["model_name=twin"],
              concurrent=True),
+        Case("two preprocess runs of one dataset_name at once", "concurrency", "preprocess",
+             ["data_path=data/big.csv", "dataset_name=twin"], concurrent=True,
+             setup=lambda p: write_csv(long_table(n_seq=3000), p, "big.csv")),
+        Case("two trains of different model_names at once", "concurrency", "train", ["model_name=left"],
+             concurrent=True, second_args=["model_name=right"],
+             check=outputs_exist("models/sequifier-left-best.onnx", "models/sequifier-right-best.onnx")),
         Case("repeated sweep into a fixed hydra.sweep.dir", "concurrency", "train",
              ["-m", "hydra.sweep.dir=multirun/fixed", "model_name=sw", "training_spec.lr=0.05,0.06"],
              expect="ok", setup=sweep_twice, check=fresh_jobs),
@@ -411,7 +479,7 @@ def concurrency_cases() -> List[Case]:
 
 def all_cases() -> List[Case]:
     return (config_cases() + name_cases() + data_cases() + shard_cases() + idmap_cases()
-            + fs_cases() + kill_cases() + concurrency_cases())
+            + infer_data_cases() + fs_cases() + kill_cases() + concurrency_cases())
 
 
 # ---------------------------------------------------------------- running a case
@@ -488,13 +556,19 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
     if case.concurrent:
         first = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(0.3)
-        second = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        second_argv = argv if case.second_args is None else command_line(
+            Case(case.name, case.category, case.command, case.second_args), project)
+        second = subprocess.run(second_argv, cwd=project, env=env, capture_output=True, text=True, timeout=300)
         out, err = first.communicate(timeout=300)
         codes = sorted([first.returncode, second.returncode])
         errs = err + second.stderr
         if "Traceback (most recent call last)" in errs:
             kind = "traceback"
-        elif codes != [0, 1] or "in progress" not in errs:
+        elif case.second_args is not None and codes != [0, 0]:
+            kind = "silent"
+            problems.append(f"exit codes {codes}: independent runs got in each other's way: "
+                            + (errs.strip().splitlines() or [""])[-1][:200])
+        elif case.second_args is None and (codes != [0, 1] or "in progress" not in errs):
             kind = "silent"
             problems.append(f"exit codes {codes}: both runs went ahead")
         result = second
