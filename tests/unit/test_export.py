@@ -145,7 +145,7 @@ def test_export_with_dropout(tmp_path):
 def test_load_pt_model_refuses_foreign_files(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(SequifierError, match="could not be read"):
+    with pytest.raises(SequifierError, match=r"junk.pt. cannot be read \(not a file of tensors"):
         load_pt_model(str(junk))
     other = tmp_path / "other.pt"
     torch.save({"model": torch.zeros(2)}, str(other))
