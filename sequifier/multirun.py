@@ -105,14 +105,15 @@ def read_results(sweep_dir: str) -> List[Dict[str, Any]]:
     """The job results of the latest sweep in `sweep_dir`, best validation loss first, failures last.
 
     A sweep repeated into the same folder overwrites only the job folders it runs; the
-    results an earlier sweep left in the others carry its number and are left out.
+    results an earlier sweep left in the others carry its number and are left out. A
+    result without a number (written before numbers were recorded) belongs to the first.
     """
     number = sweep_number(sweep_dir)
     rows = []
     for path in glob.glob(os.path.join(glob.escape(sweep_dir), "**", RESULT_FILE), recursive=True):
         with open(path) as f:
             row = json.load(f)
-        if row.get("sweep") == number:
+        if row.get("sweep", min(number, 1)) == number:
             rows.append(row)
     return sorted(rows, key=lambda r: (r.get("best_val_loss") is None,
                                        r.get("best_val_loss") or 0.0, r.get("job", 0)))
