@@ -17,7 +17,8 @@ changed files, leftovers. Read-only folders and full disks use a private mount n
 (`unshare -m`, needs root); elsewhere those cases are skipped.
 
 usage: probe_faults.py [--keep DIR] [--only SUBSTRING] [--list]
-Slow (a few minutes): not part of the test suite.
+Slow (some 20 minutes on a quiet 2-core machine, 45 on a busy one): not part of the test
+suite. The last line gives the case total and the four counts.
 """
 
 import argparse
@@ -148,7 +149,8 @@ def config_cases() -> List[Case]:
         "training_spec.load_full_data_to_ram=false", "training_spec.distributed=true",
         "training_spec.layer_type_dtypes={linear:int4}", "training_spec.class_share_log_columns=[value]",
         "model_spec.n_head=5", "model_spec.dim_model=abc", "model_spec.attention_type=xqa",
-        "model_spec.attention_type=mqa model_spec.n_kv_heads=2", "model_spec.attention_type=gqa model_spec.n_kv_heads=3",
+        "model_spec.attention_type=mqa model_spec.n_kv_heads=2",
+        "model_spec.attention_type=gqa model_spec.n_kv_heads=3",
         "model_spec.activation_fn=tanh", "model_spec.positional_encoding=sinus", "model_spec.normalization=batch",
         "model_spec.joint_embedding_dim=8", "model_spec.initial_embedding_dim=15", "model_spec.rope_theta=0",
         "seq_length=9", "target_columns=[nope]", "target_column_types.itemId=ordinal",
@@ -160,7 +162,7 @@ def config_cases() -> List[Case]:
         cases.append(Case(f"train {args}", "config", "train", args.split()))
     cases.append(Case("train training_spec.backend=tcp without distributed: logged as not used", "config",
                       "train", ["model_name=nodist", "training_spec.backend=tcp"], expect="ok",
-                      check=lambda p, r: None if "training_spec.backend (tcp) is not used" in r.stderr
+                      check=lambda p, r: None if "training_spec.backend (tcp) is not used" in r.stdout + r.stderr
                       else "an unused backend was neither refused nor logged"))
     cases.append(Case("train criterion MSELoss + overwrite, old outputs kept", "config", "train",
                       ["training_spec.criterion.itemId=MSELoss", "overwrite=true",
@@ -241,7 +243,8 @@ def data_cases() -> List[Case]:
         "-inf in a real column": with_inf(-1),
         "NaN in a real column": col("value", lambda f: np.where(np.arange(len(f)) == 5, np.nan, f["value"])),
         "empty id cell": col("sequenceId", lambda f: np.where(np.arange(len(f)) == 5, "", f["sequenceId"])),
-        "duplicate (id, position)": col("itemPosition", lambda f: np.where(np.arange(len(f)) == 1, 0, f["itemPosition"])),
+        "duplicate (id, position)": col("itemPosition",
+                                        lambda f: np.where(np.arange(len(f)) == 1, 0, f["itemPosition"])),
         "numbers as text with units": col("value", lambda f: [f"{v} kg" if i % 50 == 0 else str(v)
                                                              for i, v in enumerate(f["value"])]),
         "no itemPosition column": lambda f: f.drop(columns=["itemPosition"]),
@@ -279,11 +282,10 @@ def data_cases() -> List[Case]:
     cases.append(Case("data: unicode values and an odd column name", "data", "preprocess",
                       ["data_path=data/uni.csv", "dataset_name=uni"], expect="ok", setup=unicode,
                       check=outputs_exist("configs/metadata_configs/uni.json")))
-    cases.append(Case("data: fractional positions (ordered numbers are positions)", "data", "preprocess",
-                      ["data_path=data/frac.csv", "dataset_name=frac"], expect="ok",
+    cases.append(Case("data: fractional positions (refused: integers, times or dates)", "data", "preprocess",
+                      ["data_path=data/frac.csv", "dataset_name=frac"],
                       setup=lambda p: write_csv(long_table().assign(itemPosition=lambda f: f["itemPosition"] + 0.5),
-                                                p, "frac.csv"),
-                      check=outputs_exist("configs/metadata_configs/frac.json")))
+                                                p, "frac.csv")))
     cases.append(Case("data: sequences shorter than a window", "data", "preprocess",
                       ["data_path=data/short.csv", "dataset_name=short"], expect="ok",
                       setup=lambda p: write_csv(long_table(length=3), p, "short.csv"),
@@ -339,7 +341,8 @@ def shard_cases() -> List[Case]:
                  check=True))),
         Case("train: truncated .pt shard (lazy)", "files", "train",
              pt_args + ["training_spec.load_full_data_to_ram=false"],
-             setup=lambda p: (pt_project(p), open(f"{p}/data/pt-split0/pt-split0-00000.pt", "wb").write(b"PK\x03\x04"))),
+             setup=lambda p: (pt_project(p),
+                              open(f"{p}/data/pt-split0/pt-split0-00000.pt", "wb").write(b"PK\x03\x04"))),
     ]
 
     def crafted_file(target: str):
@@ -517,6 +520,11 @@ FS_SCRIPT = {
 }
 
 
+def fs_report_path(project: str) -> str:
+    """Beside the project, not in it: the project itself may be the read-only folder."""
+    return project.rstrip("/") + ".probe-fs-report.json"
+
+
 def command_line(case: Case, project: str) -> List[str]:
     flags = [a for a in case.args if a == "-m"]  # Hydra wants flags before the overrides
     args = [SEQ, case.command] + flags + COMMON[case.command] + [a for a in case.args if a != "-m"]
@@ -526,7 +534,7 @@ def command_line(case: Case, project: str) -> List[str]:
     target = os.path.normpath(os.path.join(project, folder))
     os.makedirs(target, exist_ok=True)
     # the checks run inside the namespace, where the mount is still visible
-    report = os.path.join(project, ".probe-fs-report.json")
+    report = fs_report_path(project)
     check = (f'{sys.executable} -c "import json,sys; sys.path.insert(0, \'{os.path.dirname(__file__)}\'); '
              f'import probe_faults as p; json.dump(p.leftovers(\'{target}\'), open(\'{report}\', \'w\'))"')
     script = f'D="{target}"; {FS_SCRIPT[kind]} && "$@"; rc=$?; {check}; exit $rc'
@@ -547,6 +555,8 @@ def one_line_error(result) -> Optional[str]:
 def run_case(case: Case, project: str) -> Dict[str, object]:
     env = dict(os.environ, **case.env)
     env.pop("HYDRA_FULL_ERROR", None)
+    if os.path.exists(fs_report_path(project)):  # from an interrupted earlier probe
+        os.remove(fs_report_path(project))
     if case.setup:
         case.setup(project)
     before = snapshot(project)
@@ -603,9 +613,10 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
         after = snapshot(project)
         lost = [p for p, digest in before.items() if after.get(p) != digest and not p.startswith(".probe")]
     left = leftovers(project)
-    report = os.path.join(project, ".probe-fs-report.json")
+    report = fs_report_path(project)
     if os.path.exists(report):
         left += json.load(open(report))
+        os.remove(report)
     return {"name": case.name, "category": case.category, "kind": kind, "lost": lost, "leftovers": left,
             "problems": problems, "last_line": (result.stderr.strip().splitlines() or [""])[-1][:240]}
 
@@ -662,6 +673,10 @@ def main() -> None:
         "minutes": round((time.time() - start) / 60, 1),
     }
     print(json.dumps(totals, indent=2))
+    print(f"cases {totals['cases']} (ran {totals['ran']}, skipped {totals['skipped']}): "
+          f"tracebacks {totals['tracebacks']}, silent wrong results {totals['silent_wrong_results']}, "
+          f"files lost {totals['files_lost']}, leftovers {totals['leftovers']} "
+          f"(not one line {totals['not_one_line']}, probe errors {totals['probe_errors']})")
     with open(os.path.join(work, "probe_results.json"), "w") as f:
         json.dump({"totals": totals, "cases": results}, f, indent=2)
     if not args.keep:
