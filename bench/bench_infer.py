@@ -114,7 +114,7 @@ def time_forward(model_path: str, metadata_path: str, batch: int, cores: int) ->
     import onnxruntime as ort
 
     from sequifier.config.metadata import read_metadata
-    from sequifier.data.windows import read_windows
+    from sequifier.data.window_files import read_windows
 
     metadata = read_metadata(metadata_path)
     columns = ["itemId", "sup1", "itemValue"]

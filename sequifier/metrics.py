@@ -1,7 +1,7 @@
 """Quality metrics and baselines per target, as sums that add up exactly.
 
 Every function here is a pure tensor function over the *scored slots* of a split (the
-target slots from each window's `targetStart` on; see `sequifier.train.data.make_batch`).
+target slots from each window's `targetStart` on; see `sequifier.train.batch.make_batch`).
 Scoring is split in two steps so that batches, data-loader shards and DDP ranks can be
 combined without error:
 

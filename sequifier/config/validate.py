@@ -92,9 +92,6 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
         p.add(field, message)
     if cfg.write_format == "pt" and cfg.merge_output:
         p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
-    if cfg.write_format in ("parquet", "csv") and not cfg.merge_output:
-        p.add("merge_output", f"false (sharded output) is only supported with write_format: pt; "
-              f"set merge_output: true for {cfg.write_format} or use write_format: pt")
     from sequifier.data.preprocess import dataset_name
 
     field = "dataset_name" if cfg.dataset_name else "dataset_name (from data_path)"
@@ -210,14 +207,6 @@ def _check_training_spec(cfg: TrainConfig, p: Problems) -> None:
     for field, keys in (("loss_weights", t.loss_weights), ("class_weights", t.class_weights)):
         for col in keys or {}:
             p.check(col in targets, f"training_spec.{field}.{col}", f"'{col}' is not in target_columns {targets}")
-    if not t.load_full_data_to_ram and cfg.read_format != "pt":
-        p.add("training_spec.load_full_data_to_ram",
-              f"false (lazy loading) requires read_format: pt, got '{cfg.read_format}'; "
-              "preprocess with write_format: pt")
-    if t.distributed and cfg.read_format != "pt":
-        p.add("training_spec.distributed",
-              f"true requires read_format: pt, got '{cfg.read_format}'; "
-              "preprocess with write_format: pt, merge_output: false")
     if t.layer_type_dtypes:
         from sequifier.model.dtypes import DTYPES, LAYER_TYPES  # imports torch: only when used
 

@@ -1,16 +1,21 @@
-"""Lazy loading of `.pt` shards: train on more windows than fit in RAM.
+"""Lazy loading of a split's files: train on more windows than fit in RAM, and give
+each DDP rank only its own part.
 
-With `load_full_data_to_ram: false` (and `read_format: pt`) the windows stay on disk in
-the shards `preprocess` wrote. This module plans each epoch from the shard sizes alone,
-loads a shard's rows only when a batch needs them, and keeps loaded rows in an LRU cache
-bounded by `max_ram_gb`.
+With `load_full_data_to_ram: false`, or under DDP, the windows stay on disk in the files
+`preprocess` wrote (a parquet/csv file, or a folder of parquet/csv/`.pt` shards; see
+`window_files.py`). This module plans each epoch from the files' window counts alone,
+reads a piece of a file only when a batch needs it, and keeps loaded rows in an LRU
+cache bounded by `max_ram_gb`.
 
 How the windows of one split are divided (all of it is index arithmetic on the
-per-shard window counts, so every rank and worker computes the same plan):
+per-file window counts, so every rank and worker computes the same plan):
+
+* each file is cut into pieces of at most `piece_windows` windows (a quarter of one
+  stream's budget), so a single large file is still read a part at a time;
 
 * the windows, in file order, are cut into `world_size` contiguous ranges of equal size
   (+-1): rank r's *shard group*. It is the same every epoch, so each rank reads its own
-  shards (a shard on a boundary is read by both neighbours, each its own rows);
+  files (a file on a boundary is read by both neighbours, each its own rows);
 * a rank's range is cut the same way into one part per loader worker (`num_workers`,
   or one part in-process when 0);
 * per epoch, a worker visits its pieces in a shuffled order, shuffles the rows of each
@@ -32,21 +37,15 @@ prefetching adds `2 * num_workers` batches.
 
 import copy
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+import torch
 
-from sequifier.data.windows import (
-    TARGET_START_COLUMN,
-    Windows,
-    check_shard_columns,
-    list_shards,
-    load_shard,
-    shard_to_windows,
-)
+from sequifier.data.window_files import WindowFile, read_rows, split_files
+from sequifier.data.windows import TARGET_START_COLUMN, Windows
 from sequifier.errors import SequifierError
 
 log = logging.getLogger(__name__)
@@ -66,24 +65,6 @@ class Piece:
         return self.stop - self.start
 
 
-def _load(path: str):
-    # mmap: only the rows and columns copied out below are read from disk.
-    return load_shard(path, mmap=True)
-
-
-def count_windows(paths: Sequence[str]) -> np.ndarray:
-    """Windows per shard, read from the shard headers (no data is loaded)."""
-    return np.array([int(_load(p)["sequenceId"].shape[0]) for p in paths], dtype=np.int64)
-
-
-def read_piece(path: str, piece: Piece, columns: Sequence[str]) -> Windows:
-    """Copy one piece's rows of the wanted columns out of a memory-mapped shard."""
-    raw = _load(path)
-    check_shard_columns(raw, columns, path)
-    rows = slice(piece.start, piece.stop)
-    return shard_to_windows(raw, columns, lambda t: np.array(t[rows].numpy(), copy=True))
-
-
 def windows_nbytes(w: Windows) -> int:
     arrays = [w.sequence_id, w.subsequence_id, w.target_start, w.item_position, *w.values.values()]
     return int(sum(a.nbytes for a in arrays))
@@ -96,9 +77,11 @@ class PieceCache:
     works (holding one piece). `peak_bytes` and `loads` are kept for tests and logs.
     """
 
-    def __init__(self, paths: Sequence[str], columns: Sequence[str], max_bytes: float):
-        self.paths = list(paths)
+    def __init__(self, files: Sequence[WindowFile], columns: Sequence[str],
+                 column_types: Dict[str, str], max_bytes: float):
+        self.files = list(files)
         self.columns = list(columns)
+        self.column_types = column_types
         self.max_bytes = max_bytes
         self._entries: "OrderedDict[Piece, Windows]" = OrderedDict()
         self._sizes: Dict[Piece, int] = {}
@@ -112,7 +95,8 @@ class PieceCache:
             self._entries.move_to_end(piece)
             self.hits += 1
             return self._entries[piece]
-        windows = read_piece(self.paths[piece.shard], piece, self.columns)
+        windows = read_rows(self.files[piece.shard], piece.start, piece.stop, self.columns,
+                            self.column_types)
         self.loads += 1
         self._entries[piece] = windows
         self._sizes[piece] = windows_nbytes(windows)
@@ -147,9 +131,13 @@ def split_range(pieces: Sequence[Piece], parts: int) -> List[List[Piece]]:
     return out
 
 
-def plan_pieces(counts: np.ndarray, world_size: int, workers: int) -> List[List[List[Piece]]]:
-    """pieces[rank][worker]: the fixed division of a split over ranks and loader workers."""
-    whole = [Piece(i, 0, int(n)) for i, n in enumerate(counts) if n > 0]
+def plan_pieces(counts: np.ndarray, world_size: int, workers: int,
+                piece_windows: Optional[int] = None) -> List[List[List[Piece]]]:
+    """pieces[rank][worker]: the fixed division of a split over ranks and loader workers,
+    files cut into pieces of at most `piece_windows` windows (None: whole files)."""
+    whole = [Piece(i, start, int(min(start + (piece_windows or n), n)))
+             for i, n in enumerate(counts) if n > 0
+             for start in range(0, int(n), piece_windows or int(n))]
     return [split_range(group, workers) for group in split_range(whole, world_size)]
 
 
@@ -224,8 +212,6 @@ def iterate_batches(pieces: Sequence[Piece], sizes: np.ndarray, cache: PieceCach
 
 def windows_to_tensors(windows: Windows) -> Dict[str, object]:
     """Default batch form: plain tensors (cheap to pass from worker processes)."""
-    import torch
-
     return {
         "sequenceId": torch.from_numpy(windows.sequence_id),
         "subsequenceId": torch.from_numpy(windows.subsequence_id),
@@ -236,46 +222,42 @@ def windows_to_tensors(windows: Windows) -> Dict[str, object]:
     }
 
 
-def _shard_dataset_class():
-    import torch
+class WorkerBatchStream(torch.utils.data.IterableDataset):
+    """One rank's batches for one epoch, as a DataLoader dataset: each loader worker
+    process iterates its own part of the plan. Module-level so that spawned processes
+    (DDP ranks, loader workers) can pickle it."""
 
-    class ShardBatches(torch.utils.data.IterableDataset):
-        """One rank's batches for one epoch; each DataLoader worker makes its own part."""
+    def __init__(self, loader: "LazyWindowLoader"):
+        self.loader = loader
 
-        def __init__(self, loader: "LazyWindowLoader"):
-            self.loader = loader
-
-        def __iter__(self):
-            info = torch.utils.data.get_worker_info()
-            worker = 0 if info is None else info.id
-            return self.loader.worker_batches(worker)
-
-    return ShardBatches
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        return self.loader.worker_batches(worker)
 
 
 class LazyWindowLoader:
-    """Batches of one split, read lazily from its shard folder.
+    """Batches of one split (file or folder of shards, any read format), read lazily.
 
     Iterate it once per epoch after `set_epoch(epoch)`; `len()` is the number of batches
     this rank yields per epoch (the same on every rank).
     """
 
-    def __init__(self, folder: str, columns: Sequence[str], batch_size: int, *,
+    def __init__(self, path: str, columns: Sequence[str], batch_size: int, *,
+                 read_format: str = "pt", column_types: Optional[Dict[str, str]] = None,
                  shuffle: bool = True, seed: int = 0, max_ram_gb: float = 16.0,
                  num_workers: int = 0, rank: int = 0, world_size: int = 1,
                  to_batch: Callable[[Windows], object] = windows_to_tensors):
-        if not os.path.isdir(folder):
-            raise SequifierError(f"data path '{folder}' is not a folder of .pt shards; "
-                                 "lazy loading (load_full_data_to_ram: false) needs read_format: pt")
         if batch_size < 1:
             raise SequifierError(f"training_spec.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise SequifierError(f"training_spec.num_workers must be >= 0, got {num_workers}")
         if max_ram_gb <= 0:
             raise SequifierError(f"training_spec.max_ram_gb must be > 0, got {max_ram_gb}")
-        self.paths = list_shards(folder)
-        self.counts = count_windows(self.paths)
+        self.files = split_files(path, read_format)
+        self.counts = np.array([f.n_windows for f in self.files], dtype=np.int64)
         self.columns = list(columns)
+        self.column_types = column_types or {}
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -285,11 +267,29 @@ class LazyWindowLoader:
         self.to_batch = to_batch
         self.streams = max(num_workers, 1)
         self.max_bytes_per_stream = max_ram_gb * GB / self.streams
-        self.plan = plan_pieces(self.counts, world_size, self.streams)
-        self.stream_batches = batches_per_worker(self.plan, batch_size)
+        self.plan = plan_pieces(self.counts, world_size, self.streams, self._piece_windows())
+        try:
+            self.stream_batches = batches_per_worker(self.plan, batch_size)
+        except SequifierError as e:
+            raise SequifierError(f"'{path}' holds {e}") from None
         self._cache: Optional[PieceCache] = None
         self._epoch = _shared_epoch()
         self._dataloader = None
+
+    def _piece_windows(self) -> Optional[int]:
+        """Largest piece: a quarter of a stream's budget (an unbounded cache: whole files)."""
+        if not np.isfinite(self.max_bytes_per_stream):
+            return None
+        described = [f for f in self.files if f.n_windows > 0]
+        if not described:
+            return None
+        # int64/float32 per value: count 8 bytes, the larger
+        window_bytes = 8 * described[0].window_length * (len(self.columns) + 1) + 32
+        return max(self.batch_size, int(self.max_bytes_per_stream / 4 / window_bytes))
+
+    @property
+    def window_length(self) -> int:
+        return max(f.window_length for f in self.files)
 
     @property
     def n_windows(self) -> int:
@@ -314,7 +314,8 @@ class LazyWindowLoader:
     def cache(self) -> PieceCache:
         """The cache of the current process (each worker process has its own)."""
         if self._cache is None:
-            self._cache = PieceCache(self.paths, self.columns, self.max_bytes_per_stream)
+            self._cache = PieceCache(self.files, self.columns, self.column_types,
+                                     self.max_bytes_per_stream)
         return self._cache
 
     def worker_batches(self, worker: int) -> Iterator[object]:
@@ -330,19 +331,15 @@ class LazyWindowLoader:
         if self.num_workers == 0:
             return self.worker_batches(0)
         if self._dataloader is None:
-            import torch
-
             # The dataset gets a copy without the DataLoader: no reference cycle, so the
             # worker processes stop as soon as this loader is dropped.
             plan_only = copy.copy(self)
             plan_only._dataloader = None
             self._dataloader = torch.utils.data.DataLoader(
-                _shard_dataset_class()(plan_only), batch_size=None, num_workers=self.num_workers,
+                WorkerBatchStream(plan_only), batch_size=None, num_workers=self.num_workers,
                 persistent_workers=True)
         return iter(self._dataloader)
 
 
 def _shared_epoch():
-    import torch
-
     return torch.zeros(1, dtype=torch.int64).share_memory_()

@@ -134,7 +134,7 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
                 raise SequifierError(f"{field}.{unknown[0]}: no such column in input file "
                                      f"'{path}' (its columns: {header[:10]}); fix the column name")
     name = dataset_name(cfg)
-    if cfg.write_format == "pt":
+    if not cfg.merge_output:  # a folder of shards per split
         split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
     else:
         split_paths = [f"data/{name}-split{k}.{cfg.write_format}" for k in range(len(ratios))]
@@ -521,19 +521,21 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
                   metadata: Metadata) -> None:
     """Write every split and the metadata to temporary names, then rename them all."""
     progress = Progress(len(splits), "write splits")
-    pt = cfg.write_format == "pt"
+    sharded = not cfg.merge_output  # a folder of shards per split
     targets = [plan.absolute(relative) for relative in plan.split_paths]
-    with output_set([plan.metadata_path] + ([] if pt else targets), dirs=targets if pt else []) as tmps:
+    with output_set([plan.metadata_path] + ([] if sharded else targets),
+                    dirs=targets if sharded else []) as tmps:
         for k, (windows, target) in enumerate(zip(splits, targets)):
             if len(windows) == 0:
                 log.warning(f"split {k} has no windows (sequences too short for "
                             "its share in split_ratios)")
-            if pt:
+            if sharded:
                 # lazy loading reads shard by shard; a seeded shuffle makes every shard a
                 # sample of the whole split instead of a run of neighbouring sequences
                 order = np.random.default_rng([cfg.seed, k]).permutation(len(windows))
                 write_shards(windows.select(order), tmps[target], f"{plan.name}-split{k}",
-                             cfg.batches_per_file, metadata.column_types, metadata.id_map_fingerprint)
+                             cfg.batches_per_file, metadata.column_types, cfg.write_format,
+                             metadata.id_map_fingerprint)
             else:
                 write_windows(windows, tmps[target], cfg.write_format, metadata.id_map_fingerprint)
             progress.update()

@@ -20,14 +20,17 @@ column, then the next, in the same window order). The `itemPosition` block holds
 original positions, so windows map back to the user's table exactly. Values are ids for
 categorical columns and standardised values for real ones.
 
-Sharded layout (pt): a folder of `NAME-splitK-SSSSS.pt` files, each a dict of plain
+Sharded layouts (`merge_output: false`): a folder `NAME-splitK/` of files
+`NAME-splitK-SSSSS.{parquet,csv,pt}` of at most `batches_per_file` windows each. Parquet
+and csv shards are small tables in the layout above; `.pt` shards are dicts of plain
 tensors (loadable with torch.load's default weights_only=True):
     {"sequenceId": [N], "subsequenceId": [N], "padding": [N], "targetStart": [N],
      "itemPosition": [N, L+1] int64, "columns": {col: [N, L+1]}}
 categorical columns int64, real columns float32.
+
+Reading (a file or a folder, any range of windows) lives in `window_files.py`.
 """
 
-import glob
 import hashlib
 import json
 import os
@@ -153,54 +156,31 @@ def id_map_fingerprint(id_maps: Dict[str, Dict[str, int]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def read_fingerprint(path: str, read_format: str) -> Optional[str]:
-    """The id-map fingerprint a split carries (None: csv, or written before fingerprints)."""
-    try:
-        if read_format == "parquet" and os.path.isfile(path):
-            import pyarrow.parquet as pq
-
-            value = (pq.read_schema(path).metadata or {}).get(FINGERPRINT_KEY.encode())
-            return value.decode() if value else None
-        if read_format == "pt" and os.path.isdir(path):
-            value = load_shard(list_shards(path)[0], mmap=True).get(FINGERPRINT_KEY)
-            return value if isinstance(value, str) else None
-    except (OSError, ValueError, SequifierError):
-        return None  # unreadable: the reader that follows names the problem
-    return None
-
-
-def check_fingerprint(path: str, read_format: str, metadata, metadata_path: str) -> None:
-    """Refuse windows encoded with other id maps than `metadata`'s (their ids would be
-    decoded as the wrong values without a word)."""
-    expected = getattr(metadata, "id_map_fingerprint", None)
-    found = read_fingerprint(path, read_format)
-    if expected and found and found != expected:
-        raise SequifierError(
-            f"data '{path}' was preprocessed with other id maps than the metadata "
-            f"'{metadata_path}'; use the metadata written together with that data, or preprocess "
-            "the data again with reuse_metadata_path pointing at this metadata")
-
-
 def write_windows(windows: Windows, path: str, write_format: str, fingerprint: Optional[str] = None) -> None:
     """Write one split atomically (`path` is a file for parquet/csv)."""
     if write_format not in TABULAR_FORMATS:
         raise ValueError(f"write_windows: tabular format expected, got {write_format}")
-    frame = windows_to_frame(windows)
     with atomic_path(path) as tmp:
-        if write_format == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        _write_table(windows, tmp, write_format, fingerprint)
 
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if fingerprint:
-                table = table.replace_schema_metadata(
-                    {**(table.schema.metadata or {}), FINGERPRINT_KEY.encode(): fingerprint.encode()})
-            pq.write_table(table, tmp)
-        else:  # pyarrow's writer is ~10x faster than DataFrame.to_csv here
-            import pyarrow as pa
-            import pyarrow.csv as pa_csv
 
-            pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+def _write_table(windows: Windows, path: str, write_format: str, fingerprint: Optional[str]) -> None:
+    """One table in the tabular layout; parquet carries the id-map fingerprint in its
+    schema metadata (csv has no place for it)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(windows_to_frame(windows), preserve_index=False)
+    if write_format == "parquet":
+        import pyarrow.parquet as pq
+
+        if fingerprint:
+            table = table.replace_schema_metadata(
+                {**(table.schema.metadata or {}), FINGERPRINT_KEY.encode(): fingerprint.encode()})
+        pq.write_table(table, path)
+    else:  # pyarrow's writer is ~10x faster than DataFrame.to_csv here
+        import pyarrow.csv as pa_csv
+
+        pa_csv.write_csv(table, path)
 
 
 def shard_dict(windows: Windows, column_types: Dict[str, str]):
@@ -222,24 +202,24 @@ def shard_dict(windows: Windows, column_types: Dict[str, str]):
 
 
 def write_shards(windows: Windows, folder: str, prefix: str, per_shard: int,
-                 column_types: Dict[str, str], fingerprint: Optional[str] = None) -> None:
-    """Write one split as a folder of .pt shards of `per_shard` windows, atomically."""
+                 column_types: Dict[str, str], write_format: str = "pt",
+                 fingerprint: Optional[str] = None) -> None:
+    """Write one split as a folder of files of `per_shard` windows each, atomically:
+    `.pt` shards, or parquet/csv files in the tabular layout; each file that can carries
+    the id-map `fingerprint`."""
     import torch
 
     with atomic_dir(folder) as tmp:
         for k, start in enumerate(range(0, max(len(windows), 1), per_shard)):
             part = windows.select(np.arange(start, min(start + per_shard, len(windows))))
-            shard = shard_dict(part, column_types)
-            if fingerprint:
-                shard[FINGERPRINT_KEY] = fingerprint
-            torch.save(shard, os.path.join(tmp, f"{prefix}-{k:05d}.pt"))
-
-
-def list_shards(folder: str) -> List[str]:
-    files = sorted(glob.glob(os.path.join(folder, "*.pt")))
-    if not files:
-        raise SequifierError(f"data folder '{folder}' holds no .pt shards; run preprocess with write_format: pt")
-    return files
+            path = os.path.join(tmp, f"{prefix}-{k:05d}.{write_format}")
+            if write_format == "pt":
+                shard = shard_dict(part, column_types)
+                if fingerprint:
+                    shard[FINGERPRINT_KEY] = fingerprint
+                torch.save(shard, path)
+            else:
+                _write_table(part, path, write_format, fingerprint)
 
 
 def shard_to_windows(raw: dict, columns: Sequence[str],
@@ -266,72 +246,3 @@ def load_shard(path: str, mmap: bool = False) -> dict:
     if not (isinstance(raw, dict) and all(k in raw for k in SHARD_KEYS) and isinstance(raw["columns"], dict)):
         raise SequifierError(f"shard '{path}' is not a sequifier shard (expected a dict with {list(SHARD_KEYS)}); {fix}")
     return raw
-
-
-def read_shard(path: str, columns: Optional[List[str]] = None) -> Windows:
-    raw = load_shard(path)
-    columns = list(raw["columns"]) if columns is None else columns
-    check_shard_columns(raw, columns, path)
-    return shard_to_windows(raw, columns)
-
-
-def check_shard_columns(raw: dict, columns: Sequence[str], path: str) -> None:
-    missing = [c for c in columns if c not in raw["columns"]]
-    if missing:
-        raise SequifierError(
-            f"shard '{path}' has no column(s) {missing}; its columns are "
-            f"{sorted(raw['columns'])}; check input_columns/target_columns or rerun preprocess")
-
-
-def _frame_to_windows(frame, columns, column_types) -> Windows:
-    names = [c for c in frame.columns if c not in INDEX_COLUMNS + ["inputCol", TARGET_START_COLUMN]]
-    blocks = {}
-    input_col = frame["inputCol"].to_numpy()
-    values = frame[names].to_numpy(dtype=np.float64)
-    first = None
-    for col in [POSITION_COLUMN] + list(columns):
-        mask = input_col == col
-        if not mask.any():
-            raise SequifierError(f"column '{col}' not found in the data (inputCol values: "
-                                 f"{sorted(set(input_col.tolist()))[:10]}); use data preprocessed "
-                                 "with the columns the model/config expects")
-        if first is None:
-            first = mask
-        dtype = np.float32 if column_types.get(col) == "real" else np.int64
-        blocks[col] = values[mask].astype(dtype)
-    index = frame.loc[first, INDEX_COLUMNS].to_numpy(dtype=np.int64)
-    positions = blocks.pop(POSITION_COLUMN)
-    target_start = (frame.loc[first, TARGET_START_COLUMN].to_numpy(dtype=np.int64)
-                    if TARGET_START_COLUMN in frame.columns else None)
-    return Windows(index[:, 0], index[:, 1], index[:, 2], positions, blocks, target_start)
-
-
-def read_windows(path: str, read_format: str, column_types: Dict[str, str],
-                 columns: Optional[List[str]] = None) -> Windows:
-    """Read one split (file or shard folder) into arrays; `columns` defaults to all."""
-    columns = list(column_types) if columns is None else columns
-    if read_format == "pt":
-        if not os.path.isdir(path):
-            raise SequifierError(f"data path '{path}' is not a folder of .pt shards")
-        return Windows.concat([read_shard(f, columns) for f in list_shards(path)])
-    if read_format not in TABULAR_FORMATS:
-        raise SequifierError(f"read_format: '{read_format}' is not one of {', '.join(WINDOW_FORMATS)}")
-    if not os.path.isfile(path):
-        raise SequifierError(f"data file '{path}' not found; check the path or run preprocess")
-    import pandas as pd
-
-    try:
-        if read_format == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, engine="pyarrow")
-    except (ValueError, OSError) as e:  # pyarrow/pandas parser errors: another format, a cut file
-        reason = " ".join(str(e).split())[:160]
-        if not reason.isprintable():  # a parser quoting the bytes it choked on
-            reason = type(e).__name__
-        raise SequifierError(f"data file '{path}' could not be read as {read_format} ({reason}); "
-                             "check read_format and the file (re-run preprocess if it is cut short)") from None
-    missing = [c for c in INDEX_COLUMNS + ["inputCol"] if c not in frame.columns]
-    if missing:
-        raise SequifierError(f"data file '{path}' is not in sequifier's window format (missing {missing})")
-    return _frame_to_windows(frame, columns, column_types)

@@ -29,13 +29,12 @@ import numpy as np
 
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
+from sequifier.data.window_files import check_fingerprint, read_windows
 from sequifier.data.windows import (
     TABULAR_FORMATS,
     Windows,
-    check_fingerprint,
     first_predicted_slot,
     last_window_per_sequence,
-    read_windows,
 )
 from sequifier.errors import SequifierError
 from sequifier.export_format import EMBEDDING_OUTPUT
@@ -309,11 +308,6 @@ def read_input(read_format: str, metadata: Metadata, path: str, columns: list[st
     be encoded with the id maps of `metadata` (read from `metadata_path`)."""
     empty = SequifierError(f"data_path: '{path}' holds no windows; nothing to infer on")
     tabular = read_format in TABULAR_FORMATS
-    if tabular and os.path.isdir(path):
-        raise SequifierError(
-            f"data_path: '{path}' is a folder; with read_format {read_format} point it at "
-            f"one preprocessed split file (data/NAME-splitK.{read_format})"
-        )
     is_file = tabular and os.path.isfile(path)
     if is_file and (os.path.getsize(path) == 0 or _is_empty_tabular(path, read_format)):
         raise empty

@@ -7,11 +7,12 @@ Python work happens in an epoch.
 
 The loop only needs a *batch source*: an object with `set_epoch(epoch)`, `__len__`
 (batches per epoch), `n_samples` and `__iter__` yielding `Batch`. `make_batch_sources`
-is the one place that picks the implementation (in-RAM here; lazy shard loading and
-distributed sharding plug in there).
+is the one place that picks the implementation: `InRamBatches` here, or
+`StreamedBatches` (train/streamed_batches.py) for lazy loading and per-rank reading
+under DDP. Every read format works with both.
 """
 
-import os
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,13 @@ import torch
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainConfig
-from sequifier.data.windows import check_fingerprint, read_windows
+from sequifier.data.lazy import LazyWindowLoader
+from sequifier.data.window_files import check_fingerprint, read_windows
 from sequifier.errors import SequifierError
 from sequifier.io_utils import resolve_path
+from sequifier.train import distributed
+from sequifier.train.batch import Batch, check_id_range, check_window_length, make_batch
+from sequifier.train.streamed_batches import StreamedBatches
 
 SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
 
@@ -34,20 +39,6 @@ class WindowTensors:
 
     def __len__(self) -> int:
         return int(self.target_start.shape[0])
-
-
-@dataclass
-class Batch:
-    inputs: dict[str, torch.Tensor]  # [B, L]
-    targets: dict[str, torch.Tensor]  # [B, L]
-    target_mask: torch.Tensor  # bool [B, L]: True where the target slot is real data
-    # real target column -> [B, L]: its value in the slot before each target (for the
-    # previous-value baseline); the input tensor itself when the target is also an input
-    previous: dict[str, torch.Tensor]
-
-    @property
-    def size(self) -> int:
-        return int(self.target_mask.shape[0])
 
 
 def split_path(cfg: TrainConfig, metadata: Metadata, split: int) -> str:
@@ -82,12 +73,8 @@ def needed_columns(cfg: TrainConfig, metadata: Metadata) -> list[str]:
 
 def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns: list[str],
                         seq_length: int, field: str) -> WindowTensors:
-    if _is_empty_table(path, read_format):
-        raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
     try:
         windows = read_windows(path, read_format, metadata.column_types, columns)
-    except KeyError as e:
-        raise SequifierError(f"{field}: column {e} not found in the data at '{path}'") from None
     except SequifierError as e:
         raise SequifierError(f"{field}: {e}") from None
     if len(windows) == 0:
@@ -104,47 +91,11 @@ def load_window_tensors(path: str, read_format: str, metadata: Metadata, columns
     return WindowTensors(values, _tensor(windows.target_start, np.int64))
 
 
-def _is_empty_table(path: str, read_format: str) -> bool:
-    """A tabular split without rows (read_windows would report missing columns instead)."""
-    if not os.path.isfile(path):
-        return False
-    if read_format == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.ParquetFile(path).metadata.num_rows == 0
-        except (OSError, ValueError):  # not parquet: read_windows names the problem
-            return False
-    if read_format == "csv":
-        with open(path, "rb") as f:  # bytes: a file in another format must not fail here
-            return sum(1 for _, line in zip(range(2), f) if line.strip()) < 2
-    return False
-
-
 def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
     array = np.ascontiguousarray(array, dtype=dtype)
     if not array.flags.writeable:  # e.g. a view into an Arrow buffer
         array = array.copy()
     return torch.from_numpy(array)
-
-
-def check_window_length(window_length: int, seq_length: int, path: str) -> None:
-    if window_length != seq_length + 1:
-        raise SequifierError(
-            f"seq_length: the data at '{path}' has windows of {window_length - 1} inputs "
-            f"+ 1 target, but seq_length is {seq_length}; use the seq_length of preprocess"
-        )
-
-
-def check_id_range(ids: np.ndarray | torch.Tensor, col: str, n_classes: int, path: str) -> None:
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= n_classes:
-        bad = low if low < 0 else high
-        raise SequifierError(
-            f"data '{path}': column '{col}' holds id {bad}, outside 0..{n_classes - 1} of the "
-            "metadata's n_classes; the data and metadata_config_path come from different "
-            "preprocess runs"
-        )
 
 
 class InRamBatches:
@@ -193,35 +144,16 @@ class InRamBatches:
                           self.target_columns, self.device)
 
 
-def make_batch(rows: dict[str, torch.Tensor], target_start: torch.Tensor, input_columns: list[str],
-               target_columns: list[str], device: torch.device) -> Batch:
-    """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`."""
-    seq_length = rows[target_columns[0]].shape[1] - 1
-    # target position j (0-based) is slot j + 1; it is scored once j + 1 >= target_start
-    slots = torch.arange(1, seq_length + 1)
-    mask = slots.unsqueeze(0) >= target_start.unsqueeze(1)
-    inputs = {c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns}
-    return Batch(
-        inputs=inputs,
-        targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
-        target_mask=mask.to(device, non_blocking=True),
-        previous={c: inputs[c] if c in inputs else rows[c][:, :-1].to(device, non_blocking=True)
-                  for c in target_columns if rows[c].is_floating_point()},
-    )
-
-
 def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],
                        device: torch.device) -> tuple[object, object]:
     """Training and validation batch sources for this config.
 
-    Scale-out hook: lazy shard loading (`load_full_data_to_ram: false`) and per-rank
-    sharding under DDP are chosen here; the loop does not care which source it gets.
+    In RAM unless `load_full_data_to_ram: false` or the run is distributed: then each
+    rank streams its own part of the split (see sequifier/data/lazy.py).
     """
     spec = cfg.training_spec
     if not spec.load_full_data_to_ram or spec.distributed:
-        from sequifier.train.shard_batches import make_shard_batch_sources
-
-        return make_shard_batch_sources(cfg, metadata, input_columns, device)
+        return make_streamed_batch_sources(cfg, metadata, input_columns, device)
     columns = needed_columns(cfg, metadata)
     sources = []
     for split in (0, 1):
@@ -230,4 +162,32 @@ def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list
                                    columns, cfg.seq_length, field)
         sources.append(InRamBatches(data, input_columns, cfg.target_columns, spec.batch_size,
                                     shuffle=(split == 0), seed=spec.seed, device=device))
+    return sources[0], sources[1]
+
+
+def make_streamed_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],
+                                device: torch.device) -> tuple[StreamedBatches, StreamedBatches]:
+    spec = cfg.training_spec
+    ctx = distributed.context()
+    columns = needed_columns(cfg, metadata)
+    n_classes = {c: metadata.n_classes[c] for c in columns
+                 if metadata.column_types[c] == "categorical"}
+    max_ram_gb = math.inf if spec.load_full_data_to_ram else spec.max_ram_gb
+    sources = []
+    for split in (0, 1):
+        field = SPLIT_FIELDS[split]
+        path = split_path(cfg, metadata, split)
+        try:
+            loader = LazyWindowLoader(
+                path, columns, spec.batch_size, read_format=cfg.read_format,
+                column_types=metadata.column_types, shuffle=(split == 0), seed=spec.seed,
+                max_ram_gb=max_ram_gb, num_workers=spec.num_workers,
+                rank=ctx.rank, world_size=ctx.world_size)
+        except SequifierError as e:
+            raise SequifierError(f"{field}: {e}") from None
+        if int(loader.counts.sum()) == 0:
+            raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
+        check_window_length(loader.window_length, cfg.seq_length, path)
+        sources.append(StreamedBatches(loader, input_columns, cfg.target_columns, n_classes,
+                                       device, path))
     return sources[0], sources[1]

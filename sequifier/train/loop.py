@@ -19,8 +19,8 @@ from sequifier import metrics
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
+from sequifier.train.batch import Batch
 from sequifier.train.checkpoint import checkpoint_file, cpu_state_dict, prune_checkpoints, save_checkpoint
-from sequifier.train.data import Batch
 from sequifier.train.device import autocast_context
 from sequifier.train.logs import TrainLogger, class_share_lines, format_losses, metric_lines, metric_scalars
 from sequifier.train.losses import TargetLoss

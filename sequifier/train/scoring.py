@@ -15,7 +15,7 @@ from sequifier import metrics
 from sequifier.config.metadata import Metadata
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
-from sequifier.train.data import Batch
+from sequifier.train.batch import Batch
 
 # Shown in the epoch lines (the rest, e.g. mse and count, go to TensorBoard and the summary).
 SHOWN = {"categorical": ("cross_entropy", "accuracy"), "real": ("mae", "rmse")}

@@ -7,7 +7,7 @@ import pandas as pd
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PreprocessConfig
-from sequifier.data.windows import read_windows
+from sequifier.data.window_files import read_windows
 
 
 def long_table(lengths=(23, 3, 9, 40, 1, 12), seed=0, first_id=0) -> pd.DataFrame:

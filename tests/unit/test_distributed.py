@@ -163,6 +163,56 @@ def test_two_gloo_ranks_train_like_one_process_over_the_same_global_batch(tmp_pa
     assert ddp.best_model_paths and all(os.path.isfile(p) for p in ddp.best_model_paths)
 
 
+@pytest.mark.parametrize("write_format,sharded", [("parquet", True)])
+def test_ddp_on_tabular_formats_with_loader_workers(tmp_path, write_format, sharded):
+    # Spawned ranks that start their own DataLoader worker: the dataset must pickle.
+    root = make_project(tmp_path, n_train=96, n_val=32, write_format=write_format,
+                        sharded=sharded, per_shard=16)
+    result = run_train(make_config(root, model_name="ddp", read_format=write_format,
+                                   **{"training_spec.distributed": True,
+                                      "training_spec.world_size": 2,
+                                      "training_spec.num_workers": 1,
+                                      "training_spec.batch_size": 16}), export=False)
+    losses = [h.val_loss for h in result.history]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("write_format,sharded", [("pt", True), ("parquet", True),
+                                                  ("parquet", False), ("csv", False)])
+def test_each_rank_reads_only_its_own_part(tmp_path, write_format, sharded):
+    root = make_project(tmp_path, n_train=96, n_val=16, write_format=write_format,
+                        sharded=sharded, per_shard=16)
+    path = os.path.join(root, "data", "tiny-split0" + ("" if sharded else f".{write_format}"))
+    seen, read = [], []
+    for rank in range(2):
+        loader = LazyWindowLoader(path, ["itemId"], 8, read_format=write_format, seed=3,
+                                  rank=rank, world_size=2, max_ram_gb=float("inf"))
+        loader.set_epoch(0)
+        seen.append(np.concatenate([b["sequenceId"].numpy() for b in loader]))
+        read.append(sum(w.sequence_id.size for w in loader.cache._entries.values()))
+    assert sorted(np.concatenate(seen).tolist()) == list(range(96))
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
+    assert read == [48, 48]  # each rank loaded its half of the windows, nothing more
+
+
+def test_a_rank_without_data_is_one_line(tmp_path):
+    root = make_project(tmp_path, n_train=1, n_val=16, write_format="parquet")
+    with pytest.raises(SequifierError, match="training_data_path: '.*tiny-split0.parquet' "
+                                             "holds too few windows"):
+        distributed.launch(_streamed_sources, (make_config(
+            root, read_format="parquet", **{"training_spec.distributed": True,
+                                            "training_spec.world_size": 2,
+                                            "training_spec.batch_size": 2}),), spec())
+
+
+def _streamed_sources(cfg):
+    from sequifier.config.metadata import read_metadata
+    from sequifier.train.data import make_batch_sources
+
+    metadata = read_metadata(os.path.join(cfg.project_root, cfg.metadata_config_path))
+    make_batch_sources(cfg, metadata, ["itemId"], torch.device("cpu"))
+
+
 def test_an_error_in_a_rank_reaches_the_caller_as_one_line(tmp_path):
     root = make_project(tmp_path, n_train=64, n_val=16, write_format="pt")
     for shard in glob.glob(os.path.join(root, "**", "*.pt"), recursive=True):
@@ -177,7 +227,7 @@ def test_an_error_in_a_rank_reaches_the_caller_as_one_line(tmp_path):
 
 def _validation_metric_sums(folder):
     """Metric sums of a fixed predictor over this rank's windows, summed over the ranks."""
-    from sequifier.train.data import make_batch
+    from sequifier.train.batch import make_batch
     from sequifier.train.scoring import ScoredTarget, reduce_sums
 
     ctx = distributed.context()

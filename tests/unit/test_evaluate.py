@@ -84,7 +84,7 @@ def test_every_test_item_is_scored_once_and_metrics_match_the_raw_table(tmp_path
 
 def _training_majority(root, metadata):
     """Most frequent colour among the training windows' scored targets (what training learns)."""
-    from sequifier.data.windows import read_windows
+    from sequifier.data.window_files import read_windows
 
     windows = read_windows(str(root / metadata.split_paths[0]), "parquet", metadata.column_types)
     slots = np.arange(1, windows.window_length)
@@ -135,7 +135,8 @@ def test_a_split_without_items_to_score_is_refused(tmp_path, project):
 
 
 def test_data_without_the_target_column_is_refused(tmp_path, project):
-    from sequifier.data.windows import read_windows, write_windows
+    from sequifier.data.window_files import read_windows
+    from sequifier.data.windows import write_windows
 
     _, _, metadata, models = project
     preprocess(tmp_path)

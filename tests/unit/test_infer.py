@@ -123,15 +123,16 @@ def test_parquet_output(project):
     assert len(frame) == 10
 
 
-@pytest.mark.parametrize("fmt", ["csv", "pt"])
-def test_read_formats(tmp_path, models, fmt):
+@pytest.mark.parametrize("fmt,sharded", [("csv", False), ("pt", True), ("parquet", True),
+                                         ("csv", True)])
+def test_read_formats(tmp_path, models, fmt, sharded):
     metadata = make_metadata()
     make_project(str(tmp_path))  # metadata (+ parquet splits we do not use)
     windows = make_windows(7, seed=3)
     path = str(tmp_path / f"data/other.{fmt}")
-    if fmt == "pt":
+    if sharded:  # a folder of shards, as preprocess writes with merge_output: false
         path = str(tmp_path / "data/other-split2")
-        write_shards(windows, path, "other-split2", 3, metadata.column_types)
+        write_shards(windows, path, "other-split2", 3, metadata.column_types, fmt)
     else:
         write_windows(windows, path, fmt)
     run_infer(infer_config(tmp_path, models["gen"], read_format=fmt, data_path=path))

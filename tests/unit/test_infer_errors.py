@@ -115,7 +115,7 @@ def test_data_without_a_model_column(project):
     del w.values["sup1"]
     write_windows(w, str(project / "data/nosup.parquet"), "parquet")
     fails(infer_config(project, "models/gen.onnx", data_path="data/nosup.parquet"),
-          "data_path: column 'sup1' not found")
+          r"data_path: data file '.*nosup.parquet' has no column\(s\) \['sup1'\]")
 
 
 def test_column_type_differs_between_model_and_metadata(project):
@@ -236,8 +236,14 @@ def test_parquet_data_read_as_csv(project):
     fails(cfg, "toy-split2.parquet' could not be read as csv .*check read_format")
 
 
-def test_folder_as_tabular_data_path(project):
-    fails(infer_config(project, "models/gen.onnx", data_path="data"), "'.*data' is a folder")
+def test_folder_of_whole_splits_as_data_path(project):
+    fails(infer_config(project, "models/gen.onnx", data_path="data"),
+          r"data folder '.*data' holds whole split files \(toy-split0.parquet, .*point the path at one split")
+
+
+def test_folder_without_shards_as_data_path(project):
+    fails(infer_config(project, "models/gen.onnx", data_path="models"),
+          "data folder '.*models' holds no .parquet files")
 
 
 def test_data_unfit_for_a_later_model_writes_nothing(project):
@@ -247,4 +253,4 @@ def test_data_unfit_for_a_later_model_writes_nothing(project):
     write_windows(w, str(project / "data/nosup.parquet"), "parquet")
     cfg = infer_config(project, ["models/two_inputs.onnx", "models/gen.onnx"],
                        data_path="data/nosup.parquet")
-    fails(cfg, "column 'sup1' not found")
+    fails(cfg, r"has no column\(s\) \['sup1'\]")

@@ -159,7 +159,7 @@ def test_preprocessed_data_end_to_end(tmp_path):
     from sequifier.config.metadata import read_metadata
     from sequifier.config.schema import PreprocessConfig
     from sequifier.data.preprocess import run_preprocess
-    from sequifier.data.windows import read_windows
+    from sequifier.data.window_files import read_windows
 
     rng = np.random.default_rng(0)
     lengths = [30, 7, 18]

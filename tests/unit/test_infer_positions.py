@@ -143,7 +143,8 @@ def test_option_errors_name_the_field(tmp_path, split_project, overrides, messag
 
 
 def test_forecast_refuses_a_window_without_any_item(tmp_path, forecast_project):
-    from sequifier.data.windows import read_windows, write_windows
+    from sequifier.data.window_files import read_windows
+    from sequifier.data.windows import write_windows
 
     models = forecast_project[3]
     _, metadata = preprocess(tmp_path, split_ratios=(1.0,))

@@ -10,12 +10,12 @@ from sequifier.data.lazy import (
     PieceCache,
     batch_sizes,
     batches_per_worker,
-    count_windows,
     plan_pieces,
     split_range,
     windows_nbytes,
 )
-from sequifier.data.windows import Windows, list_shards, write_shards
+from sequifier.data.window_files import split_files
+from sequifier.data.windows import Windows, write_shards
 from sequifier.errors import SequifierError
 
 L = 5  # window length (seq_length + 1)
@@ -37,9 +37,9 @@ def seen_ids(loader):
     return np.concatenate([b["sequenceId"].numpy() for b in loader])
 
 
-def test_count_windows_reads_shard_sizes(tmp_path):
+def test_split_files_count_shard_windows(tmp_path):
     folder = make_shards(tmp_path / "d", 23, 10)
-    assert count_windows(list_shards(folder)).tolist() == [10, 10, 3]
+    assert [f.n_windows for f in split_files(folder, "pt")] == [10, 10, 3]
 
 
 def test_split_range_is_contiguous_balanced_and_complete():
@@ -66,9 +66,9 @@ def test_every_rank_gets_the_same_number_of_batches():
 
 def test_cache_evicts_least_recently_used_within_budget(tmp_path):
     folder = make_shards(tmp_path / "d", 40, 10)
-    paths = list_shards(folder)
-    one = windows_nbytes(PieceCache(paths, ["itemId"], GB).get(Piece(0, 0, 10)))
-    cache = PieceCache(paths, ["itemId"], max_bytes=2.5 * one)
+    paths = split_files(folder, "pt")
+    one = windows_nbytes(PieceCache(paths, ["itemId"], TYPES, GB).get(Piece(0, 0, 10)))
+    cache = PieceCache(paths, ["itemId"], TYPES, max_bytes=2.5 * one)
     for s in (0, 1, 0, 2, 3):  # 0 is used again before 2 and 3 arrive, so 1 goes first
         cache.get(Piece(s, 0, 10))
     assert cache.loads == 4 and cache.hits == 1
@@ -81,7 +81,7 @@ def test_cache_evicts_least_recently_used_within_budget(tmp_path):
 
 def test_cache_reads_only_the_requested_columns_and_rows(tmp_path):
     folder = make_shards(tmp_path / "d", 20, 10)
-    w = PieceCache(list_shards(folder), ["itemId"], GB).get(Piece(1, 2, 5))
+    w = PieceCache(split_files(folder, "pt"), ["itemId"], TYPES, GB).get(Piece(1, 2, 5))
     assert list(w.values) == ["itemId"]
     assert w.sequence_id.tolist() == [12, 13, 14]
 
@@ -89,13 +89,13 @@ def test_cache_reads_only_the_requested_columns_and_rows(tmp_path):
 def test_missing_column_is_a_user_error(tmp_path):
     folder = make_shards(tmp_path / "d", 20, 10)
     with pytest.raises(SequifierError, match="no column"):
-        PieceCache(list_shards(folder), ["sup1"], GB).get(Piece(0, 0, 10))
+        PieceCache(split_files(folder, "pt"), ["sup1"], TYPES, GB).get(Piece(0, 0, 10))
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_epoch_sees_every_window_once_with_bounded_memory(tmp_path, shuffle):
     folder = make_shards(tmp_path / "d", 200, 10)  # 20 shards
-    shard_bytes = windows_nbytes(PieceCache(list_shards(folder), ["itemId", "itemValue"], GB)
+    shard_bytes = windows_nbytes(PieceCache(split_files(folder, "pt"), ["itemId", "itemValue"], TYPES, GB)
                                  .get(Piece(0, 0, 10)))
     budget = 3 * shard_bytes  # far below the 20 shards of the split
     loader = LazyWindowLoader(folder, ["itemId", "itemValue"], batch_size=8, shuffle=shuffle,
@@ -163,7 +163,7 @@ def test_ranks_split_the_windows_and_make_equal_batch_counts(tmp_path):
 
 
 def test_not_a_shard_folder_is_a_user_error(tmp_path):
-    with pytest.raises(SequifierError, match="read_format: pt"):
+    with pytest.raises(SequifierError, match="not found"):
         LazyWindowLoader(str(tmp_path / "nope"), ["itemId"], batch_size=4)
     with pytest.raises(SequifierError, match="too few windows"):
         LazyWindowLoader(make_shards(tmp_path / "d", 3, 10), ["itemId"], batch_size=4,

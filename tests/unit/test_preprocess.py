@@ -24,7 +24,7 @@ from sequifier.config.schema import PAD_ID
 from sequifier.data import preprocess
 from sequifier.data.progress import Progress
 from sequifier.data.splits import segment_bounds
-from sequifier.data.windows import list_shards, read_shard
+from sequifier.data.window_files import read_windows, split_files
 from sequifier.errors import SequifierError
 
 
@@ -172,25 +172,44 @@ def test_pt_shards_hold_batches_per_file_windows(tmp_path):
     cfg = config(tmp_path, "items.csv", write_format="pt", merge_output=False, batches_per_file=4)
     metadata = preprocess.run_preprocess(cfg)
     assert metadata.split_paths == ["data/items-split0", "data/items-split1", "data/items-split2"]
-    shards = list_shards(str(tmp_path / "data" / "items-split0"))
-    names = [os.path.basename(s) for s in shards]
+    shards = split_files(str(tmp_path / "data" / "items-split0"), "pt")
+    names = [os.path.basename(s.path) for s in shards]
     assert names[:2] == ["items-split0-00000.pt", "items-split0-00001.pt"]
-    sizes = [len(read_shard(s)) for s in shards]
+    sizes = [s.n_windows for s in shards]
     assert all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4
-    raw = torch.load(shards[0])
+    raw = torch.load(shards[0].path)
     assert raw["columns"]["colour"].dtype == torch.int64
     assert raw["columns"]["value"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("write_format", ["parquet", "csv"])
+def test_sharded_tabular_output_holds_the_merged_windows(tmp_path, write_format):
+    write_input(long_table(), tmp_path / "items.csv")
+    merged = preprocess.run_preprocess(config(tmp_path, "items.csv", write_format=write_format,
+                                              dataset_name="merged"))
+    sharded = preprocess.run_preprocess(config(tmp_path, "items.csv", write_format=write_format,
+                                               merge_output=False, batches_per_file=4,
+                                               dataset_name="sharded"))
+    assert sharded.split_paths[0] == "data/sharded-split0"
+    files = split_files(str(tmp_path / "data/sharded-split0"), write_format)
+    assert len(files) > 1 and all(f.n_windows <= 4 for f in files)
+    for a, b in zip(merged.split_paths, sharded.split_paths):
+        whole = read_windows(str(tmp_path / a), write_format, merged.column_types)
+        parts = read_windows(str(tmp_path / b), write_format, sharded.column_types)
+        order = np.lexsort((parts.subsequence_id, parts.sequence_id))
+        np.testing.assert_array_equal(parts.item_position[order], whole.item_position)
+        for c in whole.values:
+            np.testing.assert_array_equal(parts.values[c][order], whole.values[c])
 
 
 def test_seed_shuffles_pt_windows_reproducibly(tmp_path):
     write_input(long_table(lengths=(40, 30, 35)), tmp_path / "items.csv")
 
     def order(seed, name):
-        preprocess.run_preprocess(config(tmp_path, "items.csv", write_format="pt",
-                                         merge_output=False, seed=seed, dataset_name=name))
-        shards = list_shards(str(tmp_path / "data" / f"{name}-split0"))
-        w = [read_shard(s) for s in shards]
-        return [(int(a), int(b)) for s in w for a, b in zip(s.sequence_id, s.subsequence_id)]
+        metadata = preprocess.run_preprocess(config(tmp_path, "items.csv", write_format="pt",
+                                                    merge_output=False, seed=seed, dataset_name=name))
+        s = read_windows(str(tmp_path / "data" / f"{name}-split0"), "pt", metadata.column_types)
+        return [(int(a), int(b)) for a, b in zip(s.sequence_id, s.subsequence_id)]
 
     a, again, other = order(1, "a"), order(1, "b"), order(2, "c")
     assert a == again and a != other and sorted(a) == sorted(other)

@@ -142,12 +142,6 @@ def test_pt_needs_sharded_output(tmp_path):
     expect_error(tmp_path, config(tmp_path, path, write_format="pt"), "merge_output: false")
 
 
-def test_sharded_tabular_output_is_not_supported(tmp_path):
-    path = write_input(long_table(), tmp_path / "items.csv")
-    expect_error(tmp_path, config(tmp_path, path, merge_output=False), "merge_output: false",
-                 "only supported with write_format: pt")
-
-
 def test_unknown_start_mode(tmp_path):
     path = write_input(long_table(), tmp_path / "items.csv")
     expect_error(tmp_path, config(tmp_path, path, subsequence_start_mode="random"),

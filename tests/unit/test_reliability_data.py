@@ -58,23 +58,30 @@ def test_outputs_get_the_umask_mode(tmp_path):
         assert os.stat(p).st_mode & 0o777 == 0o644, p
 
 
-@pytest.mark.parametrize("write_format", ["parquet", "pt"])
-def test_windows_of_another_id_map_are_refused_by_train_and_infer(tmp_path, write_format):
-    from sequifier.config.metadata import read_metadata
-    from sequifier.data.windows import check_fingerprint
+@pytest.mark.parametrize("write_format,merge_output", [("parquet", True), ("parquet", False), ("pt", False)])
+def test_windows_of_another_id_map_are_refused_by_train_and_infer(tmp_path, write_format, merge_output):
+    import shutil
 
-    pt = {"write_format": "pt", "merge_output": False} if write_format == "pt" else {}
+    from sequifier.config.metadata import read_metadata
+    from sequifier.data.window_files import check_fingerprint
+
+    fmt = {"write_format": write_format, "merge_output": merge_output}
     path = write_input(long_table(), tmp_path / "items.csv")
-    mine = run_preprocess(config(tmp_path, path, dataset_name="mine", **pt))
+    mine = run_preprocess(config(tmp_path, path, dataset_name="mine", **fmt))
     other_table = long_table(seed=5)
     other_table["colour"] = other_table["colour"].map({"red": "r", "green": "g", "blue": "b", "grey": "y"})
-    other = run_preprocess(config(tmp_path, write_input(other_table, tmp_path / "o.csv"), dataset_name="other", **pt))
+    other = run_preprocess(config(tmp_path, write_input(other_table, tmp_path / "o.csv"), dataset_name="other", **fmt))
     assert mine.id_map_fingerprint and mine.id_map_fingerprint != other.id_map_fingerprint
     mine_path = str(tmp_path / "configs" / "metadata_configs" / "mine.json")
     check_fingerprint(str(tmp_path / mine.split_paths[0]), write_format, read_metadata(mine_path), mine_path)
     with pytest.raises(SequifierError, match="preprocessed with other id maps than the metadata") as e:
         check_fingerprint(str(tmp_path / other.split_paths[0]), write_format, mine, mine_path)
     assert other.split_paths[0] in str(e.value) and mine_path in str(e.value)
+    if not merge_output:  # one shard of another run dropped into a folder of mine: named
+        stray = sorted(os.listdir(tmp_path / other.split_paths[0]))[0]
+        shutil.copy(tmp_path / other.split_paths[0] / stray, tmp_path / mine.split_paths[0] / ("z" + stray))
+        with pytest.raises(SequifierError, match=f"data '.*z{stray}' was preprocessed with other id maps"):
+            check_fingerprint(str(tmp_path / mine.split_paths[0]), write_format, mine, mine_path)
 
 
 def test_a_duplicate_column_in_the_header_is_one_line(tmp_path):

@@ -6,8 +6,7 @@ import os
 import pytest
 import torch
 
-from sequifier.data.lazy import Piece, count_windows, read_piece
-from sequifier.data.windows import read_shard
+from sequifier.data.window_files import WindowFile, read_rows, read_windows, split_files
 from sequifier.errors import SequifierError
 
 
@@ -30,10 +29,14 @@ def crafted(tmp_path, monkeypatch):
     return str(path), marker
 
 
+def read_shard(path):
+    return read_windows(os.path.dirname(path), "pt", {})
+
+
 @pytest.mark.parametrize("load", [
     lambda p: read_shard(p),
-    lambda p: count_windows([p]),
-    lambda p: read_piece(p, Piece(0, 0, 1), ["x"]),
+    lambda p: split_files(os.path.dirname(p), "pt"),
+    lambda p: read_rows(WindowFile(p, "pt", 1, 1, ("itemPosition", "x"), True), 0, 1, ["x"], {}),
 ])
 def test_crafted_shard_runs_nothing_and_is_one_line(crafted, load):
     path, marker = crafted
@@ -60,6 +63,7 @@ def test_foreign_and_truncated_shards_are_one_line(tmp_path):
     torch.save([1, 2, 3], str(foreign))
     with pytest.raises(SequifierError, match="is not a sequifier shard"):
         read_shard(str(foreign))
+    foreign.unlink()
     truncated = tmp_path / "b.pt"
     truncated.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(SequifierError, match="shard .* cannot be read"):

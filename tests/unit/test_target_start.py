@@ -10,7 +10,8 @@ from preprocess_data import config, load_splits, long_table, write_input
 from sequifier.config.metadata import Metadata
 from sequifier.data.preprocess import run_preprocess
 from sequifier.data.splits import segment_bounds
-from sequifier.data.windows import Windows, read_windows, write_shards, write_windows
+from sequifier.data.window_files import read_windows
+from sequifier.data.windows import Windows, write_shards, write_windows
 from sequifier.train.data import InRamBatches, load_window_tensors
 
 LENGTHS = (40, 23, 9)

@@ -12,7 +12,7 @@ from train_data import SEQ_LENGTH, log_text, make_config, make_project, single_t
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PAD_ID
-from sequifier.data.windows import read_windows
+from sequifier.data.window_files import read_windows
 from sequifier.errors import SequifierError
 from sequifier.train.checkpoint import load_checkpoint
 from sequifier.train.run import run_train

@@ -70,8 +70,6 @@ CASES = [
     ({"model_spec__normalization": "batch"}, "model_spec.normalization: 'batch' is not one of"),
     ({"model_spec__positional_encoding": "rope", "model_spec__dim_model": 12, "model_spec__initial_embedding_dim": 12},
      "model_spec.positional_encoding: rope needs an even head size"),
-    ({"training_spec__load_full_data_to_ram": False}, "training_spec.load_full_data_to_ram: false (lazy loading) requires read_format: pt"),
-    ({"training_spec__distributed": True}, "training_spec.distributed: true requires read_format: pt"),
     ({"target_column_types": {"itemId": "ordinal"}}, "target_column_types.itemId: 'ordinal' is not one of"),
     ({"training_spec__criterion": {}}, "training_spec.criterion.itemId: missing"),
     ({"training_spec__criterion": {"itemId": "FooLoss"}}, "training_spec.criterion.itemId: unknown loss 'FooLoss'"),

@@ -45,8 +45,10 @@ def make_windows(n: int, seq_length: int, seed: int, context: int = 0) -> Window
 
 
 def make_project(root, n_train=160, n_val=48, seq_length=SEQ_LENGTH, write_format="parquet",
-                 context: int = 0, value_std: float = 1.0) -> str:
-    """A project of `make_windows` splits; `value_std` is itemValue's std in the metadata."""
+                 context: int = 0, value_std: float = 1.0, sharded=None, per_shard=64) -> str:
+    """A project of `make_windows` splits; `value_std` is itemValue's std in the metadata;
+    `sharded` (default: only for pt) writes folders of `per_shard`-window files, as
+    preprocess does with merge_output: false."""
     root = str(root)
     data_dir = os.path.join(root, "data")
     os.makedirs(data_dir, exist_ok=True)
@@ -54,9 +56,10 @@ def make_project(root, n_train=160, n_val=48, seq_length=SEQ_LENGTH, write_forma
     split_paths = []
     for split, (n, seed) in enumerate(((n_train, 1), (n_val, 2))):
         windows = make_windows(n, seq_length, seed, context)
-        if write_format == "pt":
+        if sharded or write_format == "pt":
             rel = f"data/tiny-split{split}"
-            write_shards(windows, os.path.join(root, rel), f"tiny-split{split}", 64, column_types)
+            write_shards(windows, os.path.join(root, rel), f"tiny-split{split}", per_shard,
+                         column_types, write_format)
         else:
             rel = f"data/tiny-split{split}.{write_format}"
             write_windows(windows, os.path.join(root, rel), write_format)

@@ -1,0 +1,62 @@
+"""What the loop consumes: a `Batch` of windows, and the checks every batch source applies.
+
+Both batch sources (`InRamBatches` in train/data.py, `StreamedBatches` in
+train/streamed_batches.py) build their batches with `make_batch`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sequifier.errors import SequifierError
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # [B, L]
+    targets: dict[str, torch.Tensor]  # [B, L]
+    target_mask: torch.Tensor  # bool [B, L]: True where the target slot is real data
+    # real target column -> [B, L]: its value in the slot before each target (for the
+    # previous-value baseline); the input tensor itself when the target is also an input
+    previous: dict[str, torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return int(self.target_mask.shape[0])
+
+
+def make_batch(rows: dict[str, torch.Tensor], target_start: torch.Tensor, input_columns: list[str],
+               target_columns: list[str], device: torch.device) -> Batch:
+    """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`."""
+    seq_length = rows[target_columns[0]].shape[1] - 1
+    # target position j (0-based) is slot j + 1; it is scored once j + 1 >= target_start
+    slots = torch.arange(1, seq_length + 1)
+    mask = slots.unsqueeze(0) >= target_start.unsqueeze(1)
+    inputs = {c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns}
+    return Batch(
+        inputs=inputs,
+        targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
+        target_mask=mask.to(device, non_blocking=True),
+        previous={c: inputs[c] if c in inputs else rows[c][:, :-1].to(device, non_blocking=True)
+                  for c in target_columns if rows[c].is_floating_point()},
+    )
+
+
+def check_window_length(window_length: int, seq_length: int, path: str) -> None:
+    if window_length != seq_length + 1:
+        raise SequifierError(
+            f"seq_length: the data at '{path}' has windows of {window_length - 1} inputs "
+            f"+ 1 target, but seq_length is {seq_length}; use the seq_length of preprocess"
+        )
+
+
+def check_id_range(ids: np.ndarray | torch.Tensor, col: str, n_classes: int, path: str) -> None:
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise SequifierError(
+            f"data '{path}': column '{col}' holds id {bad}, outside 0..{n_classes - 1} of the "
+            "metadata's n_classes; the data and metadata_config_path come from different "
+            "preprocess runs"
+        )
