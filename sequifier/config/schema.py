@@ -123,6 +123,10 @@ class TrainingSpec:
     continue_training: bool = True
     distributed: bool = False
     world_size: int = 1
+    # Not in the original field list: how distributed ranks share the model. ddp: each rank
+    # holds all weights and gradients are averaged; fsdp: weights, gradients and optimizer
+    # state are sharded over the ranks (FSDP2, torch.distributed.fsdp.fully_shard).
+    data_parallelism: str = "ddp"
     load_full_data_to_ram: bool = True
     layer_type_dtypes: Optional[Dict[str, str]] = None
     layer_autocast: bool = True

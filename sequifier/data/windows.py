@@ -244,5 +244,6 @@ def load_shard(path: str, mmap: bool = False) -> dict:
     fix = "re-run preprocess with write_format: pt, or remove the file from the folder"
     raw = load_tensor_file(path, "shard", fix, mmap=mmap)
     if not (isinstance(raw, dict) and all(k in raw for k in SHARD_KEYS) and isinstance(raw["columns"], dict)):
-        raise SequifierError(f"shard '{path}' is not a sequifier shard (expected a dict with {list(SHARD_KEYS)}); {fix}")
+        raise SequifierError(f"shard '{path}' is not a sequifier shard (expected a dict with "
+                             f"{list(SHARD_KEYS)}); {fix}")
     return raw

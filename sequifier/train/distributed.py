@@ -8,9 +8,19 @@
   spawn) from inside its one Hydra job: one Hydra run directory, one log file.
 
 The loop calls only the functions below for anything multi-process: `wrap_model`
-(DDP averages gradients), `sum_across_ranks` / `mean_across_ranks` (metrics), and
-`is_main_process` (only rank 0 writes logs, checkpoints and exports). Each rank reads
-its own shard group (`sequifier.data.lazy`); every rank makes the same number of steps.
+(DDP averages gradients; FSDP2 shards the weights), `full_state_dict` /
+`full_optimizer_state` (checkpoints: collective under FSDP, the result lands on rank 0),
+`sum_across_ranks` / `mean_across_ranks` (metrics), and `is_main_process` (only rank 0
+writes logs, checkpoints and exports). Each rank reads its own part of the split
+(`sequifier.data.lazy`); every rank makes the same number of steps.
+
+`data_parallelism`: `ddp` (DistributedDataParallel: every rank holds the whole model and
+optimizer state, gradients are all-reduced) or `fsdp` (`fully_shard`: each rank keeps
+1/world_size of the weights, gradients and optimizer state, all-gathering a block's
+weights just for its forward/backward). Both average the ranks' gradients, so they train
+to the same weights; FSDP trades communication for memory. Checkpoints hold the full,
+unsharded state either way (gathered to rank 0), but the optimizer state of an FSDP run
+is keyed by parameter name, so resume an FSDP checkpoint with `fsdp`.
 
 Backend: `nccl` (the default) needs CUDA devices. With a non-CUDA `device` it falls
 back to `gloo` and says so in the log; any other backend name is an error.
@@ -33,6 +43,7 @@ from sequifier.errors import SequifierError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("nccl", "gloo")
+DATA_PARALLELISMS = ("ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # A rank that dies leaves the others blocked in a collective: don't wait torch's 30 min.
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
@@ -96,8 +107,14 @@ def check_supported(spec: TrainingSpec) -> None:
     """Reject distributed settings this machine cannot run, before any process starts.
 
     Only a distributed run uses them (the spec: `backend` is "only relevant if
-    distributed: true"); a one-process run logs a set backend as unused instead
-    (`train/run.py`, `_unused_setting_notes`)."""
+    distributed: true"); a one-process run logs a set backend or data_parallelism as
+    unused instead (`train/run.py`, `_unused_setting_notes`). A data_parallelism that is
+    not an option at all is refused either way."""
+    if spec.data_parallelism not in DATA_PARALLELISMS:
+        raise SequifierError(
+            f"training_spec.data_parallelism: '{spec.data_parallelism}' is not one of "
+            f"{', '.join(DATA_PARALLELISMS)} (ddp: every rank holds the model; fsdp: weights and "
+            "optimizer state sharded over the ranks)")
     if not spec.distributed:
         return
     if not torch.distributed.is_available():
@@ -246,13 +263,73 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
 # ---- what the loop calls ---------------------------------------------------------------
 
 def wrap_model(model: torch.nn.Module, spec: TrainingSpec) -> torch.nn.Module:
-    """The module to run forward/backward through: DDP-wrapped under distribution."""
+    """The module to run forward/backward through: DDP-wrapped, or (fsdp) `model` itself
+    sharded in place. Build the optimizer after this: FSDP replaces the parameters."""
     if not _context.enabled:
+        return model
+    if spec.data_parallelism == "fsdp":
+        import warnings
+
+        from torch.distributed.fsdp import fully_shard
+
+        # The loop never changes model outputs in place, which is what this warns about.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        # One unit per repeated block (the children of every ModuleList), then the rest:
+        # only one block's full weights exist at a time in forward and backward.
+        for module in list(model.modules()):
+            if isinstance(module, torch.nn.ModuleList):
+                for block in module:
+                    fully_shard(block)
+        fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [_context.local_rank] if _context.backend == "nccl" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """The full weights as detached CPU copies. Under FSDP they are gathered from every
+    rank (so every rank must call this) and only rank 0 gets them (the others: {})."""
+    if not is_sharded(model):
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimizer state for a checkpoint; under FSDP gathered like `full_state_dict`
+    (unsharded, keyed by parameter name)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """Inverse of `full_optimizer_state`; under FSDP each rank keeps its own shard."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
 from sequifier.train.batch import Batch
-from sequifier.train.checkpoint import checkpoint_file, cpu_state_dict, prune_checkpoints, save_checkpoint
+from sequifier.train.checkpoint import checkpoint_file, prune_checkpoints, save_checkpoint
 from sequifier.train.device import autocast_context
 from sequifier.train.logs import TrainLogger, class_share_lines, format_losses, metric_lines, metric_scalars
 from sequifier.train.losses import TargetLoss
@@ -144,7 +144,7 @@ class Trainer:
             improved = validation.loss < state.best_val_loss
             if improved:
                 state.best_val_loss, state.best_epoch = validation.loss, epoch
-                state.best_model = cpu_state_dict(self.model)
+                state.best_model = distributed.full_state_dict(self.model)
                 state.epochs_since_improvement = 0
             else:
                 state.epochs_since_improvement += 1
@@ -227,6 +227,8 @@ class Trainer:
         """
         grads = [p.grad for p in self.trained_parameters if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads).float() if grads else torch.zeros((), device=self.device)
+        if hasattr(norm, "full_tensor"):  # FSDP: a norm over sharded gradients is a DTensor
+            norm = norm.full_tensor()
         limit = self.spec.max_grad_norm
         if limit is None:
             return torch.stack([norm, torch.zeros_like(norm)])
@@ -302,13 +304,16 @@ class Trainer:
             self.logger.info(class_share_lines(column, counts, self.class_share_columns[column]))
 
     def save(self, state: TrainState) -> None:
+        # gathered on every rank (collective under FSDP), written by rank 0
+        model_state = distributed.full_state_dict(self.model)
+        optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
         if not distributed.is_main_process():
             return
         path = checkpoint_file(self.checkpoint_dir, self.model_name, state.epoch, state.batch)
         save_checkpoint(path, {
             "model_name": self.model_name,
-            "model": cpu_state_dict(self.model),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "state": state.to_dict(),

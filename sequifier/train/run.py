@@ -123,6 +123,10 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
 
     seed_everything(spec.seed)  # weights, dropout; shuffling is seeded per epoch
     model = build_model(cfg, metadata).to(device)
+    if resume is not None:  # the full weights, before FSDP shards them
+        _restore_weights(resume, model)
+    forward_model = distributed.wrap_model(model, spec)
+    # after wrapping: under FSDP the optimizer must hold the sharded parameters
     optimizer = build_optimizer(parameter_groups(model, spec.optimizer, spec.weight_decay_on),
                                 spec.optimizer, spec.learning_rate)
     # a warm-up longer than the run is refused here, before any file is touched
@@ -141,7 +145,6 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         for path in stale:
             os.remove(path)
 
-    forward_model = distributed.wrap_model(model, spec)
     if spec.compile:
         forward_model = torch.compile(forward_model)
 
@@ -181,8 +184,15 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         )
         # a resumed run that trained nothing leaves its models as they are, unless asked
         nothing_new = resume is not None and state.epoch == start_epoch and not cfg.overwrite
-        if export and distributed.is_main_process() and not nothing_new:
-            _export(cfg, model, layout, state, folders[MODELS_DIR], result, logger)
+        if export and not nothing_new:
+            export_model = model
+            if distributed.is_sharded(model):  # export an unsharded copy of the weights
+                weights = distributed.full_state_dict(model)  # collective: every rank
+                export_model = build_model(cfg, metadata)
+                if weights:
+                    export_model.load_state_dict(weights)
+            if distributed.is_main_process():
+                _export(cfg, export_model, layout, state, folders[MODELS_DIR], result, logger)
         elif nothing_new:
             _keep_exports(cfg, folders[MODELS_DIR], result)
         logger.hparams(config_record(cfg), {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
@@ -220,6 +230,11 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
         notes.append(
             f"training_spec.scheduler_step_on: epoch: {spec.scheduler['name']} moves once per epoch, so its "
             "warm-up and decay come in whole epochs; set scheduler_step_on: batch for a per-batch schedule"
+        )
+    if spec.data_parallelism != "ddp" and not spec.distributed:
+        notes.append(
+            f"training_spec.data_parallelism ({spec.data_parallelism}) is not used: distributed is "
+            "false, so the model is not sharded; set distributed: true"
         )
     if spec.world_size > 1 and not spec.distributed:
         notes.append(
@@ -264,14 +279,26 @@ def _keep_exports(cfg: TrainConfig, models_dir: str, result: TrainResult) -> Non
         setattr(result, f"{tag}_model_paths", paths)
 
 
-def _restore(resume: Resume, model, optimizer, scheduler, scaler) -> TrainState:
+def _restore_weights(resume: Resume, model) -> None:
     path, checkpoint = resume.path, resume.checkpoint
     try:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise SequifierError(
-            f"checkpoint '{path}' does not fit this model_spec/optimizer ({str(e).splitlines()[0]}); "
+            f"checkpoint '{path}' does not fit this model_spec ({str(e).splitlines()[0]}); "
+            "set training_spec.continue_training: false and overwrite: true to start afresh"
+        ) from None
+
+
+def _restore(resume: Resume, model, optimizer, scheduler, scaler) -> TrainState:
+    """Optimizer, scheduler, scaler, progress and RNG states (the weights are loaded already)."""
+    path, checkpoint = resume.path, resume.checkpoint
+    try:
+        distributed.load_optimizer_state(model, optimizer, checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise SequifierError(
+            f"checkpoint '{path}' does not fit this optimizer or training_spec.data_parallelism "
+            f"({str(e).splitlines()[0]}); "
             "set training_spec.continue_training: false and overwrite: true to start afresh"
         ) from None
     if scheduler is not None and checkpoint["scheduler"] is not None:

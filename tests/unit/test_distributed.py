@@ -93,7 +93,7 @@ def _ddp_steps(folder, batch_size, lr):
                               rank=ctx.rank, world_size=ctx.world_size)
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 1)
-    ddp = distributed.wrap_model(model, None)
+    ddp = distributed.wrap_model(model, spec())
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     loader.set_epoch(0)
     for batch in loader:
@@ -256,3 +256,36 @@ def test_validation_metric_sums_over_two_ranks_equal_one_process(tmp_path):
     for column in one:
         assert two[column][0] == one[column][0] > 0  # counts exact
         torch.testing.assert_close(two[column], one[column], rtol=1e-12, atol=1e-9)
+
+
+# ---- FSDP2 -------------------------------------------------------------------------------
+
+def _weights(root, model_name):
+    from sequifier.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(os.path.join(root, "checkpoints"), model_name))["model"]
+
+
+def test_fsdp_trains_to_the_ddp_weights_and_resumes_from_a_full_checkpoint(tmp_path):
+    root = make_project(tmp_path, n_train=64, n_val=16, write_format="parquet")
+    common = {"read_format": "parquet", "training_spec.distributed": True,
+              "training_spec.world_size": 2, "training_spec.batch_size": 8,
+              "training_spec.max_grad_norm": 0.5}  # clipping runs on FSDP's sharded grads
+    ddp = run_train(make_config(root, model_name="ddp", **common), export=False)
+    # FSDP: one epoch, then a resumed run continues to epoch 2 from the full checkpoint
+    fsdp = {**common, "training_spec.data_parallelism": "fsdp"}
+    run_train(make_config(root, model_name="fsdp", **fsdp, **{"training_spec.epochs": 1}),
+              export=False)
+    first = _weights(root, "fsdp")
+    assert all(v.device.type == "cpu" and not hasattr(v, "placements") for v in first.values())
+    resumed = run_train(make_config(root, model_name="fsdp", **fsdp))
+    assert resumed.resumed_from is not None and resumed.last_epoch == 2
+    got, want = _weights(root, "fsdp"), _weights(root, "ddp")
+    assert got.keys() == want.keys()
+    for key in want:
+        # reduce-scatter vs all-reduce sum in another order: float noise, which Adam's
+        # normalisation makes relative to the step size (lr 0.01), not to the weight
+        torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose([h.val_loss for h in resumed.history],
+                               [h.val_loss for h in ddp.history], rtol=1e-4)
+    assert resumed.best_model_paths and all(os.path.isfile(p) for p in resumed.best_model_paths)

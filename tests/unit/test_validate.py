@@ -120,6 +120,8 @@ CASES = [
     ({"model_name": "x" * 300}, "model_name: is 300 bytes long"),
     ({"model_name": "a\0b"}, "model_name: 'a\\x00b' contains a control character"),
     ({"training_spec__backend": "mpi", "training_spec__distributed": True}, "training_spec.backend: 'mpi' is not supported"),
+    ({"training_spec__data_parallelism": "zero3"},
+     "training_spec.data_parallelism: 'zero3' is not one of ddp, fsdp"),
     ({"training_spec__scheduler": {"name": "StepLR", "step_size": "abc"}},
      "training_spec.scheduler"),
     ({"training_spec__optimizer": {"name": "AdamW", "betas": [0.9]}},
