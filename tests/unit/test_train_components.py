@@ -12,6 +12,7 @@ from train_data import N_CLASSES, make_config, make_project, single_thread  # no
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PAD_ID
 from sequifier.errors import SequifierError
+from sequifier.train import schedulers
 from sequifier.train.ademamix import AdEMAMix
 from sequifier.train.checkpoint import (
     latest_checkpoint,
@@ -24,7 +25,6 @@ from sequifier.train.data import InRamBatches, WindowTensors, make_batch_sources
 from sequifier.train.device import autocast_dtype, resolve_device
 from sequifier.train.losses import build_target_losses, class_weight_vector
 from sequifier.train.optimizers import build_optimizer
-from sequifier.train import schedulers
 from sequifier.train.schedulers import build_scheduler
 
 
