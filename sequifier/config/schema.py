@@ -52,6 +52,9 @@ class PreprocessConfig:
     # Not in the original field list: apply the id maps and statistics of an earlier run's
     # metadata JSON instead of computing new ones (new data for an existing model).
     reuse_metadata_path: Optional[str] = None
+    # Not in the original field list: memory budget of the whole run (all processes); an
+    # input larger than its share is read in chunks of whole sequences (data/budget.py)
+    max_ram_gb: float = 2.0
 
 
 @dataclass

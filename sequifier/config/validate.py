@@ -92,8 +92,12 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
         p.add(field, message)
     if cfg.write_format == "pt" and cfg.merge_output:
         p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
-    from sequifier.data.preprocess import dataset_name
+    from sequifier.data.budget import budget_problem
+    from sequifier.data.preprocess import dataset_name, default_workers
 
+    if cfg.n_cores is None or cfg.n_cores > 0:
+        problem = budget_problem(cfg.max_ram_gb, cfg.n_cores or default_workers())
+        p.check(problem is None, "max_ram_gb", problem or "")
     field = "dataset_name" if cfg.dataset_name else "dataset_name (from data_path)"
     check_name(field, dataset_name(cfg), cfg.project_root, p)
     p.positive(cfg.seq_length, "seq_length")

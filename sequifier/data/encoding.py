@@ -56,6 +56,7 @@ class FileSummary:
     sequence_split: Optional[np.ndarray] = None
     missing: MissingReport = field(default_factory=MissingReport)
     date_like: List[str] = field(default_factory=list)
+    null_columns: List[str] = field(default_factory=list)  # feature columns with null cells
 
 
 def sequence_offsets(sequence_column) -> np.ndarray:
@@ -100,7 +101,8 @@ def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float],
     columns = [c for c in table.column_names if c not in KEY_COLUMNS]
     kinds = {c: feature_kind(table.column(c).type) for c in columns}
     summary = FileSummary(path, table.num_rows, columns, kinds, ids, offsets, long.position_type,
-                          missing=long.missing, date_like=long.date_like)
+                          missing=long.missing, date_like=long.date_like,
+                          null_columns=[c for c in columns if table.column(c).null_count])
     train_rows = None
     for c in columns:
         if kinds[c] == "real":
@@ -112,6 +114,25 @@ def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float],
             values = pc.unique(pc.drop_null(table.column(c)))
             summary.uniques[c] = np.unique(values.to_numpy(zero_copy_only=False))
     return summary
+
+
+def input_order(summaries: List[FileSummary]) -> np.ndarray:
+    """The order (file, then sequence id) of the sequences of `summaries` taken together.
+
+    A file read in chunks has one summary per chunk, each sorted by id, but the chunks
+    hold hash buckets of ids; a file read whole is in order already.
+    """
+    lengths = [len(s.sequence_ids) for s in summaries]
+    paths = [s.path for s in summaries]
+    if len(set(paths)) == len(paths):
+        return np.arange(sum(lengths))
+    file_index = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+    owner = np.repeat([file_index[p] for p in paths], lengths)
+    ids = np.concatenate([s.sequence_ids for s in summaries])
+    if ids.dtype == object:  # text ids: their rank in sorted order
+        ids = pc.rank(pa.array(ids, type=pa.string()), sort_keys="ascending",
+                      tiebreaker="first").to_numpy()
+    return np.lexsort((ids, owner))
 
 
 def _id_kind(summary: FileSummary) -> str:
@@ -258,16 +279,20 @@ def merge_summaries(summaries: List[FileSummary], filled_later: Set[str] = froze
     first = summaries[0]
     columns, kinds = first.columns, first.kinds
     values, mean, std = {}, {}, {}
+    order = input_order(summaries)
+    split = (None if first.sequence_split is None
+             else np.concatenate([s.sequence_split for s in summaries]))
     for c in columns:
         if kinds[c] != "real":
             values[c] = np.unique(np.concatenate([s.uniques[c] for s in summaries]))
             if c in filled_later:
                 _check_missing_category_free(c, values[c])
             continue
-        # Chan et al.: combine the training sequences' counts, means and squared deviations
-        parts = [s.moments[c] if s.sequence_split is None
-                 else tuple(v[s.sequence_split == 0] for v in s.moments[c]) for s in summaries]
-        count, means, m2s = (np.concatenate(v) for v in zip(*parts))
+        # Chan et al.: combine the training sequences' counts, means and squared deviations,
+        # in input order (the sums' rounding must not depend on how files were chunked)
+        count, means, m2s = (np.concatenate(v)[order] for v in zip(*(s.moments[c] for s in summaries)))
+        if split is not None:
+            count, means, m2s = (v[split[order] == 0] for v in (count, means, m2s))
         n = count.sum()
         m = float((count * means).sum() / n) if n else 0.0
         m2 = float(m2s.sum() + (count * (means - m) ** 2).sum())

@@ -30,7 +30,16 @@ import pyarrow as pa
 
 from sequifier.config.metadata import Metadata, read_metadata, write_metadata
 from sequifier.config.schema import PAD_ID, PreprocessConfig
-from sequifier.data import read_table
+from sequifier.data import partition, read_table
+from sequifier.data.budget import (
+    GB,
+    WINDOW_COST,
+    Budget,
+    n_processes,
+    sequence_window_bytes,
+    window_bytes,
+    windows_per_row,
+)
 from sequifier.data.encoding import (
     ColumnEncoding,
     FileSummary,
@@ -84,13 +93,17 @@ class Plan:
     n_workers: int
     keys: KeyColumns
     missing_values: MissingValues
+    columns: List[List[str]]  # per input: the key columns and the features read
+    budget: Budget
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.project_root, relative)
 
-    def cache_path(self, index: int) -> str:
+    def cache_path(self, index: int, chunk: Optional[int] = None) -> str:
+        """The cache of an input read whole, or of its chunk number `chunk`."""
         # keyed by file name, so files added to the folder between runs do not shift others
-        return os.path.join(self.work_dir, os.path.basename(self.inputs[index]) + ".arrow")
+        base = os.path.join(self.work_dir, os.path.basename(self.inputs[index]))
+        return base + ".arrow" if chunk is None else f"{base}.{chunk:04d}.arrow"
 
 
 def dataset_name(cfg: PreprocessConfig) -> str:
@@ -109,7 +122,7 @@ def _ratios_and_strides(cfg: PreprocessConfig) -> Tuple[List[float], List[int]]:
     return ratios, [int(s) for s in strides]
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -125,15 +138,17 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
     missing_values, problems = parse_missing_values(cfg.missing_values, keys.names)
     if problems:
         raise SequifierError(problems[0])
+    columns = []
     for path in inputs:  # column names are checked before anything is written
         header = read_table.read_header(path, cfg.read_format)
-        read_table.choose_columns(path, header, cfg.selected_columns, keys)
+        columns.append(read_table.choose_columns(path, header, cfg.selected_columns, keys))
         for field, named in (("missing_values", missing_values.by_column), ("column_types", cfg.column_types or {})):
             unknown = [c for c in named if c not in header]
             if unknown:
                 raise SequifierError(f"{field}.{unknown[0]}: no such column in input file "
                                      f"'{path}' (its columns: {header[:10]}); fix the column name")
     name = dataset_name(cfg)
+    n_workers = cfg.n_cores or default_workers()
     if not cfg.merge_output:  # a folder of shards per split
         split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
     else:
@@ -143,7 +158,8 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
         split_ratios=ratios, strides=strides, split_paths=split_paths,
         metadata_path=os.path.join(root, "configs", "metadata_configs", f"{name}.json"),
         work_dir=os.path.join(root, "data", f".{name}-preprocess-work"),
-        n_workers=cfg.n_cores or _default_workers(), keys=keys, missing_values=missing_values,
+        n_workers=n_workers, keys=keys, missing_values=missing_values, columns=columns,
+        budget=Budget.of(cfg.max_ram_gb, n_workers),
     )
 
 
@@ -175,20 +191,36 @@ def _source_stamp(path: str) -> str:
     return json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
 
 
-def _cache_is_current(cache_path: str, source: str) -> bool:
+def _cache_is_current(cache_path: str, source: str) -> Optional[int]:
+    """The number of chunks the input was cached in, if `cache_path` is a cache of this
+    version of `source` written by this version of sequifier."""
     if not os.path.isfile(cache_path):
-        return False
+        return None
     try:
         schema = pa.ipc.open_file(pa.memory_map(cache_path)).schema
     except pa.ArrowException:
-        return False
+        return None
     metadata = schema.metadata or {}
-    return (b"sequifier_found" in metadata  # written by this version
-            and metadata.get(b"sequifier_source", b"").decode() == _source_stamp(source))
+    if (b"sequifier_found" not in metadata
+            or metadata.get(b"sequifier_source", b"").decode() != _source_stamp(source)):
+        return None
+    return int(metadata.get(b"sequifier_chunks", b"1"))
 
 
-def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
-    """Set up the work folder; return, per input, whether its cached result can be reused."""
+def cached_chunks(plan: Plan, index: int) -> Optional[List[str]]:
+    """The caches of input `index` when all of them are current, else None."""
+    source = plan.inputs[index]
+    if _cache_is_current(plan.cache_path(index), source) == 1:
+        return [plan.cache_path(index)]
+    n = _cache_is_current(plan.cache_path(index, 0), source)
+    if n is None:
+        return None
+    paths = [plan.cache_path(index, k) for k in range(n)]
+    return paths if all(_cache_is_current(p, source) == n for p in paths) else None
+
+
+def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[Optional[List[str]]]:
+    """Set up the work folder; return, per input, its caches that can be reused."""
     marker = os.path.join(plan.work_dir, "settings.json")
     settings = _settings_fingerprint(plan, cfg, resolve_path(plan.project_root, cfg.data_path))
     if cfg.continue_preprocessing and os.path.isfile(marker):
@@ -200,13 +232,13 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[bool]:
                     "missing_values, column_types, split_method or the id/position columns); "
                     "set continue_preprocessing: false to start over"
                 )
-        return [_cache_is_current(plan.cache_path(i), path) for i, path in enumerate(plan.inputs)]
+        return [cached_chunks(plan, i) for i in range(len(plan.inputs))]
     if os.path.isdir(plan.work_dir):
         shutil.rmtree(plan.work_dir)
     os.makedirs(plan.work_dir)
     with atomic_path(marker) as tmp, open(tmp, "w") as f:
         json.dump(settings, f)
-    return [False] * len(plan.inputs)
+    return [None] * len(plan.inputs)
 
 
 def _remove_work_dir_without_cache(plan: Plan) -> None:
@@ -216,12 +248,13 @@ def _remove_work_dir_without_cache(plan: Plan) -> None:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
 
 
-def _write_cache(long: LongTable, path: str, source: str) -> None:
+def _write_cache(long: LongTable, path: str, source: str, n_chunks: int = 1) -> None:
     # what reading found besides the table, so that a resumed run reports it again
     found = {"position_type": long.position_type, "date_like": long.date_like,
              "dropped_rows": long.missing.dropped_rows, "missing": long.missing.counts}
     table = long.table.replace_schema_metadata({"sequifier_source": _source_stamp(source),
-                                                "sequifier_found": json.dumps(found)})
+                                                "sequifier_found": json.dumps(found),
+                                                "sequifier_chunks": str(n_chunks)})
     with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
             pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -242,31 +275,101 @@ def _read_cached_long_table(path: str) -> LongTable:
 # ---------------------------------------------------------------- worker tasks
 
 @dataclass
-class ReadTask:
-    path: str
+class Chunk:
+    """Whole sequences of one input file, read, checked, sorted and cached (an input
+    within the memory budget is one chunk)."""
+
+    file_index: int
     cache_path: str
-    use_cache: bool
+    summary: FileSummary
+
+
+@dataclass
+class ReadTask:
+    file_index: int
+    path: str
+    cached: Optional[List[str]]  # caches of an interrupted run to reuse
     read_format: str
-    selected_columns: Optional[List[str]]
+    columns: List[str]
     max_rows: Optional[int]
     split_ratios: List[float]
     keys: KeyColumns
     missing_values: MissingValues
     column_types: Dict[str, str]
     split_method: str
+    plan: Plan
 
 
-def read_input(task: ReadTask) -> FileSummary:
-    """Stage 1 for one input file: read, check, sort, cache and summarise."""
-    if task.use_cache:
-        long = _read_cached_long_table(task.cache_path)
-    else:
-        long = read_table.read_long_table(
-            task.path, task.read_format, task.selected_columns, task.max_rows, task.keys,
-            task.missing_values, task.column_types,
-        )
-        _write_cache(long, task.cache_path, task.path)
-    return summarize_table(task.path, long, task.split_ratios, task.split_method)
+@dataclass
+class BucketTask:
+    """One bucket of a partitioned input, to be read as chunk `chunk` of `n_chunks`."""
+
+    read: ReadTask
+    bucket_path: str
+    chunk: int
+    n_chunks: int
+
+
+def _chunk(task: ReadTask, long: LongTable, cache_path: str) -> Chunk:
+    summary = summarize_table(task.path, long, task.split_ratios, task.split_method)
+    return Chunk(task.file_index, cache_path, summary)
+
+
+def read_input(task: ReadTask) -> Tuple[List[Chunk], List[BucketTask]]:
+    """Stage 1 for one input file: read, check, sort, cache and summarise it as one chunk,
+    or, when it exceeds the memory budget, cut it into buckets of whole sequences, each
+    read as a chunk of its own (`read_bucket`)."""
+    plan = task.plan
+    if task.cached is not None:
+        return [_chunk(task, _read_cached_long_table(p), p) for p in task.cached], []
+    if os.path.getsize(task.path) == 0:
+        raise read_table.empty_file_error(task.path)
+    table_bytes = partition.estimate_table_bytes(task.path, task.read_format, task.columns,
+                                                 task.max_rows)
+    n_buckets = plan.budget.read_chunks(table_bytes)
+    if n_buckets == 1:
+        raw = read_table.read_raw_table(task.path, task.read_format, task.columns, task.max_rows)
+        long = read_table.long_table_from_raw(task.path, raw, task.columns, task.keys,
+                                              task.missing_values, task.column_types)
+        cache_path = plan.cache_path(task.file_index)
+        _write_cache(long, cache_path, task.path)
+        return [_chunk(task, long, cache_path)], []
+    prefix = os.path.join(plan.work_dir, os.path.basename(task.path))
+    buckets = partition.partition_file(task.path, task.read_format, task.columns, task.max_rows,
+                                       task.keys.sequence_id, n_buckets, prefix)
+    return [], [BucketTask(task, path, k, len(buckets)) for k, path in enumerate(buckets)]
+
+
+def read_bucket(task: BucketTask) -> Chunk:
+    """Stage 1 for one bucket of a partitioned input."""
+    read = task.read
+    raw = partition.read_bucket(task.bucket_path)
+    long = read_table.long_table_from_raw(read.path, raw, read.columns, read.keys,
+                                          read.missing_values, read.column_types, whole_file=False)
+    del raw
+    os.remove(task.bucket_path)
+    cache_path = read.plan.cache_path(read.file_index, task.chunk)
+    _write_cache(long, cache_path, read.path, task.n_chunks)
+    return _chunk(read, long, cache_path)
+
+
+def check_chunked_text(chunks: List[Chunk], column_types: Dict[str, str]) -> None:
+    """The numbers-as-text check (read_table) of each input read in chunks, on the
+    distinct values of all its chunks (an input read whole was checked as it was read)."""
+    by_file: Dict[str, List[FileSummary]] = {}
+    for chunk in chunks:
+        by_file.setdefault(chunk.summary.path, []).append(chunk.summary)
+    for path, summaries in by_file.items():
+        if len(summaries) == 1:
+            continue
+        first = summaries[0]
+        for c in first.columns:
+            if first.kinds[c] != "str" or c in column_types:
+                continue
+            values = np.unique(np.concatenate([s.uniques[c] for s in summaries])).tolist()
+            if any(c in s.null_columns for s in summaries):
+                values.append(None)
+            read_table.check_text_values(path, c, pa.array(values, type=pa.string()))
 
 
 @dataclass
@@ -284,6 +387,7 @@ class WindowTask:
     strides: List[int]
     start_mode: str
     sequence_split: Optional[np.ndarray]  # between_sequences: the split of each sequence
+    file_index: int
 
 
 def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positions: np.ndarray,
@@ -387,64 +491,98 @@ class Workers:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[bool],
-                workers: Workers) -> List[FileSummary]:
+def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[Optional[List[str]]],
+                workers: Workers) -> List[Chunk]:
     tasks = [
-        ReadTask(path, plan.cache_path(i), cached[i], cfg.read_format, cfg.selected_columns,
-                 cfg.max_rows, plan.split_ratios, plan.keys, plan.missing_values,
-                 dict(cfg.column_types or {}), cfg.split_method)
+        ReadTask(i, path, cached[i], cfg.read_format, plan.columns[i], cfg.max_rows,
+                 plan.split_ratios, plan.keys, plan.missing_values, dict(cfg.column_types or {}),
+                 cfg.split_method, plan)
         for i, path in enumerate(plan.inputs)
     ]
-    if any(cached):
-        log.info(f"continue_preprocessing: {sum(cached)} of {len(tasks)} input files "
+    n_cached = sum(c is not None for c in cached)
+    if n_cached:
+        log.info(f"continue_preprocessing: {n_cached} of {len(tasks)} input files "
                  "already read, reading the rest")
     progress = Progress(len(tasks), "read files")
-    summaries = []
+    results = []
     if cfg.max_rows is None:
         # a single file gains nothing from a worker: pyarrow reads it with several threads
-        to_read = sum(os.path.getsize(t.path) for t in tasks if not t.use_cache)
+        to_read = sum(os.path.getsize(t.path) for t in tasks if t.cached is None)
         parallel = to_read >= PARALLEL_MIN_READ_BYTES
-        for summary in workers.map(read_input, tasks, parallel):
-            summaries.append(summary)
+        for result in workers.map(read_input, tasks, parallel):
+            results.append(result)
             progress.update()
     else:
         # the row budget runs through the files in order, so they are read one by one
         budget = cfg.max_rows
         for task in tasks:
             task.max_rows = budget
-            summaries.append(read_input(task))
-            budget -= summaries[-1].n_rows
+            results.append(read_input(task))
+            chunks, buckets = results[-1]
+            rows = [read_bucket(b) for b in buckets]  # read here: the rows count
+            results[-1] = (chunks + rows, [])
+            budget -= sum(c.summary.n_rows for c in results[-1][0])
             progress.update()
             if budget <= 0:
                 break
     progress.close()
-    return summaries
+    buckets = [b for _, file_buckets in results for b in file_buckets]
+    read = iter(workers.map(read_bucket, buckets, parallel=True))
+    chunks = []
+    for file_chunks, file_buckets in results:
+        chunks += file_chunks + [next(read) for _ in file_buckets]
+    check_chunked_text(chunks, dict(cfg.column_types or {}))
+    return chunks
 
 
-def _window_tasks(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary],
+def check_sequences_fit(plan: Plan, chunks: List[Chunk], encoding: ColumnEncoding) -> None:
+    """The longest sequence's windows must fit in one process's share of max_ram_gb."""
+    per_window = window_bytes(plan.window_length, len(encoding.columns))
+    longest = max(chunks, key=lambda c: np.diff(c.summary.sequence_offsets).max()).summary
+    index = int(np.argmax(np.diff(longest.sequence_offsets)))
+    n_items = int(np.diff(longest.sequence_offsets)[index])
+    need = WINDOW_COST * sequence_window_bytes(n_items, plan.split_ratios, plan.strides, per_window)
+    if need > plan.budget.share_bytes:
+        labels = longest.sequence_ids if longest.sequence_labels is None else longest.sequence_labels
+        suggest = Budget.needed_gb(need, plan.n_workers)
+        raise SequifierError(
+            f"max_ram_gb: {plan.budget.max_ram_gb} GB is too small for the windows of sequence "
+            f"{labels[index:index + 1].tolist()[0]!r} ({n_items} items in '{longest.path}'; with "
+            f"seq_length {plan.window_length - 1} and stride_by_split {plan.strides} they need "
+            f"about {need / GB:.2f} GB, and each of the run's {n_processes(plan.n_workers)} "
+            f"processes may hold {plan.budget.share_bytes / GB:.2f} GB); raise max_ram_gb to at "
+            f"least {math.ceil(suggest * 10) / 10} or lower n_cores")
+
+
+def _window_tasks(plan: Plan, cfg: PreprocessConfig, chunks: List[Chunk],
                   encoding: ColumnEncoding) -> List[WindowTask]:
-    total_rows = sum(s.n_rows for s in summaries)
-    target = min(max(math.ceil(total_rows / (2 * plan.n_workers)), MIN_TASK_ROWS), MAX_TASK_ROWS)
+    total_rows = sum(c.summary.n_rows for c in chunks)
+    per_row = windows_per_row(plan.split_ratios, plan.strides) * window_bytes(
+        plan.window_length, len(encoding.columns))
+    target = min(max(math.ceil(total_rows / (2 * plan.n_workers)), MIN_TASK_ROWS), MAX_TASK_ROWS,
+                 plan.budget.window_task_rows(per_row))
     tasks = []
-    for i, s in enumerate(summaries):
+    for chunk in chunks:
+        s = chunk.summary
         offsets = s.sequence_offsets
         labels = s.sequence_ids if s.sequence_labels is None else s.sequence_labels
         cuts = np.searchsorted(offsets, np.arange(target, s.n_rows, target))
         bounds = np.unique(np.r_[0, cuts, len(offsets) - 1])
         for lo, hi in zip(bounds[:-1], bounds[1:]):  # noqa: RUF007 (numpy pairs)
             tasks.append(WindowTask(
-                s.path, plan.cache_path(i), int(offsets[lo]), int(offsets[hi]),
+                s.path, chunk.cache_path, int(offsets[lo]), int(offsets[hi]),
                 s.sequence_ids[lo:hi], labels[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
                 plan.window_length, plan.split_ratios, plan.strides, cfg.subsequence_start_mode,
-                None if s.sequence_split is None else s.sequence_split[lo:hi],
+                None if s.sequence_split is None else s.sequence_split[lo:hi], chunk.file_index,
             ))
     return tasks
 
 
-def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary],
+def make_windows(plan: Plan, cfg: PreprocessConfig, chunks: List[Chunk],
                  encoding: ColumnEncoding, workers: Workers) -> List[Windows]:
-    tasks = _window_tasks(plan, cfg, summaries, encoding)
-    parallel = sum(s.n_rows for s in summaries) >= PARALLEL_MIN_WINDOW_ROWS
+    check_sequences_fit(plan, chunks, encoding)
+    tasks = _window_tasks(plan, cfg, chunks, encoding)
+    parallel = sum(c.summary.n_rows for c in chunks) >= PARALLEL_MIN_WINDOW_ROWS
     parts: List[List[Windows]] = [[] for _ in plan.split_ratios]
     progress = Progress(len(tasks), "build windows")
     for result in workers.map(build_windows, tasks, parallel):
@@ -452,7 +590,12 @@ def make_windows(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSummary]
             parts[k].append(windows)
         progress.update()
     progress.close()
-    return [Windows.concat(p) for p in parts]
+    splits = [Windows.concat(p) for p in parts]
+    if len(chunks) > len({c.file_index for c in chunks}):  # some file came in hash buckets
+        owner = [np.repeat([t.file_index for t in tasks], [len(w) for w in p]) for p in parts]
+        splits = [w.select(np.lexsort((w.subsequence_id, w.sequence_id, o)))
+                  for w, o in zip(splits, owner)]
+    return splits
 
 
 def split_whole_sequences(summaries: List[FileSummary], split_ratios: List[float], seed: int) -> None:
@@ -558,7 +701,8 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
     cached = prepare_work_dir(plan, cfg)
     try:
         with Workers(plan.n_workers) as workers:
-            summaries = read_inputs(plan, cfg, cached, workers)
+            chunks = read_inputs(plan, cfg, cached, workers)
+            summaries = [c.summary for c in chunks]
             if cfg.split_method == "between_sequences":
                 split_whole_sequences(summaries, plan.split_ratios, cfg.seed)
             encoding = choose_encoding(plan, cfg, summaries)
@@ -567,7 +711,7 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
             for line in column_warnings(summaries, encoding):
                 log.warning(line)
             sequence_ids = number_sequences(summaries)
-            splits = make_windows(plan, cfg, summaries, encoding, workers)
+            splits = make_windows(plan, cfg, chunks, encoding, workers)
         metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)
         write_outputs(plan, cfg, splits, metadata)
     except BaseException:

@@ -74,7 +74,7 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _empty_file_error(path: str) -> SequifierError:
+def empty_file_error(path: str) -> SequifierError:
     return SequifierError(
         f"input file '{path}' is empty (no data rows); remove it from data_path or fill it"
     )
@@ -93,7 +93,7 @@ def read_header(path: str, read_format: str) -> List[str]:
                 "(parquet?) or save the file as UTF-8 csv"
             ) from None
         if not line.strip():
-            raise _empty_file_error(path)
+            raise empty_file_error(path)
         return next(csv.reader([line]))
     import pyarrow.parquet as pq
 
@@ -324,25 +324,30 @@ def _check_numbers_as_text(path: str, table: pa.Table, skip=()) -> None:
         column = table.column(name)
         if name in KEY_COLUMNS or name in skip or not pa.types.is_string(column.type):
             continue
-        values = pc.unique(column)
-        if not pc.any(pc.match_substring_regex(values, FLOAT_TEXT)).as_py():
-            continue
-        numeric = pc.match_substring_regex(values, NUMBER_TEXT)
-        n_numeric = pc.sum(numeric).as_py() or 0
-        if n_numeric < NUMBER_TEXT_SHARE * len(values):
-            continue  # a categorical column that happens to hold some numbers
-        others = values.filter(pc.invert(numeric)).to_pylist()
-        if not others:
-            raise SequifierError(
-                f"input file '{path}': column '{name}' holds numbers stored as text (e.g. "
-                f"'{values[0].as_py()}'), which would make it categorical; store it as floats "
-                "for a real feature, or as labels that are not numbers for a categorical one"
-            )
+        check_text_values(path, name, pc.unique(column))
+
+
+def check_text_values(path: str, name: str, values: pa.Array) -> None:
+    """`_check_numbers_as_text` for one column, given its distinct values (a null among
+    them counts as one value); a file read in chunks is checked on the union of them."""
+    if not pc.any(pc.match_substring_regex(values, FLOAT_TEXT)).as_py():
+        return
+    numeric = pc.match_substring_regex(values, NUMBER_TEXT)
+    n_numeric = pc.sum(numeric).as_py() or 0
+    if n_numeric < NUMBER_TEXT_SHARE * len(values):
+        return  # a categorical column that happens to hold some numbers
+    others = values.filter(pc.invert(numeric)).to_pylist()
+    if not others:
         raise SequifierError(
-            f"input file '{path}': column '{name}' holds numbers but {len(others)} distinct "
-            f"values are not numbers (e.g. {others[:3]}), so it would be read as categorical; "
-            "fix those cells (decimal point, no units or text) to make it a real column"
+            f"input file '{path}': column '{name}' holds numbers stored as text (e.g. "
+            f"'{values[0].as_py()}'), which would make it categorical; store it as floats "
+            "for a real feature, or as labels that are not numbers for a categorical one"
         )
+    raise SequifierError(
+        f"input file '{path}': column '{name}' holds numbers but {len(others)} distinct "
+        f"values are not numbers (e.g. {others[:3]}), so it would be read as categorical; "
+        "fix those cells (decimal point, no units or text) to make it a real column"
+    )
 
 
 def _sort_and_check_keys(path: str, table: pa.Table, keys: KeyColumns) -> pa.Table:
@@ -374,26 +379,47 @@ class LongTable:
     date_like: List[str]  # feature columns read as times or dates (they become categorical)
 
 
-def read_long_table(path: str, read_format: str, selected_columns: Optional[List[str]],
-                    max_rows: Optional[int] = None, keys: KeyColumns = KeyColumns(),
-                    missing_values: Optional[MissingValues] = None,
-                    column_types: Optional[Dict[str, str]] = None) -> LongTable:
-    """Read, check and sort one input file (see the module docstring for the result)."""
-    if os.path.getsize(path) == 0:
-        raise _empty_file_error(path)
-    columns = choose_columns(path, read_header(path, read_format), selected_columns, keys)
+def read_raw_table(path: str, read_format: str, columns: List[str],
+                   max_rows: Optional[int] = None) -> pa.Table:
+    """The file's `columns` as stored (before any check or conversion)."""
     try:
         if read_format == "csv":
             table = _read_csv(path, columns, max_rows)
         else:
             table = _read_parquet(path, columns, max_rows)
     except (pa.ArrowException, OSError) as e:
-        raise SequifierError(
-            f"input file '{path}' could not be read as {read_format} ({_first_line(e)}); "
-            "check the file and read_format"
-        ) from None
+        raise read_error(path, read_format, e) from None
     if table.num_rows == 0:
-        raise _empty_file_error(path)
+        raise empty_file_error(path)
+    return table
+
+
+def read_error(path: str, read_format: str, error: Exception) -> SequifierError:
+    return SequifierError(
+        f"input file '{path}' could not be read as {read_format} ({_first_line(error)}); "
+        "check the file and read_format"
+    )
+
+
+def read_long_table(path: str, read_format: str, selected_columns: Optional[List[str]],
+                    max_rows: Optional[int] = None, keys: KeyColumns = KeyColumns(),
+                    missing_values: Optional[MissingValues] = None,
+                    column_types: Optional[Dict[str, str]] = None) -> LongTable:
+    """Read, check and sort one input file (see the module docstring for the result)."""
+    if os.path.getsize(path) == 0:
+        raise empty_file_error(path)
+    columns = choose_columns(path, read_header(path, read_format), selected_columns, keys)
+    raw = read_raw_table(path, read_format, columns, max_rows)
+    return long_table_from_raw(path, raw, columns, keys, missing_values, column_types)
+
+
+def long_table_from_raw(path: str, table: pa.Table, columns: List[str], keys: KeyColumns,
+                        missing_values: Optional[MissingValues],
+                        column_types: Optional[Dict[str, str]],
+                        whole_file: bool = True) -> LongTable:
+    """Check, convert and sort rows of `path` as read (the whole file, or one chunk of
+    whole sequences of it: then the numbers-as-text check, which needs all of a column's
+    distinct values, is left to the caller: `check_text_values`)."""
     table = table.combine_chunks()
     table, missing = apply_missing_values(path, table, missing_values or MissingValues(), keys.names)
     if table.num_rows == 0:
@@ -411,7 +437,8 @@ def read_long_table(path: str, read_format: str, selected_columns: Optional[List
         arrays.append(_canonical_feature(column))
     table = pa.table(arrays, names=list(KEY_COLUMNS) + columns[2:])
     _check_infinite(path, table)
-    _check_numbers_as_text(path, table, skip=column_types)
+    if whole_file:
+        _check_numbers_as_text(path, table, skip=column_types)
     return LongTable(_sort_and_check_keys(path, table, keys), position_type, missing, date_like)
 
 

@@ -292,8 +292,8 @@ def test_continue_preprocessing_skips_finished_files(tmp_path, monkeypatch):
 
     write_input(good_last, paths[2])  # the user fixes the bad file and resumes
     read = []
-    real_read = preprocess.read_table.read_long_table
-    monkeypatch.setattr(preprocess.read_table, "read_long_table",
+    real_read = preprocess.read_table.read_raw_table
+    monkeypatch.setattr(preprocess.read_table, "read_raw_table",
                         lambda path, *a: read.append(os.path.basename(path)) or real_read(path, *a))
     preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True))
     assert read == ["p2.csv"]
@@ -314,8 +314,8 @@ def test_continue_preprocessing_rereads_changed_files_and_checks_settings(tmp_pa
     write_input(frame[frame["sequenceId"] == 1], tmp_path / "in" / "b.csv")
     write_input(frame[frame["sequenceId"] == 0].assign(value=1.5), a)  # changed since cached
     read = []
-    real_read = preprocess.read_table.read_long_table
-    monkeypatch.setattr(preprocess.read_table, "read_long_table",
+    real_read = preprocess.read_table.read_raw_table
+    monkeypatch.setattr(preprocess.read_table, "read_raw_table",
                         lambda path, *a: read.append(os.path.basename(path)) or real_read(path, *a))
     preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True))
     assert sorted(read) == ["a.csv", "b.csv"]

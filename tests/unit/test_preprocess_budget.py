@@ -1,0 +1,158 @@
+"""max_ram_gb: inputs larger than the budget are read in chunks of whole sequences, and
+the outputs are byte for byte those of reading them whole."""
+
+import glob
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sequifier.data import budget, partition, preprocess
+from sequifier.errors import SequifierError
+from tests.unit.preprocess_data import config, long_table, rebuild_long_table, sorted_table, write_input
+
+
+def output_bytes(root, name="items"):
+    """Every output file of dataset `name` (splits, shards, metadata) -> its bytes."""
+    paths = sorted(glob.glob(str(root / "data" / f"{name}-split*")))
+    paths += sorted(glob.glob(str(root / "data" / f"{name}-split*" / "*")))
+    paths.append(str(root / "configs" / "metadata_configs" / f"{name}.json"))
+    out = {}
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                data = f.read()
+            out[os.path.relpath(path, root)] = data
+    return out
+
+
+def make_inputs_exceed_the_budget(monkeypatch) -> list:
+    """Tiny inputs count as too large for the budget, so they are partitioned; returns
+    the list that records into how many buckets each input was cut."""
+    monkeypatch.setattr(budget, "READ_COST", 1e6)
+    monkeypatch.setattr(partition, "CSV_BLOCK_BYTES", 512)  # several CSV blocks per file
+    monkeypatch.setattr(partition, "BATCH_ROWS", 7)  # several parquet batches per file
+    cuts = []
+    real = partition.partition_file
+
+    def spy(*args):
+        paths = real(*args)
+        cuts.append(len(paths))
+        return paths
+
+    monkeypatch.setattr(partition, "partition_file", spy)
+    return cuts
+
+
+@pytest.fixture
+def chunking(monkeypatch):
+    return make_inputs_exceed_the_budget(monkeypatch)
+
+
+def run_both(tmp_path, monkeypatch, data_path, **overrides):
+    """Preprocess `data_path` whole and in chunks (in two project folders, same dataset
+    name); return both outputs and the cuts."""
+    data_path = str(tmp_path / data_path)
+    preprocess.run_preprocess(config(tmp_path / "whole", data_path, dataset_name="items", **overrides))
+    cuts = make_inputs_exceed_the_budget(monkeypatch)
+    preprocess.run_preprocess(config(tmp_path / "chunked", data_path, dataset_name="items", **overrides))
+    return output_bytes(tmp_path / "whole"), output_bytes(tmp_path / "chunked"), cuts
+
+
+def test_unsorted_csv_in_chunks_gives_the_same_bytes(tmp_path, monkeypatch):
+    frame = long_table(lengths=tuple(range(1, 60)), seed=4)  # shuffled rows
+    # a column that reads as integers in the first CSV block and needs floats later, and
+    # one that turns into text: the chunked reader must widen them as reading whole does
+    n = len(frame)
+    frame["late_float"] = pd.Series([1] * (n - 4) + [2.5] * 4, dtype=object)
+    frame["late_text"] = pd.Series([3] * (n - 1) + ["x"], dtype=object)
+    write_input(frame, tmp_path / "items.csv")
+    whole, chunked, cuts = run_both(tmp_path, monkeypatch, "items.csv")
+    assert cuts and cuts[0] > 3
+    assert whole == chunked
+    assert len(whole) == 4
+
+
+def test_sorted_parquet_with_text_ids_in_chunks_gives_the_same_bytes(tmp_path, monkeypatch):
+    frame = sorted_table(long_table(lengths=tuple(range(3, 40)), seed=5))
+    frame["sequenceId"] = "user-" + frame["sequenceId"].astype(str)  # text ids, sorted as text
+    frame = frame.sort_values(["sequenceId", "itemPosition"])
+    write_input(frame, tmp_path / "items.parquet", fmt="parquet")
+    whole, chunked, cuts = run_both(tmp_path, monkeypatch, "items.parquet", read_format="parquet",
+                                    write_format="csv")
+    assert cuts and cuts[0] > 3
+    assert whole == chunked
+
+
+def test_folder_between_sequences_pt_with_missing_values_in_chunks(tmp_path, monkeypatch):
+    frame = long_table(lengths=tuple(range(2, 50)), seed=6)
+    frame.loc[frame.index % 7 == 0, "value"] = np.nan
+    frame.loc[frame.index % 11 == 0, "colour"] = None
+    for i in range(2):
+        write_input(frame[frame["sequenceId"] % 2 == i], tmp_path / "in" / f"part{i}.csv")
+    whole, chunked, cuts = run_both(
+        tmp_path, monkeypatch, "in", write_format="pt", merge_output=False, batches_per_file=8,
+        split_method="between_sequences", missing_values={"value": "fill", "colour": "fill"})
+    assert len(cuts) == 2 and min(cuts) > 2
+    assert whole == chunked
+    assert sum(".pt" in name for name in whole) > 3
+
+
+def test_chunked_round_trip_and_work_folder_removed(tmp_path, chunking):
+    frame = long_table(lengths=tuple(range(1, 30)), seed=7)
+    write_input(frame, tmp_path / "items.csv")
+    preprocess.run_preprocess(config(tmp_path, "items.csv"))
+    assert chunking and chunking[0] > 1
+    pd.testing.assert_frame_equal(rebuild_long_table(tmp_path, "items")[frame.columns],
+                                  sorted_table(frame), check_dtype=False, atol=1e-5)
+    assert not (tmp_path / "data" / ".items-preprocess-work").exists()
+
+
+def test_numbers_as_text_are_found_across_chunks(tmp_path, chunking):
+    frame = long_table(lengths=tuple(range(5, 30)), seed=8)
+    frame["weight"] = [f"{v:.1f}" for v in np.arange(len(frame)) / 10]
+    frame.loc[3, "weight"] = "3 kg"
+    write_input(frame, tmp_path / "items.parquet", fmt="parquet")
+    with pytest.raises(SequifierError, match="column 'weight' holds numbers but 1 distinct"):
+        preprocess.run_preprocess(config(tmp_path, "items.parquet", read_format="parquet"))
+    assert chunking and chunking[0] > 1
+    assert not glob.glob(str(tmp_path / "data" / "items-split*"))
+
+
+def test_resume_reuses_the_chunks_of_a_partitioned_input(tmp_path, chunking, monkeypatch):
+    frame = long_table(lengths=tuple(range(4, 30)), seed=9)
+    good = write_input(frame[frame["sequenceId"] % 2 == 0], tmp_path / "in" / "a.csv")
+    bad = frame[frame["sequenceId"] % 2 == 1].copy()
+    bad.loc[bad.index[0], "value"] = np.nan
+    write_input(bad, tmp_path / "in" / "b.csv")
+    with pytest.raises(SequifierError, match="b.csv"):
+        preprocess.run_preprocess(config(tmp_path, "in"))
+    write_input(frame[frame["sequenceId"] % 2 == 1], tmp_path / "in" / "b.csv")
+    partitioned = []
+    real = partition.partition_file
+    monkeypatch.setattr(partition, "partition_file",
+                        lambda path, *a: partitioned.append(os.path.basename(path)) or real(path, *a))
+    preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True))
+    assert partitioned == ["b.csv"]
+    assert good
+    pd.testing.assert_frame_equal(rebuild_long_table(tmp_path, "in")[frame.columns],
+                                  sorted_table(frame), check_dtype=False, atol=1e-5)
+
+
+def test_budget_too_small_for_one_sequence_names_the_field(tmp_path):
+    n = 300_000
+    frame = pd.DataFrame({"sequenceId": np.zeros(n, dtype=np.int64), "itemPosition": np.arange(n),
+                          "value": np.arange(n) / n, "code": np.arange(n) % 5})
+    write_input(frame, tmp_path / "long.parquet", fmt="parquet")
+    cfg = config(tmp_path, "long.parquet", read_format="parquet", seq_length=48,
+                 split_ratios=[1.0], stride_by_split=[1], max_ram_gb=0.5)
+    with pytest.raises(SequifierError, match=r"^max_ram_gb: 0.5 GB is too small for the windows "
+                                             r"of sequence 0 \(300000 items"):
+        preprocess.run_preprocess(cfg)
+    assert not glob.glob(str(tmp_path / "data" / "long-split*"))
+
+
+def test_budget_without_room_for_the_processes_is_refused_before_reading(tmp_path):
+    with pytest.raises(SequifierError, match=r"max_ram_gb: 0.1 GB leaves no room .* n_cores: 2"):
+        preprocess.run_preprocess(config(tmp_path, "missing.csv", max_ram_gb=0.1, n_cores=2))
