@@ -7,7 +7,8 @@ is shared out equally, and every stage sizes its units of work to fit one share:
 * reading: an input file whose Arrow table, times `READ_COST`, fits a share is read
   whole; a larger one is cut into chunks of whole sequences that do (partition.py);
 * windows: a task holds whole sequences whose windows, times `WINDOW_COST`, fit;
-* writing: outputs are written in pieces of windows that fit.
+* writing (the workers are idle by then): a split is read back and written in pieces
+  (shards, parquet row groups) that fit the room of all processes.
 
 The factors are measured peaks (bench/bench_scale.py) per byte of data, with room to
 spare. Chunking never changes the output: tasks and chunks only decide what is held at
@@ -23,7 +24,7 @@ PROCESS_BYTES = 120 << 20  # an idle process: Python, numpy, pyarrow
 MIN_SHARE_BYTES = 16 << 20  # below this a share holds too little to work with
 READ_COST = 8.0  # peak bytes of reading, checking and sorting a chunk per byte of its table
 WINDOW_COST = 3.0  # peak bytes of building windows per byte of the windows
-WRITE_COST = 4.0  # peak bytes of writing a piece of windows per byte of it
+WRITE_COST = 3.0  # peak bytes of writing a piece of windows (or rows) per byte of it
 INDEX_BYTES = 4 * 8  # sequenceId, subsequenceId, padding, targetStart of a window
 
 
@@ -38,9 +39,10 @@ def budget_problem(max_ram_gb: float, n_workers: int) -> Optional[str]:
     processes = n_processes(n_workers)
     need = processes * (PROCESS_BYTES + MIN_SHARE_BYTES) / GB
     if max_ram_gb < need:
-        return (f"{max_ram_gb} GB leaves no room for data beside the {processes} processes' own "
-                f"memory (at least {need:.2f} GB with n_cores: {n_workers}); raise max_ram_gb "
-                "or lower n_cores")
+        plural = "es" if processes > 1 else ""
+        fix = "raise max_ram_gb or lower n_cores" if processes > 1 else "raise max_ram_gb"
+        return (f"{max_ram_gb} GB leaves no room for data: the run's {processes} process{plural} "
+                f"(n_cores: {n_workers}) need at least {need:.2f} GB; {fix}")
     return None
 
 
@@ -49,13 +51,14 @@ class Budget:
     """`max_ram_gb` as the bytes of data one process may hold at once."""
 
     max_ram_gb: float
-    share_bytes: int
+    share_bytes: int  # per process
+    room_bytes: int  # of all processes together
 
     @staticmethod
     def of(max_ram_gb: float, n_workers: int) -> "Budget":
         processes = n_processes(n_workers)
-        share = (max_ram_gb * GB - processes * PROCESS_BYTES) / processes
-        return Budget(max_ram_gb, max(int(share), MIN_SHARE_BYTES))
+        room = max(int(max_ram_gb * GB - processes * PROCESS_BYTES), processes * MIN_SHARE_BYTES)
+        return Budget(max_ram_gb, room // processes, room)
 
     @staticmethod
     def needed_gb(share_bytes: float, n_workers: int) -> float:
@@ -71,8 +74,8 @@ class Budget:
         return max(1, int(self.share_bytes / (WINDOW_COST * window_bytes_per_row)))
 
     def write_piece_windows(self, bytes_per_window: int) -> int:
-        """Windows written at once."""
-        return max(1, int(self.share_bytes / (WRITE_COST * bytes_per_window)))
+        """Windows (or rows) read back and written at once."""
+        return max(1, int(self.room_bytes / (WRITE_COST * bytes_per_window)))
 
 
 def window_bytes(window_length: int, n_columns: int) -> int:

@@ -1,19 +1,24 @@
 """`sequifier preprocess`: long table -> windows per split + metadata.
 
-The run has three stages, each parallel over `n_cores` worker processes:
+The run has three stages, each parallel over `n_cores` worker processes, each cut into
+units of work that fit `max_ram_gb` (budget.py):
 
 1. read: every input file is read, checked and sorted (read_table.py), cached as an
    Arrow file in the work folder `data/.NAME-preprocess-work/`, and summarised
-   (encoding.py). With `continue_preprocessing: true` files cached by an interrupted run
-   are not read again.
-2. windows: the summaries are merged into id maps and statistics; then chunks of whole
-   sequences are encoded and cut into windows (splits.py) with numpy index arithmetic.
-3. write: each split is written to a temporary name and all are renamed together with
-   the metadata file at the end, so a failed run leaves no partial split. The work
-   folder is removed after a successful run (and kept after a failed one, for resuming).
+   (encoding.py); a file too large for the budget is first cut on disk into chunks of
+   whole sequences (partition.py), each read like a file of its own. With
+   `continue_preprocessing: true` files cached by an interrupted run are not read again.
+2. windows: the summaries are merged into id maps and statistics; then tasks of whole
+   sequences are encoded and cut into windows (splits.py) with numpy index arithmetic,
+   and the windows parked on disk (window_spool.py).
+3. write: each split is read back in input order, a piece at a time, and written to a
+   temporary name; all are renamed together with the metadata file at the end, so a
+   failed run leaves no partial split. The work folder is removed after a successful
+   run (and kept after a failed one, for resuming).
 
-The output does not depend on `n_cores`: tasks are cut at sequence boundaries, every
-sequence's windows depend on that sequence alone, and results are joined in input order.
+The output depends neither on `n_cores` nor on the budget: tasks and chunks are cut at
+sequence boundaries, every sequence's windows depend on that sequence alone, and the
+windows are written in input order.
 """
 
 import json
@@ -30,7 +35,7 @@ import pyarrow as pa
 
 from sequifier.config.metadata import Metadata, read_metadata, write_metadata
 from sequifier.config.schema import PAD_ID, PreprocessConfig
-from sequifier.data import partition, read_table
+from sequifier.data import partition, read_table, window_spool
 from sequifier.data.budget import (
     GB,
     WINDOW_COST,
@@ -60,7 +65,8 @@ from sequifier.data.splits import (
     whole_sequence_bounds,
     window_starts,
 )
-from sequifier.data.windows import Windows, id_map_fingerprint, write_shards, write_windows
+from sequifier.data.window_spool import Spool
+from sequifier.data.windows import DEFAULT_ROW_GROUP_ROWS, Windows, id_map_fingerprint
 from sequifier.errors import SequifierError
 from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
 from sequifier.run_lock import dataset_lock
@@ -98,6 +104,10 @@ class Plan:
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.project_root, relative)
+
+    @property
+    def spool_dir(self) -> str:
+        return os.path.join(self.work_dir, "windows")
 
     def cache_path(self, index: int, chunk: Optional[int] = None) -> str:
         """The cache of an input read whole, or of its chunk number `chunk`."""
@@ -388,6 +398,8 @@ class WindowTask:
     start_mode: str
     sequence_split: Optional[np.ndarray]  # between_sequences: the split of each sequence
     file_index: int
+    index: int  # the task's number, names its files in the spool
+    spool_dir: str
 
 
 def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positions: np.ndarray,
@@ -424,8 +436,16 @@ def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positi
     )
 
 
-def build_windows(task: WindowTask) -> List[Windows]:
-    """Stage 2 for one chunk of whole sequences: encode, then cut windows for every split."""
+def build_windows(task: WindowTask) -> List[np.ndarray]:
+    """Stage 2 for one chunk of whole sequences: encode, cut windows for every split and
+    park them in the spool; returns per split the number of windows of each sequence."""
+    splits, sequence_index = cut_windows(task)
+    return window_spool.save_task(task.spool_dir, task.index, splits, sequence_index,
+                                  len(task.sequence_ids))
+
+
+def cut_windows(task: WindowTask) -> Tuple[List[Windows], List[np.ndarray]]:
+    """The windows of every split, and each window's sequence (index into the task's)."""
     table = _read_cache(task.cache_path).slice(task.row_start, task.row_stop - task.row_start)
     values = task.encoding.encode(table)
     positions = table.column(read_table.POSITION_COLUMN).to_numpy()
@@ -433,7 +453,7 @@ def build_windows(task: WindowTask) -> List[Windows]:
         bounds = segment_bounds(np.diff(task.offsets), task.split_ratios)
     else:
         bounds = whole_sequence_bounds(np.diff(task.offsets), task.sequence_split, len(task.split_ratios))
-    out = []
+    out, sequence_index = [], []
     for k, stride in enumerate(task.strides):
         cover_start = covered_from(bounds[:, k], bounds[:, k + 1])
         try:
@@ -450,7 +470,8 @@ def build_windows(task: WindowTask) -> List[Windows]:
             ) from None
         out.append(gather_windows(task.sequence_ids, task.offsets, starts, positions, values,
                                   task.window_length, task.encoding, bounds[:, k]))
-    return out
+        sequence_index.append(starts.sequence_index)
+    return out, sequence_index
 
 
 # ---------------------------------------------------------------- running the stages
@@ -527,7 +548,14 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[Optional[List[st
                 break
     progress.close()
     buckets = [b for _, file_buckets in results for b in file_buckets]
-    read = iter(workers.map(read_bucket, buckets, parallel=True))
+    by_bucket = []
+    if buckets:
+        progress = Progress(len(buckets), "read chunks")
+        for chunk in workers.map(read_bucket, buckets, parallel=True):
+            by_bucket.append(chunk)
+            progress.update()
+        progress.close()
+    read = iter(by_bucket)
     chunks = []
     for file_chunks, file_buckets in results:
         chunks += file_chunks + [next(read) for _ in file_buckets]
@@ -574,28 +602,28 @@ def _window_tasks(plan: Plan, cfg: PreprocessConfig, chunks: List[Chunk],
                 s.sequence_ids[lo:hi], labels[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
                 plan.window_length, plan.split_ratios, plan.strides, cfg.subsequence_start_mode,
                 None if s.sequence_split is None else s.sequence_split[lo:hi], chunk.file_index,
+                len(tasks), plan.spool_dir,
             ))
     return tasks
 
 
 def make_windows(plan: Plan, cfg: PreprocessConfig, chunks: List[Chunk],
-                 encoding: ColumnEncoding, workers: Workers) -> List[Windows]:
+                 encoding: ColumnEncoding, workers: Workers) -> Spool:
     check_sequences_fit(plan, chunks, encoding)
     tasks = _window_tasks(plan, cfg, chunks, encoding)
+    os.makedirs(plan.spool_dir, exist_ok=True)
     parallel = sum(c.summary.n_rows for c in chunks) >= PARALLEL_MIN_WINDOW_ROWS
-    parts: List[List[Windows]] = [[] for _ in plan.split_ratios]
+    counts: List[List[np.ndarray]] = [[] for _ in plan.split_ratios]
     progress = Progress(len(tasks), "build windows")
     for result in workers.map(build_windows, tasks, parallel):
-        for k, windows in enumerate(result):
-            parts[k].append(windows)
+        for k, per_sequence in enumerate(result):
+            counts[k].append(per_sequence)
         progress.update()
     progress.close()
-    splits = [Windows.concat(p) for p in parts]
-    if len(chunks) > len({c.file_index for c in chunks}):  # some file came in hash buckets
-        owner = [np.repeat([t.file_index for t in tasks], [len(w) for w in p]) for p in parts]
-        splits = [w.select(np.lexsort((w.subsequence_id, w.sequence_id, o)))
-                  for w, o in zip(splits, owner)]
-    return splits
+    layouts = [window_spool.split_layout([t.index for t in tasks], [t.file_index for t in tasks],
+                                         [t.sequence_ids for t in tasks], counts[k])
+               for k in range(len(plan.split_ratios))]
+    return Spool(plan.spool_dir, layouts, list(encoding.columns), plan.window_length)
 
 
 def split_whole_sequences(summaries: List[FileSummary], split_ratios: List[float], seed: int) -> None:
@@ -660,27 +688,33 @@ def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding,
     )
 
 
-def write_outputs(plan: Plan, cfg: PreprocessConfig, splits: List[Windows],
-                  metadata: Metadata) -> None:
+def write_outputs(plan: Plan, cfg: PreprocessConfig, spool: Spool, metadata: Metadata) -> None:
     """Write every split and the metadata to temporary names, then rename them all."""
-    progress = Progress(len(splits), "write splits")
+    progress = Progress(len(plan.split_paths), "write splits")
     sharded = not cfg.merge_output  # a folder of shards per split
     targets = [plan.absolute(relative) for relative in plan.split_paths]
+    window_length, n_columns = plan.window_length, len(spool.columns)
     with output_set([plan.metadata_path] + ([] if sharded else targets),
                     dirs=targets if sharded else []) as tmps:
-        for k, (windows, target) in enumerate(zip(splits, targets)):
-            if len(windows) == 0:
+        for k, target in enumerate(targets):
+            n = spool.n_windows(k)
+            if n == 0:
                 log.warning(f"split {k} has no windows (sequences too short for "
                             "its share in split_ratios)")
             if sharded:
                 # lazy loading reads shard by shard; a seeded shuffle makes every shard a
                 # sample of the whole split instead of a run of neighbouring sequences
-                order = np.random.default_rng([cfg.seed, k]).permutation(len(windows))
-                write_shards(windows.select(order), tmps[target], f"{plan.name}-split{k}",
-                             cfg.batches_per_file, metadata.column_types, cfg.write_format,
-                             metadata.id_map_fingerprint)
+                order = np.random.default_rng([cfg.seed, k]).permutation(n)
+                piece = plan.budget.write_piece_windows(window_bytes(window_length, n_columns))
+                window_spool.write_shard_split(spool, k, order, tmps[target], f"{plan.name}-split{k}",
+                                               cfg.batches_per_file, metadata.column_types,
+                                               cfg.write_format, metadata.id_map_fingerprint, piece)
             else:
-                write_windows(windows, tmps[target], cfg.write_format, metadata.id_map_fingerprint)
+                row_bytes = window_bytes(window_length, 0)  # a row: one block of one window
+                rows = plan.budget.write_piece_windows(row_bytes)
+                window_spool.write_table_split(spool, k, tmps[target], cfg.write_format,
+                                               metadata.id_map_fingerprint,
+                                               min(rows, DEFAULT_ROW_GROUP_ROWS))
             progress.update()
         write_metadata(metadata, tmps[plan.metadata_path])
     progress.close()
@@ -711,14 +745,14 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
             for line in column_warnings(summaries, encoding):
                 log.warning(line)
             sequence_ids = number_sequences(summaries)
-            splits = make_windows(plan, cfg, chunks, encoding, workers)
+            spool = make_windows(plan, cfg, chunks, encoding, workers)
         metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)
-        write_outputs(plan, cfg, splits, metadata)
+        write_outputs(plan, cfg, spool, metadata)
     except BaseException:
         _remove_work_dir_without_cache(plan)
         raise
     shutil.rmtree(plan.work_dir, ignore_errors=True)
-    total = ", ".join(f"split{k}: {len(w)}" for k, w in enumerate(splits))
+    total = ", ".join(f"split{k}: {spool.n_windows(k)}" for k in range(len(plan.split_paths)))
     log.info(f"wrote {plan.name} windows ({total}) and "
              f"{os.path.relpath(plan.metadata_path, plan.project_root)}")
     return metadata

@@ -35,7 +35,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -158,29 +158,92 @@ def id_map_fingerprint(id_maps: Dict[str, Dict[str, int]]) -> str:
 
 def write_windows(windows: Windows, path: str, write_format: str, fingerprint: Optional[str] = None) -> None:
     """Write one split atomically (`path` is a file for parquet/csv)."""
-    if write_format not in TABULAR_FORMATS:
-        raise ValueError(f"write_windows: tabular format expected, got {write_format}")
-    with atomic_path(path) as tmp:
-        _write_table(windows, tmp, write_format, fingerprint)
+
+    def read(block: str, lo: int, hi: int) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+        values = windows.item_position if block == POSITION_COLUMN else windows.values[block]
+        index = {"sequenceId": windows.sequence_id, "subsequenceId": windows.subsequence_id,
+                 "padding": windows.padding, TARGET_START_COLUMN: windows.target_start}
+        return {name: v[lo:hi] for name, v in index.items()}, values[lo:hi]
+
+    write_tabular(len(windows), [POSITION_COLUMN, *windows.values], windows.window_length, read,
+                  path, write_format, fingerprint)
 
 
-def _write_table(windows: Windows, path: str, write_format: str, fingerprint: Optional[str]) -> None:
-    """One table in the tabular layout; parquet carries the id-map fingerprint in its
-    schema metadata (csv has no place for it)."""
+# pyarrow's row group length for pq.write_table
+DEFAULT_ROW_GROUP_ROWS = 1024 * 1024
+# (block, first window, stop) -> the windows' index columns and their [n, L] block values
+BlockReader = Callable[[str, int, int], Tuple[Dict[str, np.ndarray], np.ndarray]]
+
+
+def tabular_schema(window_length: int, write_format: str, fingerprint: Optional[str]):
+    """The Arrow schema of the tabular layout: pandas' conversion of `windows_to_frame`,
+    whose metadata lets pandas read the file back with the same dtypes; parquet carries
+    the id-map fingerprint in it too (csv has no place for it)."""
     import pyarrow as pa
 
-    table = pa.Table.from_pandas(windows_to_frame(windows), preserve_index=False)
-    if write_format == "parquet":
-        import pyarrow.parquet as pq
+    empty = np.zeros(0, dtype=np.int64)
+    frame = windows_to_frame(Windows(empty, empty, empty, np.zeros((0, window_length), np.int64), {}))
+    schema = pa.Table.from_pandas(frame, preserve_index=False).schema
+    if write_format == "parquet" and fingerprint:
+        schema = schema.with_metadata({**(schema.metadata or {}), FINGERPRINT_KEY.encode(): fingerprint.encode()})
+    return schema
 
-        if fingerprint:
-            table = table.replace_schema_metadata(
-                {**(table.schema.metadata or {}), FINGERPRINT_KEY.encode(): fingerprint.encode()})
-        pq.write_table(table, path)
-    else:  # pyarrow's writer is ~10x faster than DataFrame.to_csv here
-        import pyarrow.csv as pa_csv
 
-        pa_csv.write_csv(table, path)
+def write_tabular(n_windows: int, blocks: Sequence[str], window_length: int, read: BlockReader,
+                  path: str, write_format: str, fingerprint: Optional[str] = None,
+                  row_group_rows: int = DEFAULT_ROW_GROUP_ROWS) -> None:
+    """Write one split atomically in the tabular layout, `row_group_rows` rows at a time.
+
+    Each group of rows (parquet: a row group) is gathered from `read` into one
+    contiguous table; with pyarrow's default length the file is the one pq.write_table
+    writes for the whole table (the tests compare the bytes).
+    """
+    if write_format not in TABULAR_FORMATS:
+        raise ValueError(f"write_tabular: tabular format expected, got {write_format}")
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    schema = tabular_schema(window_length, write_format, fingerprint)
+    total = n_windows * len(blocks)
+    with atomic_path(path) as tmp:
+        if write_format == "parquet":
+            writer = pq.ParquetWriter(tmp, schema)
+        else:  # pyarrow's writer is ~10x faster than DataFrame.to_csv here
+            writer = pa_csv.CSVWriter(tmp, schema)
+        with writer:
+            for start in range(0, max(total, 1), row_group_rows):  # an empty split: one empty table
+                table = _rows(schema, n_windows, blocks, window_length, read, start,
+                              min(start + row_group_rows, total))
+                if write_format == "parquet":
+                    writer.write_table(table, row_group_size=row_group_rows)
+                else:
+                    writer.write_table(table)
+
+
+def _rows(schema, n_windows: int, blocks: Sequence[str], window_length: int, read: BlockReader,
+          start: int, stop: int):
+    """Rows [start, stop) of the tabular layout as one table of contiguous arrays."""
+    import pyarrow as pa
+
+    m = stop - start
+    index = {name: np.empty(m, dtype=np.int64) for name in INDEX_COLUMNS + [TARGET_START_COLUMN]}
+    values = np.empty((m, window_length), dtype=np.float64, order="F")  # columns contiguous
+    names = []
+    for b, block in enumerate(blocks):
+        lo, hi = max(start, b * n_windows), min(stop, (b + 1) * n_windows)
+        if hi <= lo:
+            continue
+        got, block_values = read(block, lo - b * n_windows, hi - b * n_windows)
+        at = slice(lo - start, hi - start)
+        for name in index:
+            index[name][at] = got[name]
+        values[at] = block_values
+        names.append(pa.repeat(pa.scalar(block, schema.field("inputCol").type), hi - lo))
+    input_col = pa.concat_arrays(names) if names else pa.array([], schema.field("inputCol").type)
+    arrays = [pa.array(index[name]) for name in INDEX_COLUMNS + [TARGET_START_COLUMN]] + [input_col]
+    # from_pandas: NaN counts as missing, as in pandas' own conversion of the frame
+    arrays += [pa.array(values[:, j], from_pandas=True) for j in range(window_length)]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def shard_dict(windows: Windows, column_types: Dict[str, str]):
@@ -207,19 +270,26 @@ def write_shards(windows: Windows, folder: str, prefix: str, per_shard: int,
     """Write one split as a folder of files of `per_shard` windows each, atomically:
     `.pt` shards, or parquet/csv files in the tabular layout; each file that can carries
     the id-map `fingerprint`."""
+    with atomic_dir(folder) as tmp:
+        write_shard_files(windows, tmp, prefix, per_shard, column_types, write_format, fingerprint)
+
+
+def write_shard_files(windows: Windows, folder: str, prefix: str, per_shard: int,
+                      column_types: Dict[str, str], write_format: str = "pt",
+                      fingerprint: Optional[str] = None, first: int = 0) -> None:
+    """The shards of `windows` into an existing folder, numbered from `first`."""
     import torch
 
-    with atomic_dir(folder) as tmp:
-        for k, start in enumerate(range(0, max(len(windows), 1), per_shard)):
-            part = windows.select(np.arange(start, min(start + per_shard, len(windows))))
-            path = os.path.join(tmp, f"{prefix}-{k:05d}.{write_format}")
-            if write_format == "pt":
-                shard = shard_dict(part, column_types)
-                if fingerprint:
-                    shard[FINGERPRINT_KEY] = fingerprint
-                torch.save(shard, path)
-            else:
-                _write_table(part, path, write_format, fingerprint)
+    for k, start in enumerate(range(0, max(len(windows), 1), per_shard)):
+        part = windows.select(np.arange(start, min(start + per_shard, len(windows))))
+        path = os.path.join(folder, f"{prefix}-{first + k:05d}.{write_format}")
+        if write_format == "pt":
+            shard = shard_dict(part, column_types)
+            if fingerprint:
+                shard[FINGERPRINT_KEY] = fingerprint
+            torch.save(shard, path)
+        else:
+            write_windows(part, path, write_format, fingerprint)
 
 
 def shard_to_windows(raw: dict, columns: Sequence[str],

@@ -21,7 +21,7 @@ from preprocess_data import (
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PAD_ID
-from sequifier.data import preprocess
+from sequifier.data import preprocess, window_spool
 from sequifier.data.progress import Progress
 from sequifier.data.splits import segment_bounds
 from sequifier.data.window_files import read_windows, split_files
@@ -260,16 +260,16 @@ def test_overwrite_protection(tmp_path):
 
 def test_failure_while_writing_leaves_no_partial_output(tmp_path, monkeypatch):
     write_input(long_table(), tmp_path / "items.csv")
-    real_write = preprocess.write_windows
+    real_write = window_spool.write_tabular
     calls = []
 
-    def failing_write(windows, path, fmt, *fingerprint):
-        calls.append(path)
-        if len(calls) == 3:
+    def failing_write(*args):
+        calls.append(args)
+        if len(calls) == 3:  # the third split
             raise OSError("disk full")
-        real_write(windows, path, fmt, *fingerprint)
+        real_write(*args)
 
-    monkeypatch.setattr(preprocess, "write_windows", failing_write)
+    monkeypatch.setattr(window_spool, "write_tabular", failing_write)
     with pytest.raises(OSError):
         preprocess.run_preprocess(config(tmp_path, "items.csv"))
     assert glob.glob(str(tmp_path / "data" / "*split*")) == []

@@ -154,5 +154,84 @@ def test_budget_too_small_for_one_sequence_names_the_field(tmp_path):
 
 
 def test_budget_without_room_for_the_processes_is_refused_before_reading(tmp_path):
-    with pytest.raises(SequifierError, match=r"max_ram_gb: 0.1 GB leaves no room .* n_cores: 2"):
+    with pytest.raises(SequifierError, match=r"max_ram_gb: 0.1 GB leaves no room for data: "
+                                             r"the run's 3 processes \(n_cores: 2\)"):
         preprocess.run_preprocess(config(tmp_path, "missing.csv", max_ram_gb=0.1, n_cores=2))
+
+
+@pytest.mark.parametrize("write_format", ["parquet", "csv", "pt", "parquet shards"])
+def test_splits_read_back_in_pieces_give_the_same_bytes(tmp_path, monkeypatch, write_format):
+    frame = long_table(lengths=tuple(range(1, 40)), seed=10)
+    data_path = write_input(frame, tmp_path / "items.csv")
+    sharded = write_format in ("pt", "parquet shards")
+    write_format = write_format.split()[0]
+    options = {"write_format": write_format, "merge_output": not sharded,
+               "batches_per_file": 5, "dataset_name": "items"}
+    preprocess.run_preprocess(config(tmp_path / "whole", data_path, **options))
+    real = budget.Budget.write_piece_windows
+    asked = []
+    monkeypatch.setattr(budget.Budget, "write_piece_windows",
+                        lambda self, b: asked.append(real(self, b)) or 15)  # 3 shards / 15 rows at once
+    preprocess.run_preprocess(config(tmp_path / "pieces", data_path, **options))
+    assert asked and min(asked) > 1000  # the real budget reads each split back at once
+    whole, in_pieces = output_bytes(tmp_path / "whole"), output_bytes(tmp_path / "pieces")
+    if write_format == "parquet" and not sharded:  # 15-row row groups: same content, other layout
+        from sequifier.data.window_files import read_windows
+
+        types = {"colour": "categorical", "code": "categorical", "value": "real"}
+        for split in (k for k in whole if k.endswith(".parquet")):
+            a = read_windows(str(tmp_path / "whole" / split), "parquet", types)
+            b = read_windows(str(tmp_path / "pieces" / split), "parquet", types)
+            for field in ("sequence_id", "subsequence_id", "padding", "target_start", "item_position"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+            for c in types:
+                np.testing.assert_array_equal(a.values[c], b.values[c])
+        whole = {k: v for k, v in whole.items() if not k.endswith(".parquet")}
+        in_pieces = {k: v for k, v in in_pieces.items() if not k.endswith(".parquet")}
+    assert whole == in_pieces
+    assert len(whole) >= (4 if sharded or write_format == "csv" else 1)
+
+
+def legacy_bytes(windows, path, write_format, fingerprint, row_group_rows=None):
+    """The file of the earlier writer: pandas' frame of the whole split, written at once."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    from sequifier.data.windows import FINGERPRINT_KEY, windows_to_frame
+
+    table = pa.Table.from_pandas(windows_to_frame(windows), preserve_index=False)
+    if write_format == "parquet":
+        table = table.replace_schema_metadata({**table.schema.metadata,
+                                               FINGERPRINT_KEY.encode(): fingerprint.encode()})
+        pq.write_table(table, path, row_group_size=row_group_rows)
+    else:
+        pa_csv.write_csv(table, path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("write_format", ["parquet", "csv"])
+@pytest.mark.parametrize("n", [0, 1, 23])
+def test_tabular_writer_writes_the_bytes_of_pandas_frame(tmp_path, write_format, n):
+    from sequifier.data.windows import Windows, write_tabular, write_windows
+
+    rng = np.random.default_rng(n)
+    width = 5
+    windows = Windows(np.arange(n) // 3, np.arange(n) % 3, rng.integers(0, 3, n),
+                      rng.integers(-1, 50, size=(n, width)),
+                      {"a": rng.integers(2, 9, size=(n, width)), "b": rng.normal(size=(n, width))},
+                      rng.integers(0, 4, n))
+    new = str(tmp_path / f"new.{write_format}")
+    write_windows(windows, new, write_format, "f00d")
+    with open(new, "rb") as f:
+        assert f.read() == legacy_bytes(windows, str(tmp_path / f"old.{write_format}"), write_format, "f00d")
+    if write_format == "parquet" and n:  # several row groups, gathered across blocks
+        def read(block, lo, hi):
+            values = windows.item_position if block == "itemPosition" else windows.values[block]
+            return {"sequenceId": windows.sequence_id[lo:hi], "subsequenceId": windows.subsequence_id[lo:hi],
+                    "padding": windows.padding[lo:hi], "targetStart": windows.target_start[lo:hi]}, values[lo:hi]
+
+        write_tabular(n, ["itemPosition", "a", "b"], width, read, new, "parquet", "f00d", row_group_rows=10)
+        with open(new, "rb") as f:
+            assert f.read() == legacy_bytes(windows, str(tmp_path / "old10.parquet"), "parquet", "f00d", 10)
