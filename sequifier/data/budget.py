@@ -24,7 +24,9 @@ PROCESS_BYTES = 120 << 20  # an idle process: Python, numpy, pyarrow
 MIN_SHARE_BYTES = 16 << 20  # below this a share holds too little to work with
 READ_COST = 8.0  # peak bytes of reading, checking and sorting a chunk per byte of its table
 WINDOW_COST = 3.0  # peak bytes of building windows per byte of the windows
-WRITE_COST = 3.0  # peak bytes of writing a piece of windows (or rows) per byte of it
+# peak bytes of writing a piece of windows (or rows) per byte of it is about 3; twice
+# that keeps the writing stage's peak near the other stages' (peak memory stays flat)
+WRITE_COST = 6.0
 INDEX_BYTES = 4 * 8  # sequenceId, subsequenceId, padding, targetStart of a window
 
 
