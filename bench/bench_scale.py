@@ -6,8 +6,10 @@ sequence: 0.4 M, 4 M, 16 M rows), written as parquet to bench/out/scale/ when mi
 
 Preprocess: seq_length 48, split_ratios [0.8, 0.1, 0.1], default strides (48), parquet
 output, `merge_output: false` (folders of parquet shards of `batches_per_file` windows),
-n_cores 2. Each step runs in a child process; its memory is the resident set of the
-child and all its worker processes, summed and sampled every 50 ms (peak reported).
+n_cores 2, `max_ram_gb` as given (default: preprocess's default). Each step runs in a
+child process; its memory is the resident set of the child and all its worker
+processes, summed and sampled every 50 ms (peak reported). `--repeat N` runs every size
+N times, alternating sizes, and reports medians.
 
 Training: the preprocess benchmark's model shrunk for speed (dim_model 64, one layer;
 inputs itemId, sup1, itemValue; target itemId), batch 64, 1 epoch. The 16 M-row split is
@@ -19,7 +21,7 @@ Goals (issue 13): preprocess peak memory flat (16 M within 1.3x of 4 M, under 2 
 wall time linear in rows; lazy training under 2 GiB and within 10 % of in-RAM samples/s.
 
 usage: nice python bench/bench_scale.py [--sizes 2000,20000,80000] [--skip-train]
-                                         [--skip-preprocess]
+                                         [--skip-preprocess] [--max-ram-gb GB] [--repeat N]
 """
 
 import argparse
@@ -105,14 +107,16 @@ def ensure_data(sequences: int) -> None:
         os.replace(path + ".tmp.parquet", path)
 
 
-def step_preprocess(sequences: int) -> None:
+def step_preprocess(sequences: int, max_ram_gb: str) -> None:
     from sequifier.config.schema import PreprocessConfig
     from sequifier.data.preprocess import run_preprocess
 
+    budget = {} if max_ram_gb == "default" else {"max_ram_gb": float(max_ram_gb)}
     cfg = PreprocessConfig(
         project_root=OUT, data_path=data_path(sequences), read_format="parquet",
         write_format="parquet", merge_output=False, seq_length=SEQ_LENGTH,
-        split_ratios=[0.8, 0.1, 0.1], n_cores=2, overwrite=True, dataset_name=f"s{sequences}")
+        split_ratios=[0.8, 0.1, 0.1], n_cores=2, overwrite=True, dataset_name=f"s{sequences}",
+        **budget)
     metadata = run_preprocess(cfg)
     import pyarrow.parquet as pq
 
@@ -159,12 +163,14 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-preprocess", action="store_true",
                         help="train on the outputs of an earlier run of this benchmark")
+    parser.add_argument("--max-ram-gb", default="default", help="preprocess's memory budget")
+    parser.add_argument("--repeat", type=int, default=1, help="preprocess runs per size (medians)")
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.step:
         kind, sequences = args.step[0], int(args.step[1])
         if kind == "preprocess":
-            step_preprocess(sequences)
+            step_preprocess(sequences, args.step[2])
         else:
             step_train(sequences, lazy=kind == "train-lazy")
         return
@@ -172,21 +178,35 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     me = [sys.executable, os.path.abspath(__file__), "--step"]
     if not args.skip_preprocess:
-        preprocess_table(sizes, me)
+        preprocess_table(sizes, me, args.max_ram_gb, args.repeat)
     if not args.skip_train:
         train_table(sizes, me)
 
 
-def preprocess_table(sizes: list, me: list) -> None:
-    print("preprocess (parquet in, parquet shards out, n_cores 2)")
+def preprocess_table(sizes: list, me: list, max_ram_gb: str, repeat: int) -> None:
+    from statistics import median
+
+    print(f"preprocess (parquet in, parquet shards out, n_cores 2, max_ram_gb {max_ram_gb}; "
+          f"median of {repeat})")
     print("| rows | wall s | s per M rows | peak RSS, all processes |")
     print("|---|---|---|---|")
     for sequences in sizes:
         ensure_data(sequences)
-        wall, peak, out = measure(me + ["preprocess", str(sequences)])
-        rows = _last_json(out)["rows"]
+    runs = {s: [] for s in sizes}
+    for _ in range(repeat):  # sizes alternate, so that they share the machine's load
+        for sequences in sizes:
+            wall, peak, out = measure(me + ["preprocess", str(sequences), max_ram_gb])
+            runs[sequences].append((wall, peak, _last_json(out)["rows"]))
+    peaks = {}
+    for sequences in sizes:
+        wall = median(w for w, _, _ in runs[sequences])
+        peaks[sequences] = median(p for _, p, _ in runs[sequences])
+        rows = runs[sequences][0][2]
         print(f"| {rows / 1e6:.1f} M | {wall:.1f} | {wall / (rows / 1e6):.2f} | "
-              f"{peak / 2**20:.0f} MiB |", flush=True)
+              f"{peaks[sequences] / 2**20:.0f} MiB |", flush=True)
+    if len(sizes) > 1:
+        print(f"peak memory of the largest over the second largest: "
+              f"{peaks[sizes[-1]] / peaks[sizes[-2]]:.2f}x (goal: at most 1.3x, under 2 GiB)")
 
 
 def train_table(sizes: list, me: list) -> None:
