@@ -256,7 +256,8 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
 
 
 def _log_resume(cfg: TrainConfig, resume: Resume, state: TrainState, logger: TrainLogger) -> None:
-    logger.info(f"resuming from {resume.path} (epoch {state.epoch})")
+    where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"after epoch {state.epoch}"
+    logger.info(f"resuming from {resume.path} ({where})")
     if resume.changes is None:
         logger.info(f"{resume.path} records no config (written by an older sequifier): changes since "
                     "it cannot be listed; architecture changes fail when its weights are loaded")

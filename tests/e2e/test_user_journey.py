@@ -8,6 +8,7 @@ than a window); the configs are the templates, changed only where the user must
 import glob
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -79,9 +80,19 @@ def test_template_infer_config_runs_after_every_training(project):
     assert len(pd.read_csv(predictions)) == len(first)
 
 
+def readme_train_examples():
+    """The `sequifier-train` lines of the README's configuration block (not the sweep)."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "README.md")) as f:
+        block = f.read().split("## Configuration")[1].split("```bash")[1].split("```")[0]
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("sequifier-train ") and " -m " not in line]
+
+
 def test_readme_preset_examples_run_as_written(project):
-    sequifier(project, "train", "+optimizer=ademamix", "+scheduler=cosine", "model_name=presets",
-              "training_spec.epochs=1")
+    examples = readme_train_examples()
+    assert len(examples) == 3
+    for args in examples:  # after the first training of my-model, as a user would run them
+        sequifier(project, "train", *args)
     proc = sequifier(project, "train", "--cfg", "job", "+optimizer=sgd", "model_name=presets")
     assert "weight_decay" not in proc.stdout.split("optimizer:")[1].split("scheduler:")[0]
 

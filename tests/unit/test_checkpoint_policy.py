@@ -8,7 +8,7 @@ import sys
 import time
 
 import torch
-from train_data import make_config, make_project, single_thread  # noqa: F401
+from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.train.run import run_train
 
@@ -56,6 +56,8 @@ def test_kill_9_mid_epoch_resumes_to_bit_identical_weights(tmp_path):
     assert child.returncode == -signal.SIGKILL
     resumed = run_train(make_config(root, **SETTINGS), export=False)
     assert "-batch-" in os.path.basename(resumed.resumed_from)
+    batch = int(resumed.resumed_from.split("-batch-")[1][:6])
+    assert f"resuming from {resumed.resumed_from} (batch {batch} of epoch 2)" in log_text(resumed)
     a, b = weights(straight.checkpoint_path), weights(resumed.checkpoint_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in straight.history]
