@@ -19,7 +19,7 @@ accuracy and NDCG@10 over every scored slot, plus the plain cross-entropy (nats)
 Metrics: accuracy and top-10 come from `sequifier.metrics.categorical_sums` (the
 functions `sequifier train` reports); NDCG@10 is computed here (one relevant item per
 slot: 1 / log2(rank + 1) when its rank is <= 10, else 0), because `sequifier
-evaluate` was not on main when this was measured.
+evaluate` was not on main when the first rows were measured.
 
 usage: nice python bench/quality_compare.py [--epochs 3] [--data nextitem,multivariate]
        [--variants baseline,clip,...] [--threads 1]
@@ -28,7 +28,6 @@ usage: nice python bench/quality_compare.py [--epochs 3] [--data nextitem,multiv
 import argparse
 import copy
 import json
-import math
 import os
 import subprocess
 import sys
@@ -67,6 +66,8 @@ VARIANTS = {
     "clip_decay_matrices": {"max_grad_norm": 1.0, "weight_decay_on": ["matrices"]},
     # the `sequifier make` template's settings after this comparison
     "new_template": {"max_grad_norm": 1.0, **WARMUP_COSINE, "weight_decay_on": ["matrices"], "learning_rate": 3e-3},
+    "new_template_tied": {"max_grad_norm": 1.0, **WARMUP_COSINE, "weight_decay_on": ["matrices"], "learning_rate": 3e-3,
+                          "tie_embeddings": True},
     "all_but_smoothing": {"max_grad_norm": 1.0, **WARMUP_COSINE, "weight_decay_on": ["matrices"],
                           "tie_embeddings": True},
 }
@@ -115,7 +116,8 @@ def train_config(data: str, variant: str, epochs: int):
                        "initial_embedding_dim": 64, "feature_embedding_dims": DATASETS[data]["dims"],
                        "tie_embeddings": settings["tie_embeddings"]},
         "training_spec": {
-            "device": "cpu", "epochs": epochs, "batch_size": 64, "learning_rate": settings["learning_rate"], "dropout": 0.1,
+            "device": "cpu", "epochs": epochs, "batch_size": 64, "learning_rate": settings["learning_rate"],
+            "dropout": 0.1,
             "optimizer": settings["optimizer"], "scheduler": settings["scheduler"],
             "scheduler_step_on": settings["scheduler_step_on"], "max_grad_norm": settings["max_grad_norm"],
             "weight_decay_on": settings["weight_decay_on"], "criterion": {"itemId": settings["criterion"]},
