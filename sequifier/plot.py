@@ -45,6 +45,7 @@ class Picture:
     title: str
     panels: list[Panel]
     best_epoch: int | None = None  # marked in every panel of a run's picture
+    shared_legend: bool = False  # one legend under the panels (a sweep's jobs), not one per panel
 
 
 # ---------------------------------------------------------------- the curves, as data
@@ -105,7 +106,8 @@ def sweep_picture(sweep_dir: str, jobs: list[tuple[str, dict[str, Any]]]) -> Pic
     for target, name in names:
         panels.append(Panel(f"{target} {name} (validation)",
                             [Curve(label, *_series(s["history"], _metric(target, name))) for label, s in jobs]))
-    return Picture(f"sweep {os.path.basename(os.path.normpath(sweep_dir))}: {len(jobs)} jobs", panels)
+    where = "/".join(os.path.normpath(sweep_dir).split(os.sep)[-2:])
+    return Picture(f"sweep {where}: {len(jobs)} jobs", panels, shared_legend=True)
 
 
 # ---------------------------------------------------------------- finding the data
@@ -164,9 +166,14 @@ def sweep_jobs(sweep_dir: str, project_root: str) -> tuple[list[tuple[str, dict]
     """([(label, summary)] of the jobs with curves, [notes on jobs without])."""
     from sequifier.multirun import read_results
 
+    rows = sorted(read_results(sweep_dir), key=lambda r: r.get("job", 0))
+    # overrides every job shares say nothing about the differences between them
+    overrides = [(row.get("overrides") or "").split() for row in rows]
+    shared = set.intersection(*map(set, overrides)) if len(rows) > 1 else set()
     jobs, notes = [], []
-    for row in sorted(read_results(sweep_dir), key=lambda r: r.get("job", 0)):
-        label = f"job {row.get('job')}: {row.get('overrides') or row.get('model_name')}"
+    for row, job_overrides in zip(rows, overrides):
+        differing = " ".join(o for o in job_overrides if o not in shared)
+        label = f"job {row.get('job')}" + (f": {differing}" if differing else "")
         summary = None
         if row.get("status") == "completed" and isinstance(row.get("model_name"), str):
             summary = run_summary(row.get("project_root") or project_root, row["model_name"])
@@ -215,12 +222,19 @@ def draw(picture: Picture, path: str) -> str:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if not picture.shared_legend:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(picture.panels):]:
         ax.set_visible(False)
     title = picture.title + (f" (dotted line: best epoch {picture.best_epoch})" if picture.best_epoch else "")
     figure.suptitle(title)
-    figure.tight_layout()
+    legend_height = 0.0
+    if picture.shared_legend:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        columns_of_legend = min(3, len(labels))
+        legend_height = 0.03 * (-(-len(labels) // columns_of_legend)) / rows + 0.02
+        figure.legend(handles, labels, loc="lower center", ncol=columns_of_legend, fontsize=8)
+    figure.tight_layout(rect=(0, legend_height, 1, 1))
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)

@@ -109,13 +109,14 @@ def write_sweep(folder, root, jobs):
 def test_sweep_picture_compares_the_jobs(trained, tmp_path):
     root, results = trained
     sweep = str(tmp_path / "sweep")
-    write_sweep(sweep, root, [("first", "completed", "training_spec.epochs=3"),
-                              ("second", "completed", "training_spec.epochs=2"),
-                              ("broken", "failed", "training_spec.lr=-1")])
+    write_sweep(sweep, root, [("first", "completed", "training_spec.epochs=3 export_onnx=false"),
+                              ("second", "completed", "training_spec.epochs=2 export_onnx=false"),
+                              ("broken", "failed", "training_spec.lr=-1 export_onnx=false")])
     jobs, notes = plot.sweep_jobs(sweep, root)
     picture = plot.sweep_picture(sweep, jobs)
     loss = picture.panels[0]
     assert loss.title == "validation loss"
+    # labelled by the overrides that differ between the jobs
     assert [c.label for c in loss.curves] == ["job 0: training_spec.epochs=3", "job 1: training_spec.epochs=2"]
     assert loss.curves[1].values == pytest.approx([r.val_loss for r in results["second"].history])
     assert all(len(p.curves) == 2 for p in picture.panels)
