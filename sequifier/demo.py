@@ -147,6 +147,7 @@ def main(folder: str = os.path.join("outputs", "demo")) -> None:
     with open(os.path.join(folder, "configs", "evaluate.yaml"), "w") as f:
         yaml.safe_dump(evaluate, f, sort_keys=False)
     run_step(["evaluate"], folder)  # every test item vs the baselines, printed as a table
+    run_step(["plot", "demo"], folder)  # the curves as a PNG: logs/demo-curves.png
     print(f"\ndemo finished in {time.time() - started:.0f} s")
     for what, path in (("predictions", "outputs/predictions"), ("probabilities", "outputs/probabilities"),
                        ("evaluation", "outputs/evaluation"),

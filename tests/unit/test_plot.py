@@ -9,7 +9,7 @@ from train_data import make_config, make_project, single_thread  # noqa: F401
 
 from sequifier import cli, plot
 from sequifier.errors import SequifierError
-from sequifier.multirun import RESULT_FILE
+from sequifier.multirun import RESULT_FILE, start_sweep
 from sequifier.train.run import run_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,12 +98,14 @@ def test_missing_matplotlib_is_one_line_saying_how_to_install_it(trained, monkey
 
 
 def write_sweep(folder, root, jobs):
-    """A sweep folder as SweepSummary leaves it: one job_result.json per job."""
+    """A sweep folder as SweepSummary leaves it: its sweep number, one job_result.json per job."""
+    os.makedirs(folder)
+    sweep = start_sweep(folder)
     for number, (model_name, status, overrides) in enumerate(jobs):
         os.makedirs(os.path.join(folder, str(number)))
         with open(os.path.join(folder, str(number), RESULT_FILE), "w") as f:
-            json.dump({"job": number, "status": status, "model_name": model_name, "overrides": overrides,
-                       "best_val_loss": None, "project_root": root}, f)
+            json.dump({"sweep": sweep, "job": number, "status": status, "model_name": model_name,
+                       "overrides": overrides, "best_val_loss": None, "project_root": root}, f)
 
 
 def test_sweep_picture_compares_the_jobs(trained, tmp_path):
