@@ -167,27 +167,45 @@ def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list
 
 def make_streamed_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],
                                 device: torch.device) -> tuple[StreamedBatches, StreamedBatches]:
-    spec = cfg.training_spec
     ctx = distributed.context()
     columns = needed_columns(cfg, metadata)
     n_classes = {c: metadata.n_classes[c] for c in columns
                  if metadata.column_types[c] == "categorical"}
-    max_ram_gb = math.inf if spec.load_full_data_to_ram else spec.max_ram_gb
     sources = []
     for split in (0, 1):
-        field = SPLIT_FIELDS[split]
         path = split_path(cfg, metadata, split)
-        try:
-            loader = LazyWindowLoader(
-                path, columns, spec.batch_size, read_format=cfg.read_format,
-                column_types=metadata.column_types, shuffle=(split == 0), seed=spec.seed,
-                max_ram_gb=max_ram_gb, num_workers=spec.num_workers,
-                rank=ctx.rank, world_size=ctx.world_size)
-        except SequifierError as e:
-            raise SequifierError(f"{field}: {e}") from None
-        if int(loader.counts.sum()) == 0:
-            raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
-        check_window_length(loader.window_length, cfg.seq_length, path)
+        loader = streamed_loader(cfg, metadata, split, path, columns, ctx.rank, ctx.world_size)
         sources.append(StreamedBatches(loader, input_columns, cfg.target_columns, n_classes,
                                        device, path))
     return sources[0], sources[1]
+
+
+def streamed_loader(cfg: TrainConfig, metadata: Metadata, split: int, path: str,
+                    columns: list[str], rank: int, world_size: int) -> LazyWindowLoader:
+    """The lazy loader of one split for one rank, its division over the ranks checked."""
+    spec = cfg.training_spec
+    field = SPLIT_FIELDS[split]
+    try:
+        loader = LazyWindowLoader(
+            path, columns, spec.batch_size, read_format=cfg.read_format,
+            column_types=metadata.column_types, shuffle=(split == 0), seed=spec.seed,
+            max_ram_gb=math.inf if spec.load_full_data_to_ram else spec.max_ram_gb,
+            num_workers=spec.num_workers, rank=rank, world_size=world_size)
+    except SequifierError as e:
+        raise SequifierError(f"{field}: {e}") from None
+    if int(loader.counts.sum()) == 0:
+        raise SequifierError(f"{field}: '{path}' holds no windows; use a larger data set or split")
+    check_window_length(loader.window_length, cfg.seq_length, path)
+    return loader
+
+
+def check_rank_division(cfg: TrainConfig, metadata: Metadata, world_size: int) -> None:
+    """Before the ranks of a distributed run start: every split gives every rank batches.
+
+    The loaders only read file headers (and the parquet/csv inputCol column) here, so a
+    split that cannot feed `world_size` ranks is one line in a few seconds, not an error
+    inside a rank after the others started.
+    """
+    columns = needed_columns(cfg, metadata)
+    for split in (0, 1):
+        streamed_loader(cfg, metadata, split, split_path(cfg, metadata, split), columns, 0, world_size)

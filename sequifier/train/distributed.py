@@ -175,9 +175,50 @@ def _share_cpu_threads(world_size: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
 
 
+@dataclass(frozen=True)
+class LogTarget:
+    """One console or file handler of the launcher's root logger, as plain values."""
+
+    stream: Optional[str]  # "stdout" / "stderr", or None for a file
+    filename: Optional[str]
+    level: int
+    fmt: Optional[str]
+    datefmt: Optional[str]
+
+
+def _log_targets() -> tuple[int, List[LogTarget]]:
+    """The root logger's level and its console and file handlers (Hydra's console and
+    run-folder log): a spawned process starts a fresh interpreter without them."""
+    root = logging.getLogger()
+    targets = []
+    for h in root.handlers:
+        fmt = h.formatter._fmt if h.formatter else None
+        datefmt = h.formatter.datefmt if h.formatter else None
+        if isinstance(h, logging.FileHandler):
+            targets.append(LogTarget(None, h.baseFilename, h.level, fmt, datefmt))
+        elif isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr):
+            name = "stdout" if h.stream is sys.stdout else "stderr"
+            targets.append(LogTarget(name, None, h.level, fmt, datefmt))
+    return root.level, targets
+
+
+def _log_like_the_launcher(level: int, targets: List[LogTarget]) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    for t in targets:
+        handler = (logging.StreamHandler(getattr(sys, t.stream)) if t.stream
+                   else logging.FileHandler(t.filename, mode="a", encoding="utf-8"))
+        handler.setLevel(t.level)
+        handler.setFormatter(logging.Formatter(t.fmt, t.datefmt))
+        root.addHandler(handler)
+
+
 def _spawned_rank(rank: int, fn: Callable, args: tuple, world_size: int, backend: str,
-                  port: int, results) -> None:
-    """Body of one process started by `launch`; rank 0 sends `fn`'s result back."""
+                  port: int, results, log_setup: tuple) -> None:
+    """Body of one process started by `launch`; rank 0 sends `fn`'s result back and logs
+    through the launcher's console and log file (the others log nothing)."""
+    if rank == 0:
+        _log_like_the_launcher(*log_setup)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     _share_cpu_threads(world_size)
     finished = False
@@ -246,15 +287,22 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
     import torch.multiprocessing as mp
 
     results = mp.get_context("spawn").SimpleQueue()
+    # torch logs "Terminating process N via signal SIGTERM" for each rank it stops after
+    # another failed; the failure itself is reported below (one line for a SequifierError)
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_log.level
+    spawn_log.setLevel(logging.ERROR)
     try:
         mp.spawn(_spawned_rank,
-                 args=(fn, args, spec.world_size, backend, _free_port(), results),
+                 args=(fn, args, spec.world_size, backend, _free_port(), results, _log_targets()),
                  nprocs=spec.world_size, join=True)
     except mp.ProcessRaisedException as e:
         status = None if results.empty() else results.get()
         if status is not None and status[0] == "error":
             raise SequifierError(status[1]) from None
         raise RuntimeError(f"a distributed training process failed:\n{e}") from None
+    finally:
+        spawn_log.setLevel(level)
     if results.empty():
         raise RuntimeError("distributed training ended without a result from rank 0")
     return pickle.loads(results.get()[1])

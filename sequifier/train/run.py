@@ -26,7 +26,7 @@ from sequifier.train.checkpoint import (
     load_checkpoint,
     set_rng_states,
 )
-from sequifier.train.data import make_batch_sources
+from sequifier.train.data import check_rank_division, make_batch_sources
 from sequifier.train.device import (
     autocast_dtype,
     determinism,
@@ -89,10 +89,12 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
 
 def _run_train(cfg: TrainConfig, export: bool) -> TrainResult:
     spec = cfg.training_spec
+    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     if distributed.needs_launch(spec):  # start (or join, under torchrun) the DDP ranks
+        if not distributed.launched_by_torchrun():  # torchrun's ranks check for themselves
+            check_rank_division(cfg, metadata, spec.world_size)
         return distributed.launch(run_train, (cfg, export), spec)
     device = resolve_device(distributed.rank_device(spec.device))
-    metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
     resume, stale = _resume_or_stale(cfg, folders)
     with determinism(spec.enforce_determinism):

@@ -168,13 +168,28 @@ def test_ddp_on_tabular_formats_with_loader_workers(tmp_path, write_format, shar
     # Spawned ranks that start their own DataLoader worker: the dataset must pickle.
     root = make_project(tmp_path, n_train=96, n_val=32, write_format=write_format,
                         sharded=sharded, per_shard=16)
-    result = run_train(make_config(root, model_name="ddp", read_format=write_format,
-                                   **{"training_spec.distributed": True,
-                                      "training_spec.world_size": 2,
-                                      "training_spec.num_workers": 1,
-                                      "training_spec.batch_size": 16}), export=False)
+    # the launcher's log file (Hydra's run-folder log): rank 0 logs through it as well
+    launcher_log = logging.FileHandler(tmp_path / "train.log")
+    launcher_log.setFormatter(logging.Formatter("[launcher format] %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.addHandler(launcher_log)
+    level = root_logger.level
+    root_logger.setLevel(logging.INFO)
+    try:
+        result = run_train(make_config(root, model_name="ddp", read_format=write_format,
+                                       **{"training_spec.distributed": True,
+                                          "training_spec.world_size": 2,
+                                          "training_spec.num_workers": 1,
+                                          "training_spec.batch_size": 16}), export=False)
+    finally:
+        root_logger.removeHandler(launcher_log)
+        root_logger.setLevel(level)
+        launcher_log.close()
     losses = [h.val_loss for h in result.history]
     assert len(losses) == 2 and np.isfinite(losses).all()
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert "[launcher format] epoch 2/2: train loss" in "\n".join(lines)
+    assert sum("training ddp:" in line for line in lines) == 1  # rank 0 only
 
 
 @pytest.mark.parametrize("write_format,sharded", [("pt", True), ("parquet", True),
@@ -203,6 +218,23 @@ def test_a_rank_without_data_is_one_line(tmp_path):
             root, read_format="parquet", **{"training_spec.distributed": True,
                                             "training_spec.world_size": 2,
                                             "training_spec.batch_size": 2}),), spec())
+
+
+def test_a_split_too_small_for_the_ranks_is_refused_before_they_start(tmp_path, monkeypatch):
+    root = make_project(tmp_path, n_train=64, n_val=2, write_format="parquet", sharded=True, per_shard=1)
+
+    def no_launch(*args):
+        raise AssertionError("ranks started")
+
+    monkeypatch.setattr(distributed, "launch", no_launch)
+    cfg = make_config(root, read_format="parquet", **{"training_spec.distributed": True,
+                                                      "training_spec.world_size": 3,
+                                                      "training_spec.backend": "gloo",
+                                                      "training_spec.device": "cpu"})
+    with pytest.raises(SequifierError, match=r"validation_data_path: '.*tiny-split1' holds too few "
+                                             r"windows \(2\) to give each of 3 rank/worker streams"):
+        run_train(cfg, export=False)
+    assert sorted(os.listdir(root)) == ["configs", "data"]
 
 
 def _streamed_sources(cfg):
