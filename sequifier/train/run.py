@@ -164,8 +164,10 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         logger.info(describe_decay(model, optimizer, spec.weight_decay_on))
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):
             logger.info(note)
+        # a run killed after its last checkpoint but before its export left no models
+        exports_missing = _exports_missing(cfg, folders[MODELS_DIR])
         if resume is not None:
-            _log_resume(cfg, resume, state, logger)
+            _log_resume(cfg, resume, state, logger, exports_missing)
         for line in baseline_lines(targets, baselines):
             logger.info(line)
         trainer = Trainer(
@@ -185,7 +187,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             history=list(state.history), baselines=baselines,
         )
         # a resumed run that trained nothing leaves its models as they are, unless asked
-        nothing_new = resume is not None and state.epoch == start_epoch and not cfg.overwrite
+        nothing_new = (resume is not None and state.epoch == start_epoch and not cfg.overwrite
+                       and not exports_missing)
         if export and not nothing_new:
             export_model = model
             if distributed.is_sharded(model):  # export an unsharded copy of the weights
@@ -257,7 +260,8 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
     return notes
 
 
-def _log_resume(cfg: TrainConfig, resume: Resume, state: TrainState, logger: TrainLogger) -> None:
+def _log_resume(cfg: TrainConfig, resume: Resume, state: TrainState, logger: TrainLogger,
+                exports_missing: bool) -> None:
     where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"after epoch {state.epoch}"
     logger.info(f"resuming from {resume.path} ({where})")
     if resume.changes is None:
@@ -266,11 +270,22 @@ def _log_resume(cfg: TrainConfig, resume: Resume, state: TrainState, logger: Tra
     for change in applied_changes(resume.changes or []):
         logger.info(f"changed since the checkpoint, applied: {change}")
     if state.epoch >= cfg.training_spec.epochs:
-        action = ("exporting its best and last states again (overwrite: true)" if cfg.overwrite
-                  else "models left as they are (set overwrite: true to export them again)")
+        if cfg.overwrite:
+            action = "exporting its best and last states again (overwrite: true)"
+        elif exports_missing:
+            action = "exporting its best and last states (the run that trained them ended before its export)"
+        else:
+            action = "models left as they are (set overwrite: true to export them again)"
         logger.info(f"{cfg.model_name} has already trained {state.epoch} of training_spec.epochs="
                     f"{cfg.training_spec.epochs} epochs; nothing left to train (raise training_spec.epochs "
                     f"to continue); {action}")
+
+
+def _exports_missing(cfg: TrainConfig, models_dir: str) -> bool:
+    """Whether a best or last export this config asks for is not in `models_dir`."""
+    from sequifier.export import planned_exports
+
+    return any(not os.path.exists(p) for tag in ("best", "last") for p, _, _ in planned_exports(cfg, models_dir, tag))
 
 
 def _keep_exports(cfg: TrainConfig, models_dir: str, result: TrainResult) -> None:

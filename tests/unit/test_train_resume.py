@@ -155,6 +155,19 @@ def test_finished_run_with_a_changed_lr_logs_it_and_exports_nothing_new(tmp_path
     assert "models left as they are (set overwrite: true to export them again)" in log
 
 
+def test_a_run_killed_before_its_export_gets_its_models_on_rerun(tmp_path):
+    """Killed after the last checkpoint, before the export: the rerun has nothing left to
+    train, and exports (without overwrite) instead of leaving the project without models."""
+    root = make_project(tmp_path)
+    cfg = {"export_onnx": False, "export_pt": True, "training_spec.epochs": 1}
+    run_train(make_config(root, **cfg), export=False)  # as if killed right before the export
+    assert names(root, "models") == []
+    again = run_train(make_config(root, **cfg))
+    assert again.resumed_from is not None and again.last_epoch == 1
+    assert again.best_model_paths == [os.path.join(root, "models", "sequifier-tiny-best.pt")]
+    assert "exporting its best and last states (the run that trained them ended before its export)" in log_text(again)
+
+
 def test_real_export_and_resumed_export_replaces_earlier_files(tmp_path):
     root = make_project(tmp_path)
     cfg = {"export_onnx": False, "export_pt": True, "training_spec.epochs": 1}
