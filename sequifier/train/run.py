@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):
             logger.info(note)
         # a run killed after its last checkpoint but before its export left no models
-        exports_missing = _exports_missing(cfg, folders[MODELS_DIR])
+        exports_missing = resume is not None and _exports_missing(cfg, folders[MODELS_DIR])
         if resume is not None:
             _log_resume(cfg, resume, state, logger, exports_missing)
         for line in baseline_lines(targets, baselines):
