@@ -146,7 +146,6 @@ def config_cases() -> List[Case]:
         "training_spec.criterion.itemId=FooLoss", "+training_spec.criterion.value=MSELoss",
         "training_spec.distributed=true training_spec.backend=mpi", "training_spec.max_ram_gb=0",
         "training_spec.save_interval_epochs=0", "training_spec.log_interval=0",
-        "training_spec.load_full_data_to_ram=false", "training_spec.distributed=true",
         "training_spec.layer_type_dtypes={linear:int4}", "training_spec.class_share_log_columns=[value]",
         "model_spec.n_head=5", "model_spec.dim_model=abc", "model_spec.attention_type=xqa",
         "model_spec.attention_type=mqa model_spec.n_kv_heads=2",
@@ -160,6 +159,11 @@ def config_cases() -> List[Case]:
     ]
     for args in bad_train:
         cases.append(Case(f"train {args}", "config", "train", args.split()))
+    # lazy loading and DDP read parquet splits too (issue 13): valid settings, not errors
+    for args, name in (("training_spec.load_full_data_to_ram=false", "lazy"),
+                       ("training_spec.distributed=true", "ddp")):
+        cases.append(Case(f"train {args} on parquet splits", "config", "train", [f"model_name={name}", args],
+                          expect="ok", check=outputs_exist(f"models/sequifier-{name}-best.onnx")))
     cases.append(Case("train training_spec.backend=tcp without distributed: logged as not used", "config",
                       "train", ["model_name=nodist", "training_spec.backend=tcp"], expect="ok",
                       check=lambda p, r: None if "training_spec.backend (tcp) is not used" in r.stdout + r.stderr
