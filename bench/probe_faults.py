@@ -582,7 +582,9 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
             kind = "silent"
             problems.append(f"exit codes {codes}: independent runs got in each other's way: "
                             + (errs.strip().splitlines() or [""])[-1][:200])
-        elif case.second_args is None and (codes != [0, 1] or "in progress" not in errs):
+        # the second run refuses: the first holds the lock, or (runs that did not overlap)
+        # the first's complete outputs exist and are not replaced unasked
+        elif case.second_args is None and (codes != [0, 1] or not ("in progress" in errs or "already exist" in errs)):
             kind = "silent"
             problems.append(f"exit codes {codes}: both runs went ahead")
         result = second
