@@ -33,8 +33,9 @@ CSV_BLOCK_BYTES = 1 << 20
 CSV_TYPE_ORDER = [pa.null(), pa.int64(), pa.bool_(), pa.date32(), pa.time32("s"),
                   pa.timestamp("s"), pa.timestamp("ns"), pa.timestamp("s", "UTC"),
                   pa.timestamp("ns", "UTC"), pa.float64(), pa.string()]
-CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error to [^:]+: "
-                              r"invalid value '(.*)'", re.S)
+# pyarrow names the row only when it reads serially ("Row #N: "), so that part is optional
+CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to "
+                              r"[^:]+: invalid value '(.*)'", re.S)
 
 
 def _csv_options(columns: List[str], types: Dict[str, pa.DataType]):

@@ -235,3 +235,17 @@ def test_tabular_writer_writes_the_bytes_of_pandas_frame(tmp_path, write_format,
         write_tabular(n, ["itemPosition", "a", "b"], width, read, new, "parquet", "f00d", row_group_rows=10)
         with open(new, "rb") as f:
             assert f.read() == legacy_bytes(windows, str(tmp_path / "old10.parquet"), "parquet", "f00d", 10)
+
+
+@pytest.mark.parametrize("row", ["", "Row #2002: "])
+def test_csv_widening_reads_the_error_with_and_without_a_row_number(tmp_path, row):
+    """pyarrow's serial CSV reader puts the row into its conversion error; the column to
+    widen must be found either way (it failed as an unreadable file under load)."""
+    import pyarrow as pa
+
+    path = tmp_path / "items.csv"
+    path.write_text("sequenceId,late_float\n1,1\n1,2.5\n")
+    error = pa.ArrowInvalid(f"In CSV column #1: {row}CSV conversion error to int64: invalid value '2.5'")
+    types = partition._widened(error, str(path), ["sequenceId", "late_float"], {},
+                               pa.schema([("late_float", pa.int64())]))
+    assert types == {"late_float": pa.float64()}
