@@ -16,6 +16,7 @@ matplotlib's Agg backend (no display needed). matplotlib is an optional dependen
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,7 +235,11 @@ def draw(picture: Picture, path: str) -> str:
         columns_of_legend = min(3, len(labels))
         legend_height = 0.03 * (-(-len(labels) // columns_of_legend)) / rows + 0.02
         figure.legend(handles, labels, loc="lower center", ncol=columns_of_legend, fontsize=8)
-    figure.tight_layout(rect=(0, legend_height, 1, 1))
+    with warnings.catch_warnings():
+        # a sweep's long shared legend can leave tight_layout no room; the default layout
+        # is still readable, so the user does not need matplotlib's warning on stderr
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        figure.tight_layout(rect=(0, legend_height, 1, 1))
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
