@@ -319,14 +319,20 @@ def shard_cases() -> List[Case]:
         r = cli("preprocess", ["write_format=pt", "merge_output=false", "dataset_name=pt"], project)
         assert r.returncode == 0, r.stderr
 
+    def crafted_file(target: str):
+        """A setup that saves, at `target`, a pickle whose loading would create PWNED."""
+        def setup(project):
+            code = ("import os, torch\n"
+                    "class P:\n"
+                    "    def __reduce__(self):\n"
+                    f"        return (os.system, ('touch {project}/PWNED',))\n"
+                    f"torch.save({{'format': P()}}, '{project}/{target}')\n")
+            subprocess.run([sys.executable, "-c", code], check=True)
+        return setup
+
     def crafted(project):
         pt_project(project)
-        code = ("import os, torch\n"
-                "class P:\n"
-                "    def __reduce__(self):\n"
-                f"        return (os.system, ('touch {project}/PWNED',))\n"
-                f"torch.save({{'sequenceId': P()}}, '{project}/data/pt-split0/pt-split0-00000.pt')\n")
-        subprocess.run([sys.executable, "-c", code], check=True)
+        crafted_file("data/pt-split0/pt-split0-00000.pt")(project)
 
     def no_pwned(project, result):
         return "crafted shard ran code" if os.path.exists(os.path.join(project, "PWNED")) else None
@@ -348,16 +354,6 @@ def shard_cases() -> List[Case]:
              setup=lambda p: (pt_project(p),
                               open(f"{p}/data/pt-split0/pt-split0-00000.pt", "wb").write(b"PK\x03\x04"))),
     ]
-
-    def crafted_file(target: str):
-        def setup(project):
-            code = ("import os, torch\n"
-                    "class P:\n"
-                    "    def __reduce__(self):\n"
-                    f"        return (os.system, ('touch {project}/PWNED',))\n"
-                    f"torch.save({{'format': P()}}, '{project}/{target}')\n")
-            subprocess.run([sys.executable, "-c", code], check=True)
-        return setup
 
     cases += [
         Case("train: crafted pickle checkpoint resumed, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "safe-load", "train",
