@@ -292,11 +292,16 @@ def _check_feature_embedding_dims(cfg: TrainConfig, inputs, metadata: Metadata, 
 
 # --- infer ------------------------------------------------------------------------------
 
+def _check_model_paths(model_path, p: Problems) -> None:
+    """`model_path` of infer and evaluate: one path or a non-empty list of them."""
+    paths = model_path if isinstance(model_path, list) else [model_path]
+    p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
+            f"must be a model file path or a list of them, got {model_path!r}")
+
+
 def validate_infer(cfg: InferConfig) -> None:
     p = Problems()
-    paths = cfg.model_path if isinstance(cfg.model_path, list) else [cfg.model_path]
-    p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
-            f"must be a model file path or a list of them, got {cfg.model_path!r}")
+    _check_model_paths(cfg.model_path, p)
     p.one_of(cfg.model_type, MODEL_TYPES, "model_type")
     p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
@@ -326,9 +331,7 @@ def validate_infer(cfg: InferConfig) -> None:
 
 def validate_evaluate(cfg: EvaluateConfig) -> None:
     p = Problems()
-    paths = cfg.model_path if isinstance(cfg.model_path, list) else [cfg.model_path]
-    p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
-            f"must be a model file path or a list of them, got {cfg.model_path!r}")
+    _check_model_paths(cfg.model_path, p)
     p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.one_of(cfg.write_format, ("csv", "parquet"), "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
