@@ -19,7 +19,6 @@ baseline, and predicted items per second (median of the runs; goal >= 30,000).
 usage: python bench/bench_evaluate.py [--runs 5] [--batch 256] [--cores 2]
 """
 
-import argparse
 import glob
 import json
 import os
@@ -30,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_infer import OUT, SEQ_LENGTH, ensure_data, pin_cores
+from bench_infer import OUT, SEQ_LENGTH, start
 from bench_train import train_config
 
 TARGET_ITEMS_PER_S = 30_000
@@ -79,13 +78,7 @@ def time_infer_scored(model_path: str, metadata_path: str, batch: int) -> tuple[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--cores", type=int, default=2)
-    args = parser.parse_args()
-    pin_cores(args.cores)
-    metadata_path = ensure_data()
+    args, metadata_path = start(__doc__.split("\n\n")[0])
     model_path = trained_model(metadata_path)
     evaluate_rates, infer_rates, report = [], [], None
     for _ in range(args.runs):

@@ -142,14 +142,20 @@ def time_forward(model_path: str, metadata_path: str, batch: int, cores: int) ->
     return max(one_pass() for _ in range(3))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def start(description: str):
+    """The common start of the inference benchmarks: --runs/--batch/--cores parsed, the
+    process pinned to the cores, the benchmark data preprocessed; (args, metadata path)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     pin_cores(args.cores)
-    metadata_path = ensure_data()
+    return args, ensure_data()
+
+
+def main() -> int:
+    args, metadata_path = start(__doc__.split("\n\n")[0])
     model_path = ensure_model(metadata_path, args.batch)
     rates = []
     for _ in range(args.runs):
