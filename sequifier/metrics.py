@@ -41,20 +41,23 @@ reads like the model's own line:
 """
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from sequifier import ranking
 from sequifier.config.schema import PAD_ID
 
 CATEGORICAL_SUMS = ("count", "cross_entropy_sum", "correct", "top_k_correct")
 REAL_SUMS = ("count", "abs_error_sum", "squared_error_sum")
 SUM_NAMES = {"categorical": CATEGORICAL_SUMS, "real": REAL_SUMS}
 DEFAULT_TOP_K = 5
-CATEGORICAL_BASELINES = ("unigram",)
+CATEGORICAL_BASELINES = ("unigram", "markov")
 REAL_BASELINES = ("training_mean", "previous_value")
 BASELINE_DESCRIPTIONS = {
     "unigram": "the training split's class frequencies; its accuracy is the majority class's",
+    "markov": "the training split's most frequent successor of the previous item (popularity breaks ties)",
     "training_mean": "always the training split's mean",
     "previous_value": "the value before each target, repeated",
 }
@@ -65,9 +68,11 @@ def sum_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def empty_sums(column_type: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The zero sums vector of a target of `column_type` ('categorical' or 'real')."""
-    return torch.zeros(len(SUM_NAMES[column_type]), dtype=sum_dtype(device), device=device)
+def empty_sums(column_type: str, device: torch.device | str = "cpu", ranking_k: Sequence[int] = ()) -> torch.Tensor:
+    """The zero sums vector of a target of `column_type` ('categorical' or 'real'); a
+    categorical target with `ranking_k` carries the `sequifier.ranking` sums after its own."""
+    size = len(SUM_NAMES[column_type]) + (ranking.n_sums(ranking_k) if ranking_k else 0)
+    return torch.zeros(size, dtype=sum_dtype(device), device=device)
 
 
 def _count(values: torch.Tensor) -> torch.Tensor:
@@ -110,14 +115,18 @@ def categorical_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: int,
                         _acc(hits.any(dim=-1).sum())])
 
 
-def categorical_metrics(sums: torch.Tensor, top_k: int) -> dict[str, float]:
-    count, cross_entropy, correct, top_k_correct = (float(v) for v in sums.tolist())
-    return {
+def categorical_metrics(sums: torch.Tensor, top_k: int, ranking_k: Sequence[int] = ()) -> dict[str, float]:
+    own = len(CATEGORICAL_SUMS)
+    count, cross_entropy, correct, top_k_correct = (float(v) for v in sums[:own].tolist())
+    values = {
         "count": int(count),
         "cross_entropy": _ratio(cross_entropy, count),
         "accuracy": _ratio(correct, count),
         top_k_name(top_k): _ratio(top_k_correct, count),
     }
+    if ranking_k:
+        values.update(ranking.ranking_metrics(sums[own:], ranking_k))
+    return values
 
 
 # ---- real ------------------------------------------------------------------------------
@@ -141,10 +150,11 @@ def real_metrics(sums: torch.Tensor) -> dict[str, float]:
     return {"count": int(count), "mae": _ratio(abs_sum, count), "rmse": math.sqrt(mse), "mse": mse}
 
 
-def metrics_from_sums(column_type: str, sums: torch.Tensor, top_k: int) -> dict[str, float]:
+def metrics_from_sums(column_type: str, sums: torch.Tensor, top_k: int,
+                      ranking_k: Sequence[int] = ()) -> dict[str, float]:
     """Named metrics of one target from its summed vector."""
     if column_type == "categorical":
-        return categorical_metrics(sums, top_k)
+        return categorical_metrics(sums, top_k, ranking_k)
     return real_metrics(sums)
 
 
@@ -204,10 +214,132 @@ def constant_predictions(targets: torch.Tensor, value: float) -> torch.Tensor:
     return torch.full_like(targets, value, dtype=sum_dtype(targets.device))
 
 
+def ranked_categorical_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: int,
+                            mask: torch.Tensor | None = None, ranking_k: Sequence[int] = (),
+                            seen_previous: torch.Tensor | None = None) -> torch.Tensor:
+    """`categorical_sums`, followed by the `sequifier.ranking` sums when `ranking_k` is
+    given (with `seen_previous` [B, L], the column's inputs, seen items are excluded)."""
+    sums = categorical_sums(logits, targets, top_k, mask)
+    if not ranking_k:
+        return sums
+    found = ranking.slot_ranking_sums(logits, targets, mask, ranking_k, seen_previous)
+    return torch.cat([sums, found.to(sums.dtype)])
+
+
+# ---- the Markov-1 baseline -------------------------------------------------------------
+
+def transition_keys(previous: torch.Tensor, targets: torch.Tensor, n_classes: int,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 [N]: previous * n_classes + target of each scored slot (a transition's key).
+
+    A sequence's first item follows PAD_ID, so the Markov baseline's successors of
+    PAD_ID are the training split's first items."""
+    return _scored(previous, mask, 0).long() * n_classes + _scored(targets, mask, 0).long()
+
+
+class MarkovBaseline:
+    """Next item = the most frequent successor of the previous item in the training split.
+
+    As a distribution: p(x | prev) = (count(prev -> x) + u(x)) / (count(prev) + 1), with u
+    the add-one smoothed unigram probabilities; so its arg-max is the most frequent
+    successor, equal counts (and unseen previous items) fall back to popularity, and
+    every item keeps a finite cross-entropy. Transitions are held sparse ([C, C] with
+    one entry per distinct pair seen), so large catalogues fit.
+    """
+
+    def __init__(self, keys: torch.Tensor, counts: torch.Tensor, n_classes: int,
+                 class_counts_: torch.Tensor):
+        self.n_classes = n_classes
+        keys = keys.long().cpu()
+        index = torch.stack([keys // n_classes, keys % n_classes])
+        self.transitions = torch.sparse_coo_tensor(index, counts.double().cpu(), (n_classes, n_classes),
+                                                   check_invariants=True).coalesce()
+        self.totals = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, index[0], counts.double().cpu())
+        self.unigram = unigram_log_probs(class_counts_.cpu()).exp()
+
+    @staticmethod
+    def fit(keys: torch.Tensor, n_classes: int, class_counts_: torch.Tensor,
+            weights: torch.Tensor | None = None) -> "MarkovBaseline":
+        """From the `transition_keys` of the training split's scored slots (each counted
+        `weights` times: partial counts of batches or ranks add up)."""
+        keys = keys.long().cpu()
+        weights = torch.ones_like(keys) if weights is None else weights.long().cpu()
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        counts = torch.zeros(unique.numel(), dtype=torch.int64).index_add_(0, inverse, weights)
+        return MarkovBaseline(unique, counts, n_classes, class_counts_)
+
+    def log_probs(self, previous: torch.Tensor) -> torch.Tensor:
+        """float64 [N, C]: log p(x | previous) for previous item ids [N]."""
+        rows = self.transitions.index_select(0, previous.long().cpu()).to_dense()
+        probs = (rows + self.unigram) / (self.totals[previous.long().cpu()] + 1.0).unsqueeze(-1)
+        return probs.log().to(previous.device)
+
+
+def _scored_rows(mask: torch.Tensor | None, shape) -> torch.Tensor:
+    rows = torch.arange(math.prod(shape))
+    return rows if mask is None else rows[mask.reshape(-1).cpu()]
+
+
 def categorical_baseline_sums(targets: torch.Tensor, training_counts: torch.Tensor, top_k: int,
-                              mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """{baseline name: categorical sums} on the scored `targets` of the split evaluated."""
-    return {"unigram": unigram_sums(targets, unigram_log_probs(training_counts), top_k, mask)}
+                              mask: torch.Tensor | None = None, *, previous: torch.Tensor | None = None,
+                              markov: MarkovBaseline | None = None, ranking_k: Sequence[int] = (),
+                              exclude_seen: bool = False,
+                              max_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
+    """{baseline name: categorical sums} on the scored `targets` [B, L] of the split evaluated.
+
+    `previous` [B, L] (the column's item in the slot before each target) feeds the Markov
+    baseline (given `markov`) and, with `exclude_seen`, the items seen before each target.
+    With `ranking_k` each vector carries the ranking sums after the categorical ones."""
+    log_probs = unigram_log_probs(training_counts)
+    found = {"unigram": unigram_sums(targets, log_probs, top_k, mask)}
+    if ranking_k:
+        found["unigram"] = torch.cat([found["unigram"], _unigram_ranking_sums(
+            targets, log_probs, mask, ranking_k, previous if exclude_seen else None).to(found["unigram"].dtype)])
+    if markov is not None and previous is not None:
+        found["markov"] = _markov_sums(targets, previous, markov, top_k, mask, ranking_k, exclude_seen,
+                                       max_elements)
+    return found
+
+
+def _unigram_ranking_sums(targets, log_probs, mask, ranking_k, seen_previous) -> torch.Tensor:
+    """Ranks under constant scores: the target's place in the popularity order, less the
+    seen items ahead of it (no [N, C] table)."""
+    device = targets.device
+    scores = log_probs.to(device=device, dtype=torch.float32)
+    order = torch.sort(-log_probs.to(device), stable=True).indices
+    place = torch.empty_like(order)
+    place[order] = torch.arange(order.numel(), device=device)
+    # PAD_ID has score -inf: last, never ahead of a target
+    flat_targets = _scored(targets, mask, 0).long()
+    ranks = place[flat_targets] + 1
+    if seen_previous is not None:
+        length = seen_previous.shape[-1]
+        seen = _scored(ranking.seen_per_slot(seen_previous).reshape(*targets.shape, length), mask, 1).long()
+        ranks = ranks - ranking.seen_adjustment(seen, scores[seen], scores[flat_targets], flat_targets)
+    return ranking.ranking_sums(ranks, ranking_k)
+
+
+def _markov_sums(targets, previous, markov: MarkovBaseline, top_k, mask, ranking_k, exclude_seen,
+                 max_elements) -> torch.Tensor:
+    device = targets.device
+    length = targets.shape[-1]
+    flat_targets = targets.reshape(-1)
+    flat_previous = previous.reshape(-1)
+    seen = ranking.seen_per_slot(previous).reshape(-1, length) if exclude_seen and ranking_k else None
+    rows = _scored_rows(mask, targets.shape).to(device)
+    sums = empty_sums("categorical", device, ranking_k)
+    step = max(1, max_elements // max(markov.n_classes, 1))
+    for lo in range(0, rows.numel(), step):
+        chunk = rows[lo:lo + step]
+        chunk_targets = flat_targets.index_select(0, chunk)
+        logits = markov.log_probs(flat_previous.index_select(0, chunk)).to(device)
+        part = categorical_sums(logits, chunk_targets, top_k)
+        if ranking_k:
+            ranks = ranking.target_ranks(logits, chunk_targets,
+                                         None if seen is None else seen.index_select(0, chunk))
+            part = torch.cat([part, ranking.ranking_sums(ranks, ranking_k).to(part.dtype)])
+        sums += part
+    return sums
 
 
 def real_baseline_sums(targets: torch.Tensor, previous: torch.Tensor, training_mean: float,

@@ -146,6 +146,14 @@ class TrainingSpec:
     # Not in the original field list: k of the top-k accuracy reported per epoch for
     # categorical targets (sequifier/metrics.py).
     accuracy_top_k: int = 5
+    # Not in the original field list: the k of HR@k and NDCG@k (with MRR) reported per
+    # categorical target (sequifier/ranking.py; null: [10, 20], each k up to the
+    # catalogue), whether the items each target's context already holds are removed from
+    # the ranking, and the validation metric that picks the best epoch and drives early
+    # stopping ("loss", or a metric such as ndcg@10, optionally COLUMN.ndcg@10).
+    ranking_k: Optional[List[int]] = None
+    exclude_seen: bool = False
+    select_on: str = "loss"
 
 
 @dataclass
@@ -232,6 +240,10 @@ class EvaluateConfig:
     inference_batch_size: int = 256
     # k of the top-k accuracy of categorical targets (null: 5)
     accuracy_top_k: Optional[int] = None
+    # k of HR@k / NDCG@k of categorical targets (null: [10, 20], each k up to the
+    # catalogue) and whether items already in each target's context leave the ranking
+    ranking_k: Optional[List[int]] = None
+    exclude_seen: bool = False
     map_to_id: bool = True
     device: str = "cpu"
     overwrite: bool = False

@@ -250,6 +250,7 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
                   f"'{available[col]}' for it; set it to '{available[col]}' or leave it out")
     given = cfg.target_column_types or {}
     cfg.target_column_types = {c: given.get(c, available.get(c)) for c in cfg.target_columns}
+    _check_ranking(cfg, metadata, p)
     for col in cfg.training_spec.class_share_log_columns:
         p.check(cfg.target_column_types.get(col) == "categorical", "training_spec.class_share_log_columns",
                 f"'{col}' must be a categorical target column")
@@ -269,6 +270,31 @@ def _check_against_metadata(cfg: TrainConfig, metadata: Metadata, p: Problems) -
 
     for line in tie_embeddings_problems(cfg.model_spec.tie_embeddings, inputs, list(cfg.target_columns), available):
         p.lines.append(line)
+
+
+def _check_ranking(cfg: TrainConfig, metadata: Metadata, p: Problems) -> None:
+    """ranking_k / exclude_seen against the targets' catalogues, and select_on against
+    the metrics the run will compute (the rules live with the ranking and the loop)."""
+    from sequifier import metrics, ranking
+    from sequifier.train.loop import select_on_problems
+
+    t = cfg.training_spec
+    types = {c: kind for c, kind in cfg.target_column_types.items() if kind is not None}
+    n_classes = {c: metadata.n_classes.get(c, 0) for c in types}
+    problems = ranking.ranking_k_problems("training_spec.ranking_k", t.ranking_k, n_classes, types,
+                                          t.exclude_seen, "training_spec.exclude_seen")
+    p.lines.extend(problems)
+    if problems:
+        return
+    available = {}
+    for col, kind in types.items():
+        if kind == "categorical":
+            ks = ranking.resolve_ranking_k(t.ranking_k, n_classes[col])
+            available[col] = (["cross_entropy", "accuracy", metrics.top_k_name(t.accuracy_top_k)]
+                              + (ranking.metric_names(ks) if ks else []))
+        else:
+            available[col] = ["mae", "rmse", "mse"]
+    p.lines.extend(select_on_problems(t.select_on, available))
 
 
 def _check_read_format(read_format: str, reads_splits: bool, metadata: Metadata, p: Problems) -> None:

@@ -67,6 +67,7 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     jobs = [_open_model(infer_cfg, metadata, p) for p in paths]
     _check_distinct_names(jobs)
     top_k = _top_k(cfg, jobs)
+    ranks = _ranking_settings(cfg, jobs, metadata)
     planned = _planned_paths(cfg, jobs, split)
     if not cfg.overwrite:
         outputs.refuse_to_overwrite(planned)
@@ -92,7 +93,8 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     reports, texts, tables = [], {}, {}
     for job in jobs:
         windows = windows_by_columns[_columns(job)]
-        report, rows = _evaluate_model(infer_cfg, metadata, job, windows, training, top_k, split)
+        report, rows = _evaluate_model(infer_cfg, metadata, job, windows, training, top_k, split,
+                                       ranks[job.path], cfg.exclude_seen)
         report.update(model=job.path, data_path=data_path, split=split,
                       baseline_data_path=baseline_path)
         reports.append(report)
@@ -153,6 +155,25 @@ def _top_k(cfg: EvaluateConfig, jobs: list[ModelJob]) -> int:
     return cfg.accuracy_top_k
 
 
+def _ranking_settings(cfg: EvaluateConfig, jobs: list[ModelJob], metadata: Metadata) -> dict:
+    """{model path: {categorical target: its ranking k}}; the ranking_k / exclude_seen
+    rules (sequifier.ranking) checked against each model's targets."""
+    from sequifier import ranking
+
+    problems, settings = [], {}
+    for job in jobs:
+        types = dict(job.info.target_column_types)
+        for line in ranking.ranking_k_problems("ranking_k", cfg.ranking_k, metadata.n_classes, types,
+                                               cfg.exclude_seen, "exclude_seen"):
+            if line not in problems:
+                problems.append(line)
+        settings[job.path] = {t: ranking.resolve_ranking_k(cfg.ranking_k, metadata.n_classes[t])
+                              for t, kind in types.items() if kind == "categorical"}
+    if problems:
+        raise SequifierError("\n".join(problems))
+    return settings
+
+
 def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> list[str]:
     root = cfg.project_root
     paths = []
@@ -169,7 +190,8 @@ def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> lis
 
 
 def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows,
-                    training: Windows, top_k: int, split: str):
+                    training: Windows, top_k: int, split: str, ranking_k: dict[str, tuple],
+                    exclude_seen: bool):
     """(report, {predictions path: table}) of one model on the split."""
     info = job.info
     start_time = time.perf_counter()
@@ -177,14 +199,17 @@ def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows
     inputs = model_inputs(metadata, info, windows)
     truth = {t: tensor(windows.values[t][:, 1:])
              for t in info.target_columns}
-    sums = {t: metrics.empty_sums(info.target_column_types[t]) for t in info.target_columns}
+    sums = {t: metrics.empty_sums(info.target_column_types[t], ranking_k=ranking_k.get(t, ()))
+            for t in info.target_columns}
+    seen = _seen_previous(windows, ranking_k) if exclude_seen else {}
 
     def score(raw, mask, start, end):
         mask = torch.from_numpy(mask)
         for t in info.target_columns:
             out, target = tensor(raw[t]), truth[t][start:end]
             if info.target_column_types[t] == "categorical":
-                sums[t] += metrics.categorical_sums(out, target, top_k, mask)
+                previous = seen[t][start:end] if t in seen else None
+                sums[t] += metrics.ranked_categorical_sums(out, target, top_k, mask, ranking_k[t], previous)
             else:
                 sums[t] += metrics.real_sums(out, target, _std(metadata, t), mask)
 
@@ -196,13 +221,15 @@ def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows
     for t in info.target_columns:
         kind = info.target_column_types[t]
         scores[t] = TargetScore(kind, sums[t], _baselines(metadata, t, kind, windows, training,
-                                                          full_mask, top_k))
+                                                          full_mask, top_k, ranking_k.get(t, ()),
+                                                          exclude_seen))
     report = {
         "top_k": top_k,
         "count": len(rows),
         "seconds": round(seconds, 4),
         "items_per_second": round(len(rows) / seconds, 1) if seconds > 0 else None,
-        "targets": {t: _target_report(s, top_k) for t, s in scores.items()},
+        "exclude_seen": exclude_seen,
+        "targets": {t: _target_report(s, top_k, ranking_k.get(t, ())) for t, s in scores.items()},
     }
     keys = outputs.key_columns(metadata, windows.sequence_id[rows], windows.item_position[rows, slots])
     true_values = {
@@ -224,8 +251,21 @@ def _std(metadata: Metadata, column: str) -> float:
     return float(metadata.selected_columns_statistics[column]["std"])
 
 
+def _seen_previous(windows: Windows, ranking_k: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """{ranked target: [N, L] its item in the slot before each target}: the items seen."""
+    return {t: tensor(windows.values[t][:, :-1]) for t, ks in ranking_k.items() if ks}
+
+
+def _markov(metadata: Metadata, column: str, train_values: torch.Tensor, train_previous: torch.Tensor,
+            train_mask: torch.Tensor, counts: torch.Tensor) -> metrics.MarkovBaseline:
+    n_classes = metadata.n_classes[column]
+    keys = metrics.transition_keys(train_previous, train_values, n_classes, train_mask)
+    return metrics.MarkovBaseline.fit(keys, n_classes, counts)
+
+
 def _baselines(metadata: Metadata, column: str, kind: str, windows: Windows, training: Windows,
-               mask: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+               mask: torch.Tensor, top_k: int, ranking_k: tuple = (),
+               exclude_seen: bool = False) -> dict[str, torch.Tensor]:
     """The baselines' sums on the same items as the model, fitted on the training split's
     scored targets (the slots training learns from)."""
     values = tensor(windows.values[column])
@@ -235,18 +275,33 @@ def _baselines(metadata: Metadata, column: str, kind: str, windows: Windows, tra
     train_mask = train_slots[None, :] >= tensor(training.target_start)[:, None]
     if kind == "categorical":
         counts = metrics.class_counts(train_values, metadata.n_classes[column], train_mask)
-        return metrics.categorical_baseline_sums(targets, counts, top_k, mask)
+        train_previous = tensor(training.values[column][:, :-1])
+        markov = _markov(metadata, column, train_values, train_previous, train_mask, counts)
+        return metrics.categorical_baseline_sums(targets, counts, top_k, mask, previous=values[:, :-1],
+                                                 markov=markov, ranking_k=ranking_k,
+                                                 exclude_seen=exclude_seen and bool(ranking_k))
     mean = metrics.mean_from_value_sums(metrics.value_sums(train_values, train_mask))
     return metrics.real_baseline_sums(targets, values[:, :-1], mean, _std(metadata, column), mask)
 
 
-def _target_report(score: TargetScore, top_k: int) -> dict:
-    return {
+def _target_report(score: TargetScore, top_k: int, ranking_k: tuple = ()) -> dict:
+    report = {
         "type": score.column_type,
-        "model": _plain(metrics.metrics_from_sums(score.column_type, score.model, top_k)),
-        "baselines": {name: _plain(metrics.metrics_from_sums(score.column_type, sums, top_k))
+        "model": _plain(metrics.metrics_from_sums(score.column_type, score.model, top_k, ranking_k)),
+        "baselines": {name: _plain(metrics.metrics_from_sums(score.column_type, sums, top_k, ranking_k))
                       for name, sums in score.baselines.items()},
     }
+    if ranking_k:
+        report["ranking_k"] = list(ranking_k)
+    return report
+
+
+def _ranking_names(reports: list[dict]) -> list[str]:
+    """The ranking metric columns of the categorical table (every k any target has)."""
+    from sequifier import ranking
+
+    ks = sorted({k for r in reports for t in r["targets"].values() for k in t.get("ranking_k", [])})
+    return ranking.metric_names(ks) if ks else []
 
 
 def _plain(values: dict) -> dict:
@@ -262,7 +317,8 @@ def markdown(reports: list[dict], title: str) -> str:
     lines = [f"# {title}", ""]
     first = reports[0]
     lines.append(f"Data: `{first['data_path']}` ({first['count']} items predicted, each once); "
-                 f"baselines fitted on `{first['baseline_data_path']}`.")
+                 f"baselines fitted on `{first['baseline_data_path']}`."
+                 + (" Seen items are removed from the rankings (exclude_seen)." if first.get("exclude_seen") else ""))
     for kind in ("categorical", "real"):
         targets = [t for t, r in first["targets"].items() if r["type"] == kind]
         for report in reports[1:]:
@@ -270,7 +326,7 @@ def markdown(reports: list[dict], title: str) -> str:
         if not targets:
             continue
         names = (["count", "accuracy", metrics.top_k_name(first["top_k"]), "cross_entropy"]
-                 if kind == "categorical" else ["count", "mae", "rmse"])
+                 + _ranking_names(reports) if kind == "categorical" else ["count", "mae", "rmse"])
         lines += ["", "| target | predictor | " + " | ".join(names) + " |",
                   "|---|---|" + "---|" * len(names)]
         for target in targets:

@@ -17,8 +17,9 @@ class Batch:
     inputs: dict[str, torch.Tensor]  # [B, L]
     targets: dict[str, torch.Tensor]  # [B, L]
     target_mask: torch.Tensor  # bool [B, L]: True where the target slot is real data
-    # real target column -> [B, L]: its value in the slot before each target (for the
-    # previous-value baseline); the input tensor itself when the target is also an input
+    # target column -> [B, L]: its value in the slot before each target (the previous-value
+    # and Markov baselines, the items seen before a target); the input tensor itself when
+    # the target is also an input
     previous: dict[str, torch.Tensor]
 
     @property
@@ -39,7 +40,7 @@ def make_batch(rows: dict[str, torch.Tensor], target_start: torch.Tensor, input_
         targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
         target_mask=mask.to(device, non_blocking=True),
         previous={c: inputs[c] if c in inputs else rows[c][:, :-1].to(device, non_blocking=True)
-                  for c in target_columns if rows[c].is_floating_point()},
+                  for c in target_columns},
     )
 
 

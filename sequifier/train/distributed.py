@@ -389,6 +389,15 @@ def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def concat_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """[..., n] tensors of every rank (n may differ) joined along the last axis, on the CPU."""
+    if not _context.enabled:
+        return values.cpu()
+    gathered: list = [None] * _context.world_size
+    torch.distributed.all_gather_object(gathered, values.cpu())
+    return torch.cat(gathered, dim=-1)
+
+
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """Element-wise mean over ranks, for per-rank means of equal weight (batch losses)."""
     if not _context.enabled:

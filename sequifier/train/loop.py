@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sequifier import metrics
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
@@ -26,6 +25,49 @@ from sequifier.train.logs import TrainLogger, class_share_lines, format_losses, 
 from sequifier.train.losses import TargetLoss
 from sequifier.train.schedulers import is_plateau
 from sequifier.train.scoring import ScoredTarget, reduce_sums
+
+# metrics where lower is better; every other metric (accuracy, hr@k, ndcg@k, mrr) is higher-better
+LOWER_IS_BETTER = ("loss", "cross_entropy", "mae", "rmse", "mse")
+
+
+def split_select_on(select_on: str) -> tuple[str | None, str]:
+    """(target column or None, metric) of `training_spec.select_on` ("ndcg@10", "item.ndcg@10")."""
+    column, dot, metric = select_on.rpartition(".")
+    return (column if dot else None), metric
+
+
+def select_on_problems(select_on: str, available: dict[str, list[str]]) -> list[str]:
+    """`select_on` names the loss or a metric computed for some target (`available`:
+    {target: its metric names}); a bare metric must belong to exactly one target."""
+    if select_on == "loss":
+        return []
+    column, metric = split_select_on(select_on)
+    field = "training_spec.select_on"
+    if column is not None:
+        if column not in available:
+            return [f"{field}: '{column}' is not a target column ({', '.join(available)})"]
+        owners = [column] if metric in available[column] else []
+    else:
+        owners = [c for c, names in available.items() if metric in names]
+    if not owners:
+        choices = sorted({f"{m}" for names in available.values() for m in names})
+        return [f"{field}: '{select_on}' is not a computed validation metric; use loss or one of "
+                f"{', '.join(choices)} (ranking metrics follow training_spec.ranking_k)"]
+    if len(owners) > 1:
+        return [f"{field}: '{metric}' is computed for several targets ({', '.join(owners)}); "
+                f"name one, e.g. {owners[0]}.{metric}"]
+    return []
+
+
+def selection_score(select_on: str, loss: float, scores: dict[str, dict[str, float]]) -> float:
+    """The number to minimise for `select_on` (higher-better metrics negated)."""
+    if select_on == "loss":
+        return loss
+    column, metric = split_select_on(select_on)
+    if column is None:
+        column = next(c for c, values in scores.items() if metric in values)
+    value = scores[column][metric]
+    return value if metric in LOWER_IS_BETTER else -value
 
 
 @dataclass
@@ -50,11 +92,13 @@ class TrainState:
     # of their losses (for that epoch's mean training loss)
     batch: int = 0
     epoch_loss_sum: float = 0.0
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # the best epoch's validation loss
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
     epochs_since_improvement: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    # the best epoch's `selection_score` (select_on); equals best_val_loss for "loss"
+    best_score: float = math.inf
 
     def to_dict(self) -> dict:
         # not asdict(self): that would deep-copy the best model's tensors on every save
@@ -62,14 +106,15 @@ class TrainState:
             "epoch": self.epoch, "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
             "best_model": self.best_model, "epochs_since_improvement": self.epochs_since_improvement,
             "batch": self.batch, "epoch_loss_sum": self.epoch_loss_sum,
-            "history": [asdict(r) for r in self.history],
+            "history": [asdict(r) for r in self.history], "best_score": self.best_score,
         }
 
     @staticmethod
     def from_dict(raw: dict) -> "TrainState":
         history = [EpochRecord(**r) for r in raw["history"]]
         return TrainState(raw["epoch"], raw.get("batch", 0), raw.get("epoch_loss_sum", 0.0), raw["best_val_loss"],
-                          raw["best_epoch"], raw["best_model"], raw["epochs_since_improvement"], history)
+                          raw["best_epoch"], raw["best_model"], raw["epochs_since_improvement"], history,
+                          raw.get("best_score", raw["best_val_loss"]))
 
 
 @dataclass
@@ -141,8 +186,10 @@ class Trainer:
                                  validation.metrics, validation.samples_per_second)
             state.history.append(record)
             state.epoch = epoch
-            improved = validation.loss < state.best_val_loss
+            score = selection_score(spec.select_on, validation.loss, validation.metrics)
+            improved = score < state.best_score
             if improved:
+                state.best_score = score
                 state.best_val_loss, state.best_epoch = validation.loss, epoch
                 state.best_model = distributed.full_state_dict(self.model)
                 state.epochs_since_improvement = 0
@@ -161,7 +208,9 @@ class Trainer:
             if stop:
                 self.logger.info(
                     f"early stopping: no improvement for {state.epochs_since_improvement} epochs "
-                    f"(best epoch {state.best_epoch}, validation loss {state.best_val_loss:.5f})"
+                    f"(best epoch {state.best_epoch}, validation loss {state.best_val_loss:.5f}"
+                    + (f", {spec.select_on} {abs(state.best_score):.5g}" if spec.select_on != "loss" else "")
+                    + f"; select_on: {spec.select_on})"
                 )
                 break
         return state
@@ -251,7 +300,7 @@ class Trainer:
         self.forward_model.eval()
         start = time.perf_counter()
         totals = {t.column: torch.zeros(2, device=self.device) for t in self.losses}
-        metric_sums = {t.column: metrics.empty_sums(t.column_type, self.device) for t in self.scored_targets}
+        metric_sums = {t.column: t.empty_sums(self.device) for t in self.scored_targets}
         counts = {c: torch.zeros(self.model.layout.n_classes[c], dtype=torch.int64, device=self.device)
                   for c in self.class_share_columns}
         for batch in self.val_batches:

@@ -119,7 +119,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     class_share = _class_share_columns(cfg, metadata)
     losses = build_target_losses(spec, layout.target_columns, layout.target_column_types, metadata, device)
     train_batches, val_batches = make_batch_sources(cfg, metadata, layout.input_columns, device)
-    targets = scored_targets(layout.target_columns, layout.target_column_types, metadata, spec.accuracy_top_k)
+    targets = scored_targets(layout.target_columns, layout.target_column_types, metadata, spec.accuracy_top_k,
+                             spec.ranking_k, spec.exclude_seen)
     # before the first file of the run: a split without scored slots is refused here
     baselines = measure_baselines(targets, train_batches, val_batches, device)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sequifier import metrics
+from sequifier import metrics, ranking
 from sequifier.config.metadata import Metadata
 from sequifier.errors import SequifierError
 from sequifier.train import distributed
@@ -29,28 +29,42 @@ class ScoredTarget:
     top_k: int
     std: float = 1.0  # real: the column's standard deviation, to report original units
     n_classes: int = 0  # categorical: ids incl. the reserved ones
+    ranking_k: tuple[int, ...] = ()  # categorical: the k of HR@k / NDCG@k (none: no ranking metrics)
+    exclude_seen: bool = False  # rank without the items of each target's context
 
     def sums(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
         target = batch.targets[self.column]
         if self.column_type == "categorical":
-            return metrics.categorical_sums(output, target, self.top_k, batch.target_mask)
+            return metrics.ranked_categorical_sums(
+                output, target, self.top_k, batch.target_mask, self.ranking_k,
+                batch.previous[self.column] if self.exclude_seen else None)
         return metrics.real_sums(output, target, self.std, batch.target_mask)
 
+    def empty_sums(self, device) -> torch.Tensor:
+        return metrics.empty_sums(self.column_type, device, self.ranking_k)
+
     def metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        return metrics.metrics_from_sums(self.column_type, sums, self.top_k)
+        return metrics.metrics_from_sums(self.column_type, sums, self.top_k, self.ranking_k)
 
     @property
     def shown(self) -> tuple[str, ...]:
-        extra = (metrics.top_k_name(self.top_k),) if self.column_type == "categorical" else ()
-        return SHOWN[self.column_type] + extra
+        if self.column_type != "categorical":
+            return SHOWN["real"]
+        return SHOWN["categorical"] + (metrics.top_k_name(self.top_k),) + tuple(ranking.metric_names(self.ranking_k)
+                                                                              if self.ranking_k else ())
 
 
 def scored_targets(target_columns: list[str], target_column_types: dict[str, str],
-                   metadata: Metadata, top_k: int) -> list[ScoredTarget]:
+                   metadata: Metadata, top_k: int, ranking_k=None, exclude_seen: bool = False) -> list[ScoredTarget]:
+    """`ranking_k`: the setting (null: the defaults each catalogue allows; see
+    `sequifier.ranking.resolve_ranking_k`)."""
     targets = []
     for column in target_columns:
         if target_column_types[column] == "categorical":
-            targets.append(ScoredTarget(column, "categorical", top_k, n_classes=metadata.n_classes[column]))
+            n_classes = metadata.n_classes[column]
+            targets.append(ScoredTarget(column, "categorical", top_k, n_classes=n_classes,
+                                        ranking_k=ranking.resolve_ranking_k(ranking_k, n_classes),
+                                        exclude_seen=exclude_seen))
         else:
             std = metadata.selected_columns_statistics[column]["std"]
             targets.append(ScoredTarget(column, "real", top_k, std=float(std)))
@@ -81,9 +95,11 @@ def _refuse_empty(count: float, field: str, split: str) -> None:
 def training_statistics(targets: list[ScoredTarget], train_batches, device: torch.device) -> dict[str, torch.Tensor]:
     """Per target what its baselines need from the training split: class counts or [count, sum]."""
     stats = {}
+    transitions: dict[str, list[torch.Tensor]] = {}
     for t in targets:
         if t.column_type == "categorical":
             stats[t.column] = torch.zeros(t.n_classes, dtype=torch.int64, device=device)
+            transitions[t.column] = []
         else:
             stats[t.column] = torch.zeros(2, dtype=metrics.sum_dtype(device), device=device)
     for batch in train_batches:
@@ -91,6 +107,10 @@ def training_statistics(targets: list[ScoredTarget], train_batches, device: torc
             values = batch.targets[t.column]
             if t.column_type == "categorical":
                 stats[t.column] += metrics.class_counts(values, t.n_classes, batch.target_mask)
+                # distinct pairs with their counts per batch keep the list short
+                keys, counts = torch.unique(metrics.transition_keys(
+                    batch.previous[t.column], values, t.n_classes, batch.target_mask), return_counts=True)
+                transitions[t.column].append(torch.stack([keys, counts]).cpu())
             else:
                 stats[t.column] += metrics.value_sums(values, batch.target_mask)
     stats = reduce_sums(stats)
@@ -98,24 +118,36 @@ def training_statistics(targets: list[ScoredTarget], train_batches, device: torc
         stat = stats[t.column]
         _refuse_empty(float(stat.sum() if t.column_type == "categorical" else stat[0]),
                       "training_data_path", "training")
-    return stats
+    return stats, transitions
+
+
+def _fit_markov(parts: list[torch.Tensor], n_classes: int, counts: torch.Tensor) -> metrics.MarkovBaseline:
+    """The Markov baseline of the training split's transitions (of all DDP ranks);
+    `parts` are [2, n] (transition key, count) per batch."""
+    local = torch.cat(parts, dim=1) if parts else torch.zeros(2, 0, dtype=torch.int64)
+    every = distributed.concat_across_ranks(local)
+    return metrics.MarkovBaseline.fit(every[0], n_classes, counts.cpu(), weights=every[1])
 
 
 def measure_baselines(targets: list[ScoredTarget], train_batches, val_batches,
                       device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
     """{target: {baseline: metrics}} on the validation split's scored slots."""
-    stats = {c: s.to(device) for c, s in training_statistics(targets, train_batches, device).items()}
+    stats, transitions = training_statistics(targets, train_batches, device)
+    stats = {c: s.to(device) for c, s in stats.items()}
     means = {t.column: metrics.mean_from_value_sums(stats[t.column])
              for t in targets if t.column_type == "real"}
+    markov = {t.column: _fit_markov(transitions[t.column], t.n_classes, stats[t.column])
+              for t in targets if t.column_type == "categorical"}
     # zeros up front: every rank reduces vectors of the same shapes, even one without batches
-    sums = {(t.column, name): metrics.empty_sums(t.column_type, device)
+    sums = {(t.column, name): t.empty_sums(device)
             for t in targets for name in BASELINES[t.column_type]}
     for batch in val_batches:
         for t in targets:
             values = batch.targets[t.column]
             if t.column_type == "categorical":
-                found = metrics.categorical_baseline_sums(values, stats[t.column], t.top_k,
-                                                          batch.target_mask)
+                found = metrics.categorical_baseline_sums(
+                    values, stats[t.column], t.top_k, batch.target_mask, previous=batch.previous[t.column],
+                    markov=markov[t.column], ranking_k=t.ranking_k, exclude_seen=t.exclude_seen)
             else:
                 found = metrics.real_baseline_sums(values, batch.previous[t.column], means[t.column],
                                                    t.std, batch.target_mask)

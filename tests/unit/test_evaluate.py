@@ -186,3 +186,76 @@ def test_command_line_evaluate_and_its_one_line_error(tmp_path, project):
     assert good.returncode == 0, good.stderr
     assert "| colour | baseline: unigram |" in good.stdout + good.stderr
     assert os.path.exists(tmp_path / "outputs/evaluation/m-split2-predictions.parquet")
+
+
+def _ranks(p, true_index, classes, seen=None):
+    """1-based rank of the true class among the columns (PAD is not a column), ties by id."""
+    ids = np.array([classes.index(c) for c in classes])
+    p_true = p[np.arange(len(p)), true_index][:, None]
+    beats = (p > p_true) | ((p == p_true) & (ids[None, :] < true_index[:, None]))
+    if seen is not None:
+        beats &= ~seen
+    return 1 + beats.sum(axis=1)
+
+
+def test_ranking_metrics_and_the_markov_baseline_with_and_without_seen_items(tmp_path, project):
+    _, frame, metadata, models = project
+    preprocess(tmp_path)
+    report = {}
+    for exclude in (False, True):
+        run_evaluate(evaluate_config(tmp_path, models["onnx"], ranking_k=[1, 3], exclude_seen=exclude,
+                                     overwrite=True))
+        report[exclude] = json.loads((tmp_path / "outputs/evaluation/m-split2-metrics.json").read_text())
+    colour = report[False]["targets"]["colour"]
+    assert colour["ranking_k"] == [1, 3] and "hr@1" not in report[False]["targets"]["value"]["model"]
+    # HR@1 is the accuracy; HR@3, NDCG@3 and MRR from the probabilities infer writes for the same rows
+    assert colour["model"]["hr@1"] == pytest.approx(colour["model"]["accuracy"])
+    probabilities = pd.read_csv(run_infer(infer_config(tmp_path, models["onnx"], positions="scored",
+                                                       output_probabilities=True, overwrite=True))[1])
+    truth = raw_items(frame, 2)
+    probabilities = probabilities.merge(truth, on=["sequenceId", "itemPosition"])
+    # columns in id order: <unknown> (id 1) and the colours (ids 2..)
+    classes = sorted([c for c in probabilities.columns if c in metadata.id_maps["colour"] or c == "<unknown>"],
+                     key=lambda c: 1 if c == "<unknown>" else metadata.id_maps["colour"][c])
+    p = probabilities[classes].to_numpy()
+    true_index = np.array([classes.index(c) for c in probabilities["colour"]])
+    ranks = _ranks(p, true_index, classes)
+    assert colour["model"]["hr@3"] == pytest.approx((ranks <= 3).mean(), abs=1e-6)
+    assert colour["model"]["ndcg@3"] == pytest.approx(np.where(ranks <= 3, 1 / np.log2(ranks + 1), 0).mean(), abs=1e-6)
+    assert colour["model"]["mrr"] == pytest.approx((1 / ranks).mean(), abs=1e-6)
+    # both baselines carry the same metrics; Markov is not the unigram
+    assert set(colour["baselines"]) == {"unigram", "markov"}
+    assert set(colour["baselines"]["markov"]) == set(colour["model"])
+    # seen items out of the ranking: never worse, and better for some item here
+    seen_colour = report[True]["targets"]["colour"]
+    for who in ("model", "unigram", "markov"):
+        plain = colour["model"] if who == "model" else colour["baselines"][who]
+        masked = seen_colour["model"] if who == "model" else seen_colour["baselines"][who]
+        assert masked["mrr"] >= plain["mrr"] and masked["accuracy"] == plain["accuracy"]
+    assert seen_colour["model"]["mrr"] > colour["model"]["mrr"] and report[True]["exclude_seen"]
+    markdown = (tmp_path / "outputs/evaluation/m-split2-metrics.md").read_text()
+    assert "| ndcg@3 |" in markdown and "| colour | baseline: markov |" in markdown
+    assert "Seen items are removed" in markdown
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ranking_k": [0]}, "ranking_k: needs positive integers (e.g. [10, 20]), got [0]"),
+    ({"ranking_k": [5]}, "ranking_k: 5 is larger than the 4 items of 'colour'; use k values up to 4"),
+])
+def test_bad_ranking_settings_are_one_line_and_write_nothing(tmp_path, project, overrides, message):
+    _, _, _, models = project
+    preprocess(tmp_path)
+    with pytest.raises(SequifierError) as error:
+        run_evaluate(evaluate_config(tmp_path, models["onnx"], **overrides))
+    assert str(error.value) == message
+    assert not os.path.exists(tmp_path / "outputs" / "evaluation")
+
+
+def test_ranking_settings_for_a_model_with_only_real_targets_are_refused(tmp_path):
+    _, _, models = make_project(tmp_path, targets=("value",))
+    with pytest.raises(SequifierError) as error:
+        run_evaluate(evaluate_config(tmp_path, models["pt"], ranking_k=[2], exclude_seen=True))
+    assert str(error.value).splitlines() == [
+        "ranking_k: ranking metrics are for categorical targets, and every target (value) is real; remove ranking_k",
+        "exclude_seen: removes seen items from the ranking of a categorical target, and every target (value) "
+        "is real; remove exclude_seen"]

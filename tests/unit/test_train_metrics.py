@@ -46,14 +46,28 @@ def _model_outputs(root, cfg, weights, values):
         return {c: o.numpy().astype(np.float64) for c, o in model(inputs).items()}
 
 
-def _numpy_categorical(logits, targets, k):
+def _numpy_ranking(scores, targets, ks):
+    """HR@k, NDCG@k, MRR: rank = 1 + ids (not PAD) scoring higher, or equal with a lower id."""
+    target_scores = scores[np.arange(len(targets)), targets][:, None]
+    ids = np.arange(scores.shape[1])[None, :]
+    beats = (scores > target_scores) | ((scores == target_scores) & (ids < targets[:, None]))
+    beats[:, PAD_ID] = False
+    ranks = 1 + beats.sum(axis=1)
+    out = {f"hr@{k}": np.mean(ranks <= k) for k in ks}
+    out.update({f"ndcg@{k}": np.mean(np.where(ranks <= k, 1 / np.log2(ranks + 1), 0)) for k in ks})
+    out["mrr"] = np.mean(1 / ranks)
+    return out
+
+
+def _numpy_categorical(logits, targets, k, ks=(3, 5)):
     log_softmax = logits - logits.max(axis=1, keepdims=True)
     log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
     order = np.argsort(-logits, axis=1)
     return {"count": len(targets),
             "cross_entropy": -log_softmax[np.arange(len(targets)), targets].mean(),
             "accuracy": np.mean(order[:, 0] == targets),
-            f"top{k}_accuracy": np.mean((order[:, :k] == targets[:, None]).any(axis=1))}
+            f"top{k}_accuracy": np.mean((order[:, :k] == targets[:, None]).any(axis=1)),
+            **_numpy_ranking(logits, targets, ks)}
 
 
 def _numpy_real(predicted, truth):
@@ -70,7 +84,8 @@ def _assert_close(got: dict, want: dict):
 
 
 def test_epoch_metrics_and_baselines_equal_an_independent_numpy_computation(root):
-    cfg = make_config(root, **{"training_spec.epochs": 1, "training_spec.accuracy_top_k": 3})
+    cfg = make_config(root, **{"training_spec.epochs": 1, "training_spec.accuracy_top_k": 3,
+                               "training_spec.ranking_k": [3, 5]})
     result = run_train(cfg, export=False)
     values, scored = _split(root, 1)
     outputs = _model_outputs(root, cfg, load_checkpoint(result.checkpoint_path)["model"], values)
@@ -91,9 +106,17 @@ def test_epoch_metrics_and_baselines_equal_an_independent_numpy_computation(root
     p = smoothed / smoothed.sum()
     ranked = np.argsort(-p, kind="stable")
     truth = ids[scored]
+    np.seterr(divide="ignore")  # log(0) of PAD_ID: -inf, never a target
     _assert_close(result.baselines["itemId"]["unigram"], {
         "count": len(truth), "cross_entropy": -np.log(p[truth]).mean(),
-        "accuracy": np.mean(truth == ranked[0]), "top3_accuracy": np.mean(np.isin(truth, ranked[:3]))})
+        "accuracy": np.mean(truth == ranked[0]), "top3_accuracy": np.mean(np.isin(truth, ranked[:3])),
+        **_numpy_ranking(np.log(np.tile(p, (len(truth), 1))), truth, (3, 5))})
+    # Markov-1: (count(prev -> x) + p(x)) / (count(prev) + 1), fitted on the training split
+    transitions = np.zeros((12, 12))
+    np.add.at(transitions, (train_values["itemId"][:, :-1][train_scored], train_values["itemId"][:, 1:][train_scored]), 1)
+    before = values["itemId"][:, :-1][scored]
+    markov = (transitions[before] + p) / (transitions[before].sum(axis=1, keepdims=True) + 1)
+    _assert_close(result.baselines["itemId"]["markov"], _numpy_categorical(np.log(markov), truth, 3))
     mean = train_values["itemValue"][:, 1:][train_scored].astype(np.float64).mean()
     _assert_close(result.baselines["itemValue"]["training_mean"],
                   _numpy_real(np.full(scored.sum(), mean), reals[scored]))
@@ -116,7 +139,10 @@ def test_metrics_reach_log_tensorboard_history_and_summary(root):
         accuracy = record.val_metrics["itemId"]["accuracy"]
         unigram = result.baselines["itemId"]["unigram"]["accuracy"]
         assert "validation itemId: cross_entropy" in text
-        assert f"accuracy {accuracy:.5g} (unigram {unigram:.5g})" in text
+        markov = result.baselines["itemId"]["markov"]["accuracy"]
+        assert f"accuracy {accuracy:.5g} (unigram {unigram:.5g}, markov {markov:.5g})" in text
+        ndcg = record.val_metrics["itemId"]["ndcg@10"]  # the default ranking_k within 10 items
+        assert f"ndcg@10 {ndcg:.5g} (unigram " in text
         assert f"rmse {record.val_metrics['itemValue']['rmse']:.5g} (training_mean" in text
     # the history in the checkpoint carries the metrics
     saved = load_checkpoint(result.checkpoint_path)["state"]["history"]
@@ -129,6 +155,8 @@ def test_metrics_reach_log_tensorboard_history_and_summary(root):
     for tag in ("epoch/validation/accuracy/itemId", "epoch/validation/top5_accuracy/itemId",
                 "epoch/validation/cross_entropy/itemId", "epoch/validation/mae/itemValue",
                 "epoch/validation/rmse/itemValue", "epoch/baseline/unigram/accuracy/itemId",
+                "epoch/validation/hr@10/itemId", "epoch/validation/ndcg@10/itemId",
+                "epoch/validation/mrr/itemId", "epoch/baseline/markov/ndcg@10/itemId",
                 "epoch/baseline/training_mean/mse/itemValue",
                 "epoch/baseline/previous_value/mse/itemValue"):
         assert tag in tags, tag
@@ -195,3 +223,58 @@ def test_a_validation_split_without_scored_slots_is_one_line_and_writes_nothing(
         run_train(make_config(root), export=False)
     assert not os.path.exists(os.path.join(root, "logs"))
     assert not os.path.exists(os.path.join(root, "checkpoints"))
+
+
+def test_select_on_a_ranking_metric_picks_the_best_epoch_and_stops_early(root):
+    cfg = make_config(root, **{"training_spec.epochs": 4, "training_spec.select_on": "mrr",
+                               "training_spec.exclude_seen": True, "training_spec.learning_rate": 0.05,
+                               "training_spec.early_stopping_epochs": 1})
+    result = run_train(cfg, export=False)
+    mrr = [r.val_metrics["itemId"]["mrr"] for r in result.history]
+    # the best epoch is the first with the highest MRR (not the lowest loss), and a run stops
+    # one epoch after the MRR stopped improving
+    assert result.best_epoch == int(np.argmax(mrr)) + 1
+    for epoch in range(1, len(mrr)):
+        assert mrr[epoch] > max(mrr[:epoch]) or epoch == len(mrr) - 1
+    assert "select_on: mrr" in log_text(result) or len(mrr) == 4
+    # exclude_seen reaches the baselines too: popularity ranks better without the seen items
+    plain = run_train(make_config(root, model_name="plain", **{"training_spec.epochs": 1}), export=False)
+    assert result.baselines["itemId"]["unigram"]["mrr"] > plain.baselines["itemId"]["unigram"]["mrr"]
+    assert result.baselines["itemId"]["unigram"]["accuracy"] == plain.baselines["itemId"]["unigram"]["accuracy"]
+
+
+def test_selection_score_and_select_on_rules():
+    from sequifier.train.loop import select_on_problems, selection_score
+
+    scores = {"item": {"ndcg@10": 0.3, "cross_entropy": 2.0}, "other": {"ndcg@10": 0.1}}
+    assert selection_score("loss", 1.5, scores) == 1.5
+    assert selection_score("item.ndcg@10", 1.5, scores) == -0.3  # higher-better: negated
+    assert selection_score("item.cross_entropy", 1.5, scores) == 2.0
+    available = {"item": ["ndcg@10", "cross_entropy"], "other": ["ndcg@10"], "v": ["mae"]}
+    assert select_on_problems("loss", available) == [] == select_on_problems("mae", available)
+    assert select_on_problems("ndcg@10", available) == [
+        "training_spec.select_on: 'ndcg@10' is computed for several targets (item, other); "
+        "name one, e.g. item.ndcg@10"]
+    assert select_on_problems("x.mae", available)[0].startswith("training_spec.select_on: 'x' is not a target")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"training_spec.ranking_k": [0]}, "training_spec.ranking_k: needs positive integers (e.g. [10, 20]), got [0]"),
+    ({"training_spec.ranking_k": [5, 11]},
+     "training_spec.ranking_k: 11 is larger than the 10 items of 'itemId'; use k values up to 10"),
+    ({"training_spec.select_on": "ndcg@20"},
+     "training_spec.select_on: 'ndcg@20' is not a computed validation metric; use loss or one of accuracy, "
+     "cross_entropy, hr@10, mae, mrr, mse, ndcg@10, rmse, top5_accuracy (ranking metrics follow "
+     "training_spec.ranking_k)"),
+    ({"target_columns": ["itemValue"], "target_column_types": {"itemValue": "real"},
+      "training_spec.criterion": {"itemValue": "MSELoss"}, "training_spec.exclude_seen": True},
+     "training_spec.exclude_seen: removes seen items from the ranking of a categorical target, and every "
+     "target (itemValue) is real; remove training_spec.exclude_seen"),
+])
+def test_bad_ranking_settings_are_one_line_before_any_file(root, overrides, message):
+    from sequifier.config.validate import validate_train
+
+    with pytest.raises(SequifierError) as error:
+        validate_train(make_config(root, **overrides))
+    assert str(error.value) == message
+    assert not os.path.exists(os.path.join(root, "logs"))
