@@ -38,8 +38,14 @@ class PreprocessConfig:
     split_ratios: List[float] = MISSING
     stride_by_split: Optional[List[int]] = None
     # within_sequence: each sequence is cut in time order; between_sequences: whole
-    # sequences go to one split each (seeded), to judge a model on unseen sequences
+    # sequences go to one split each (seeded), to judge a model on unseen sequences;
+    # leave_last_out: the last holdout_items items of each sequence are the test split,
+    # the ones before validation (the recommender's protocol; split_ratios only count splits)
     split_method: str = "within_sequence"
+    # Not in the original field list: leave_last_out's n - the last n items of every
+    # sequence are the test split, the n before them validation (null: 1; only with
+    # split_method: leave_last_out)
+    holdout_items: Optional[int] = None
     subsequence_start_mode: str = "distribute"
     seed: int = 1010
     n_cores: Optional[int] = None

@@ -114,6 +114,9 @@ def validate_preprocess(cfg: PreprocessConfig) -> None:
     p.one_of(cfg.subsequence_start_mode, START_MODES, "subsequence_start_mode")
 
     p.one_of(cfg.split_method, SPLIT_METHODS, "split_method")
+    from sequifier.data.splits import holdout_setting_problems
+
+    p.lines.extend(holdout_setting_problems(cfg.split_method, cfg.holdout_items, len(cfg.split_ratios or [])))
     p.positive(cfg.max_rows, "max_rows", allow_none=True)
     p.positive(cfg.n_cores, "n_cores", allow_none=True)
     p.positive(cfg.batches_per_file, "batches_per_file")

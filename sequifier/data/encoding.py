@@ -28,7 +28,7 @@ from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 from sequifier.data.missing import MISSING_CATEGORY, MissingReport
 from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, LongTable, feature_kind
-from sequifier.data.splits import segment_bounds
+from sequifier.data.splits import split_bounds
 from sequifier.errors import SequifierError
 
 FIRST_ID = max(PAD_ID, UNKNOWN_ID) + 1
@@ -70,11 +70,12 @@ def sequence_offsets(sequence_column) -> np.ndarray:
     return np.r_[starts, n].astype(np.int64)
 
 
-def training_row_mask(offsets: np.ndarray, split_ratios: Sequence[float]) -> np.ndarray:
-    """Rows in split 0's segment of their sequence (within_sequence), in every sequence:
-    with between_sequences all rows count here and merging keeps split 0's sequences."""
+def training_row_mask(offsets: np.ndarray, split_ratios: Sequence[float], holdout_items: int = 0) -> np.ndarray:
+    """Rows in split 0's segment of their sequence (within_sequence, or leave_last_out
+    with `holdout_items`), in every sequence: with between_sequences all rows count here
+    and merging keeps split 0's sequences."""
     lengths = np.diff(offsets)
-    split0_end = segment_bounds(lengths, split_ratios)[:, 1]
+    split0_end = split_bounds(lengths, split_ratios, holdout_items)[:, 1]
     within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
     return within < np.repeat(split0_end, lengths)
 
@@ -93,7 +94,7 @@ def sequence_moments(x: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> Tu
 
 
 def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float],
-                    split_method: str = "within_sequence") -> FileSummary:
+                    split_method: str = "within_sequence", holdout_items: int = 0) -> FileSummary:
     table = long.table
     seq = table.column(SEQUENCE_COLUMN)
     offsets = sequence_offsets(seq)
@@ -107,8 +108,8 @@ def summarize_table(path: str, long: LongTable, split_ratios: Sequence[float],
     for c in columns:
         if kinds[c] == "real":
             if train_rows is None:
-                train_rows = (training_row_mask(offsets, split_ratios) if split_method == "within_sequence"
-                              else np.ones(table.num_rows, dtype=bool))
+                train_rows = (np.ones(table.num_rows, dtype=bool) if split_method == "between_sequences"
+                              else training_row_mask(offsets, split_ratios, holdout_items))
             summary.moments[c] = sequence_moments(table.column(c).to_numpy(), train_rows, offsets)
         else:
             values = pc.unique(pc.drop_null(table.column(c)))

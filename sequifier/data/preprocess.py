@@ -61,7 +61,10 @@ from sequifier.data.splits import (
     StrideMismatch,
     assign_sequences,
     covered_from,
-    segment_bounds,
+    holdout_problem,
+    holdout_window_starts,
+    split_bounds,
+    too_short_for_holdout,
     whole_sequence_bounds,
     window_starts,
 )
@@ -101,6 +104,7 @@ class Plan:
     missing_values: MissingValues
     columns: List[List[str]]  # per input: the key columns and the features read
     budget: Budget
+    holdout_items: int = 0  # leave_last_out: items held out per sequence and split; else 0
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.project_root, relative)
@@ -123,6 +127,13 @@ def dataset_name(cfg: PreprocessConfig) -> str:
         return cfg.dataset_name
     base = os.path.basename(os.path.normpath(data_path))
     return base if os.path.isdir(data_path) else os.path.splitext(base)[0]
+
+
+def holdout_items(cfg: PreprocessConfig) -> int:
+    """Items per sequence each held-out split takes: leave_last_out's n (default 1), else 0."""
+    if cfg.split_method != "leave_last_out":
+        return 0
+    return 1 if cfg.holdout_items is None else int(cfg.holdout_items)
 
 
 def _ratios_and_strides(cfg: PreprocessConfig) -> Tuple[List[float], List[int]]:
@@ -170,6 +181,7 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
         work_dir=os.path.join(root, "data", f".{name}-preprocess-work"),
         n_workers=n_workers, keys=keys, missing_values=missing_values, columns=columns,
         budget=Budget.of(cfg.max_ram_gb, n_workers),
+        holdout_items=holdout_items(cfg),
     )
 
 
@@ -321,7 +333,7 @@ class BucketTask:
 
 
 def _chunk(task: ReadTask, long: LongTable, cache_path: str) -> Chunk:
-    summary = summarize_table(task.path, long, task.split_ratios, task.split_method)
+    summary = summarize_table(task.path, long, task.split_ratios, task.split_method, task.plan.holdout_items)
     return Chunk(task.file_index, cache_path, summary)
 
 
@@ -400,6 +412,7 @@ class WindowTask:
     file_index: int
     index: int  # the task's number, names its files in the spool
     spool_dir: str
+    holdout_items: int = 0  # leave_last_out's n; 0 for the other methods
 
 
 def gather_windows(sequence_ids: np.ndarray, offsets: np.ndarray, starts, positions: np.ndarray,
@@ -450,11 +463,19 @@ def cut_windows(task: WindowTask) -> Tuple[List[Windows], List[np.ndarray]]:
     values = task.encoding.encode(table)
     positions = table.column(read_table.POSITION_COLUMN).to_numpy()
     if task.sequence_split is None:
-        bounds = segment_bounds(np.diff(task.offsets), task.split_ratios)
+        bounds = split_bounds(np.diff(task.offsets), task.split_ratios, task.holdout_items)
     else:
         bounds = whole_sequence_bounds(np.diff(task.offsets), task.sequence_split, len(task.split_ratios))
     out, sequence_index = [], []
     for k, stride in enumerate(task.strides):
+        if task.holdout_items and k > 0:
+            starts = holdout_window_starts(bounds[:, k], bounds[:, k + 1], task.window_length)
+            windows = gather_windows(task.sequence_ids, task.offsets, starts, positions, values,
+                                     task.window_length, task.encoding, bounds[:, k])
+            windows.target_start[:] = task.window_length - 1  # each window: its one held-out item
+            out.append(windows)
+            sequence_index.append(starts.sequence_index)
+            continue
         cover_start = covered_from(bounds[:, k], bounds[:, k + 1])
         try:
             starts = window_starts(cover_start, bounds[:, k + 1], task.window_length, stride,
@@ -602,7 +623,7 @@ def _window_tasks(plan: Plan, cfg: PreprocessConfig, chunks: List[Chunk],
                 s.sequence_ids[lo:hi], labels[lo:hi], offsets[lo:hi + 1] - offsets[lo], encoding,
                 plan.window_length, plan.split_ratios, plan.strides, cfg.subsequence_start_mode,
                 None if s.sequence_split is None else s.sequence_split[lo:hi], chunk.file_index,
-                len(tasks), plan.spool_dir,
+                len(tasks), plan.spool_dir, plan.holdout_items,
             ))
     return tasks
 
@@ -624,6 +645,22 @@ def make_windows(plan: Plan, cfg: PreprocessConfig, chunks: List[Chunk],
                                          [t.sequence_ids for t in tasks], counts[k])
                for k in range(len(plan.split_ratios))]
     return Spool(plan.spool_dir, layouts, list(encoding.columns), plan.window_length)
+
+
+def check_holdout(summaries: List[FileSummary], n_splits: int, holdout: int) -> None:
+    """leave_last_out: refuse an n too large for every sequence; count the sequences too
+    short for it, which go to training whole."""
+    lengths = np.concatenate([np.diff(s.sequence_offsets) for s in summaries])
+    problem = holdout_problem(lengths, n_splits, holdout)
+    if problem:
+        raise SequifierError(problem)
+    short = int(too_short_for_holdout(lengths, n_splits, holdout).sum())
+    held = "the last item" if holdout == 1 else f"the last {holdout} items"
+    log.info(f"leave_last_out: {held} of each sequence for split {n_splits - 1}"
+             + (f", the {holdout} before for split 1" if n_splits == 3 else "")
+             + f"; {short} of {len(lengths)} sequences have fewer than {(n_splits - 1) * holdout + 1} "
+             "items and go to training whole (split_ratios' values are not used, only their number; "
+             "each held-out item gets a window of its own, so stride_by_split applies to training only)")
 
 
 def split_whole_sequences(summaries: List[FileSummary], split_ratios: List[float], seed: int) -> None:
@@ -739,6 +776,8 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
             summaries = [c.summary for c in chunks]
             if cfg.split_method == "between_sequences":
                 split_whole_sequences(summaries, plan.split_ratios, cfg.seed)
+            if plan.holdout_items:
+                check_holdout(summaries, len(plan.split_ratios), plan.holdout_items)
             encoding = choose_encoding(plan, cfg, summaries)
             for line in report_lines([s.missing for s in summaries]):
                 log.info(f"missing values: {line}")

@@ -6,7 +6,11 @@ window). Positions are relative to the start of each sequence.
 Split k of a sequence of n items is its segment [bounds[k], bounds[k+1]): with
 `split_method: within_sequence` the first split_ratios[0] share of the items, then the
 next share, and so on (time order); with `between_sequences` the whole sequence is the
-segment of the one split it is assigned to (`assign_sequences`) and the others are empty.
+segment of the one split it is assigned to (`assign_sequences`) and the others are empty;
+with `leave_last_out` (n = `holdout_items`) the last n items are the last split's
+segment, the n before them the previous split's, and training keeps the rest
+(`leave_last_out_bounds`), the recommender's protocol: every held-out item is a target
+whose window holds up to seq_length items of its history as context.
 
 A window holds `window_length` = seq_length + 1 items. The windows of split k cover
 its segment the way windows cover a sequence of their own:
@@ -23,7 +27,7 @@ wholly in its segment; only a short first segment is left-padded.
 """
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -41,8 +45,60 @@ def segment_bounds(lengths: np.ndarray, split_ratios: Sequence[float]) -> np.nda
     return np.concatenate([np.zeros((len(lengths), 1), dtype=np.int64), ends], axis=1)
 
 
-SPLIT_METHODS = ("within_sequence", "between_sequences")
+SPLIT_METHODS = ("within_sequence", "between_sequences", "leave_last_out")
+LEAVE_LAST_OUT_SPLITS = (2, 3)  # training + test, or training + validation + test
 START_MODES = ("distribute", "exact")  # subsequence_start_mode (validate.py checks it)
+
+
+def leave_last_out_bounds(lengths: np.ndarray, n_splits: int, holdout_items: int) -> np.ndarray:
+    """segment_bounds for `leave_last_out`: split k < n_splits - 1 ends (n_splits - 1 - k) *
+    holdout_items items before the sequence's end. A sequence too short to keep an item
+    of context before its held-out items (`too_short_for_holdout`) lies wholly in training."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    from_end = (n_splits - 1 - np.arange(n_splits)) * holdout_items
+    ends = lengths[:, None] - from_end[None, :]
+    ends = np.where(too_short_for_holdout(lengths, n_splits, holdout_items)[:, None], lengths[:, None], ends)
+    return np.concatenate([np.zeros((len(lengths), 1), dtype=np.int64), ends], axis=1)
+
+
+def too_short_for_holdout(lengths: np.ndarray, n_splits: int, holdout_items: int) -> np.ndarray:
+    """bool per sequence: fewer items than the held-out ones plus one item of context."""
+    return np.asarray(lengths) < (n_splits - 1) * holdout_items + 1
+
+
+def holdout_problem(lengths: np.ndarray, n_splits: int, holdout_items: int) -> Optional[str]:
+    """The one error of `holdout_items` too large for every sequence, else None."""
+    lengths = np.asarray(lengths)
+    if len(lengths) == 0 or not too_short_for_holdout(lengths, n_splits, holdout_items).all():
+        return None
+    need = (n_splits - 1) * holdout_items + 1
+    return (f"holdout_items: {holdout_items} is too large for every sequence: leave_last_out with "
+            f"{n_splits} splits needs sequences of at least {need} items, and the longest has "
+            f"{int(lengths.max())}; use holdout_items: {max(1, (int(lengths.max()) - 1) // (n_splits - 1))} "
+            "or fewer")
+
+
+def holdout_setting_problems(split_method: str, holdout: Optional[int], n_splits: int) -> list:
+    """The config rules of `holdout_items` (the data's rule is `holdout_problem`)."""
+    if split_method != "leave_last_out":
+        if holdout is not None:
+            return [f"holdout_items: only used by split_method: leave_last_out (it is '{split_method}'); "
+                    "remove holdout_items or set split_method: leave_last_out"]
+        return []
+    problems = []
+    if holdout is not None and holdout < 1:
+        problems.append(f"holdout_items: must be >= 1, got {holdout}")
+    if n_splits not in LEAVE_LAST_OUT_SPLITS:
+        problems.append(f"split_ratios: leave_last_out makes 2 splits (training, test) or 3 (training, "
+                        f"validation, test), got {n_splits}; e.g. split_ratios: [0.8, 0.1, 0.1]")
+    return problems
+
+
+def split_bounds(lengths: np.ndarray, split_ratios: Sequence[float], holdout_items: int = 0) -> np.ndarray:
+    """The segment bounds of `within_sequence` (holdout_items 0) or `leave_last_out`."""
+    if holdout_items:
+        return leave_last_out_bounds(lengths, len(split_ratios), holdout_items)
+    return segment_bounds(lengths, split_ratios)
 
 
 def assign_sequences(n_sequences: int, split_ratios: Sequence[float], seed: int) -> np.ndarray:
@@ -99,6 +155,18 @@ class StrideMismatch(SequifierError):
     def __reduce__(self):
         return (StrideMismatch, (self.args[0], self.sequence_index, self.segment_length,
                                  self.leftover))
+
+
+def holdout_window_starts(seg_start: np.ndarray, seg_end: np.ndarray, window_length: int) -> WindowStarts:
+    """leave_last_out's held-out splits: one window ending at each item of the segment, so
+    every held-out item is the last slot of its own window, after up to seq_length items
+    of its history (the caller scores only that slot: targetStart = window_length - 1)."""
+    seg_start = np.asarray(seg_start, dtype=np.int64)
+    counts = np.asarray(seg_end, dtype=np.int64) - seg_start
+    sequence_index = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    number = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    start = seg_start[sequence_index] + number + 1 - window_length
+    return WindowStarts(sequence_index, start, number)
 
 
 def window_starts(seg_start: np.ndarray, seg_end: np.ndarray, window_length: int,
