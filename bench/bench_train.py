@@ -88,7 +88,7 @@ def _bench_config(metadata_path: str, name: str, epochs: int, compile_model: boo
 
 
 def run(metadata_path: str, name: str, epochs: int, compile_model: bool, template_settings: bool = False):
-    from sequifier.config.validate import validate
+    from sequifier.gate import validate
     from sequifier.train.run import run_train
 
     cfg = train_config(metadata_path, name, epochs, compile_model, template_settings)

@@ -162,7 +162,7 @@ def score_test_split(cfg, checkpoint_path: str) -> dict:
 
 
 def run(data: str, variant: str, epochs: int) -> dict:
-    from sequifier.config.validate import validate
+    from sequifier.gate import validate
     from sequifier.train.run import run_train
 
     cfg = train_config(data, variant, epochs)

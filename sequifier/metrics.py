@@ -52,7 +52,6 @@ from sequifier.config.schema import PAD_ID
 CATEGORICAL_SUMS = ("count", "cross_entropy_sum", "correct", "top_k_correct")
 REAL_SUMS = ("count", "abs_error_sum", "squared_error_sum")
 SUM_NAMES = {"categorical": CATEGORICAL_SUMS, "real": REAL_SUMS}
-DEFAULT_TOP_K = 5
 CATEGORICAL_BASELINES = ("unigram", "markov")
 REAL_BASELINES = ("training_mean", "previous_value")
 BASELINE_DESCRIPTIONS = {

@@ -3,7 +3,7 @@
 One dataclass per config group. They are registered in Hydra's ConfigStore (see
 `compose.py`), so composition type-checks values and `???` marks mandatory fields.
 OmegaConf 2.3 rejects `Literal` and unions of containers, so enumerations are plain
-`str` fields checked in `validate.py`, and per-column maps are dicts.
+`str` fields checked by the owners' rules (see `sequifier/gate.py`), and per-column maps are dicts.
 """
 
 from dataclasses import dataclass, field
@@ -14,6 +14,10 @@ from omegaconf import MISSING
 # Reserved categorical ids, shared by preprocess, train and infer.
 PAD_ID = 0
 UNKNOWN_ID = 1
+# The device kinds of training_spec.device and of infer/evaluate's device ("cuda:1" is kind cuda).
+DEVICES = ("cpu", "cuda", "mps")
+# k of the top-k accuracy: train's training_spec.accuracy_top_k and evaluate's when unset.
+DEFAULT_TOP_K = 5
 
 
 @dataclass
@@ -151,7 +155,7 @@ class TrainingSpec:
     weight_decay_on: List[str] = field(default_factory=lambda: ["matrices"])
     # Not in the original field list: k of the top-k accuracy reported per epoch for
     # categorical targets (sequifier/metrics.py).
-    accuracy_top_k: int = 5
+    accuracy_top_k: int = DEFAULT_TOP_K
     # Not in the original field list: the k of HR@k and NDCG@k (with MRR) reported per
     # categorical target (sequifier/ranking.py; null: [10, 20], each k up to the
     # catalogue), whether the items each target's context already holds are removed from

@@ -16,6 +16,7 @@ once, and the windows are written in input order whatever the chunks were.
 """
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -28,6 +29,14 @@ WINDOW_COST = 3.0  # peak bytes of building windows per byte of the windows
 # that keeps the writing stage's peak near the other stages' (peak memory stays flat)
 WRITE_COST = 6.0
 INDEX_BYTES = 4 * 8  # sequenceId, subsequenceId, padding, targetStart of a window
+
+
+def default_workers() -> int:
+    """Worker processes when n_cores is not set: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def n_processes(n_workers: int) -> int:

@@ -40,6 +40,7 @@ from sequifier.data.budget import (
     GB,
     WINDOW_COST,
     Budget,
+    default_workers,
     n_processes,
     sequence_window_bytes,
     window_bytes,
@@ -71,7 +72,9 @@ from sequifier.data.splits import (
 from sequifier.data.window_spool import Spool
 from sequifier.data.windows import DEFAULT_ROW_GROUP_ROWS, Windows, id_map_fingerprint
 from sequifier.errors import SequifierError
+from sequifier.gate import validate
 from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
+from sequifier.project import dataset_name
 from sequifier.run_lock import dataset_lock
 
 log = logging.getLogger("sequifier.preprocess")
@@ -120,15 +123,6 @@ class Plan:
         return base + ".arrow" if chunk is None else f"{base}.{chunk:04d}.arrow"
 
 
-def dataset_name(cfg: PreprocessConfig) -> str:
-    """The name of the outputs: `dataset_name`, or else data_path's file or folder name."""
-    data_path = resolve_path(cfg.project_root, cfg.data_path)
-    if cfg.dataset_name:
-        return cfg.dataset_name
-    base = os.path.basename(os.path.normpath(data_path))
-    return base if os.path.isdir(data_path) else os.path.splitext(base)[0]
-
-
 def holdout_items(cfg: PreprocessConfig) -> int:
     """Items per sequence each held-out split takes: leave_last_out's n (default 1), else 0."""
     if cfg.split_method != "leave_last_out":
@@ -137,17 +131,10 @@ def holdout_items(cfg: PreprocessConfig) -> int:
 
 
 def _ratios_and_strides(cfg: PreprocessConfig) -> Tuple[List[float], List[int]]:
-    """split_ratios and the stride of every split (validate_preprocess has checked them)."""
+    """split_ratios and the stride of every split (the gate has checked them)."""
     ratios = [float(r) for r in cfg.split_ratios]
     strides = [cfg.seq_length] * len(ratios) if cfg.stride_by_split is None else cfg.stride_by_split
     return ratios, [int(s) for s in strides]
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def make_plan(cfg: PreprocessConfig) -> Plan:
@@ -759,9 +746,7 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, spool: Spool, metadata: Met
 
 def run_preprocess(cfg: PreprocessConfig) -> Metadata:
     """Run `sequifier preprocess` for a composed config; return the metadata."""
-    from sequifier.config.validate import validate_preprocess
-
-    validate_preprocess(cfg)
+    validate("preprocess", cfg)
     plan = make_plan(cfg)
     with dataset_lock(os.path.dirname(plan.work_dir), plan.name):  # the work folder is per dataset
         return _preprocess(plan, cfg)

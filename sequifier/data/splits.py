@@ -47,7 +47,7 @@ def segment_bounds(lengths: np.ndarray, split_ratios: Sequence[float]) -> np.nda
 
 SPLIT_METHODS = ("within_sequence", "between_sequences", "leave_last_out")
 LEAVE_LAST_OUT_SPLITS = (2, 3)  # training + test, or training + validation + test
-START_MODES = ("distribute", "exact")  # subsequence_start_mode (validate.py checks it)
+START_MODES = ("distribute", "exact")  # subsequence_start_mode (data/rules.py checks it)
 
 
 def leave_last_out_bounds(lengths: np.ndarray, n_splits: int, holdout_items: int) -> np.ndarray:

@@ -23,9 +23,10 @@ import torch
 
 from sequifier import metrics
 from sequifier.config.metadata import Metadata, read_metadata
-from sequifier.config.schema import EvaluateConfig, InferConfig
+from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig, InferConfig
 from sequifier.data.windows import Windows, first_predicted_slot
 from sequifier.errors import SequifierError
+from sequifier.gate import validate
 from sequifier.infer import outputs
 from sequifier.infer.run import (
     ModelJob,
@@ -53,9 +54,7 @@ class TargetScore:
 
 def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     """Evaluate every model in `cfg.model_path` on the split; return the paths written."""
-    from sequifier.config.validate import validate_evaluate
-
-    validate_evaluate(cfg)
+    validate("evaluate", cfg)
     root = cfg.project_root
     metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
     data_path = resolve_path(root, cfg.data_path or _split(metadata, -1, "data_path"))
@@ -145,7 +144,7 @@ def _columns(job: ModelJob) -> tuple:
 
 def _top_k(cfg: EvaluateConfig, jobs: list[ModelJob]) -> int:
     if cfg.accuracy_top_k is None:
-        return metrics.DEFAULT_TOP_K
+        return DEFAULT_TOP_K
     for job in jobs:
         if "categorical" not in job.info.target_column_types.values():
             raise SequifierError(

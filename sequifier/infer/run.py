@@ -38,6 +38,7 @@ from sequifier.data.windows import (
 )
 from sequifier.errors import SequifierError
 from sequifier.export_format import EMBEDDING_OUTPUT
+from sequifier.gate import validate
 from sequifier.infer import outputs
 from sequifier.infer.model_info import ModelInfo
 from sequifier.infer.model_runner import load_runner
@@ -48,7 +49,6 @@ from sequifier.infer.values import (
     clamp_unknown_ids,
     destandardise,
     sampling_by_column,
-    sampling_problems,
     softmax,
 )
 from sequifier.io_utils import resolve_path
@@ -73,50 +73,9 @@ class ModelJob:
     output_paths: list[str] = field(default_factory=list)
 
 
-POSITIONS = ("last", "scored")
-
-
-def option_problems(cfg: InferConfig) -> list[str]:
-    """One line per infer option that is invalid or cannot take effect with the others
-    (checked by the validation gate and again by `run_infer` for Python callers)."""
-    problems = []
-    if cfg.write_format not in outputs.WRITE_FORMATS:
-        problems.append(
-            f"write_format: '{cfg.write_format}' is not one of {', '.join(outputs.WRITE_FORMATS)}"
-        )
-    if cfg.autoregression_extra_steps is not None and not cfg.autoregression:
-        problems.append(
-            "autoregression_extra_steps: is set but autoregression is false; "
-            "set autoregression: true or remove autoregression_extra_steps"
-        )
-    if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
-        problems.append("autoregression_extra_steps: must be 0 or more")
-    if cfg.positions not in POSITIONS:
-        problems.append(f"positions: '{cfg.positions}' is not one of {', '.join(POSITIONS)}")
-    elif cfg.positions == "scored" and (cfg.autoregression or cfg.forecast):
-        problems.append(
-            "positions: 'scored' predicts the items inside each window; it does not combine "
-            "with autoregression or forecast (which continue after the window); use "
-            "positions: last"
-        )
-    if cfg.forecast_position_step is not None:
-        if not cfg.forecast:
-            problems.append("forecast_position_step: is set but forecast is false; set "
-                            "forecast: true or remove forecast_position_step")
-        elif cfg.forecast_position_step < 1:
-            problems.append(
-                f"forecast_position_step: must be >= 1, got {cfg.forecast_position_step}"
-            )
-    sampled = list(cfg.sample_from_distribution_columns or [])
-    problems += sampling_problems(sampled, {name: getattr(cfg, name) for name in SAMPLING_FIELDS})
-    return problems
-
-
 def run_infer(cfg: InferConfig) -> list[str]:
     """Run every model in `cfg.model_path` on the data; return the paths written."""
-    from sequifier.config.validate import validate_infer
-
-    validate_infer(cfg)
+    validate("infer", cfg)
     root = cfg.project_root
     metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
     data_path = resolve_path(root, cfg.data_path or _last_split(metadata))

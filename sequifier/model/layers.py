@@ -95,8 +95,8 @@ class Dropout(nn.Dropout):
         return x * keep / (1.0 - self.p)
 
 
-NORMALIZATIONS = ("rmsnorm", "layer_norm")  # model_spec.normalization (validate.py checks it)
-ACTIVATIONS = ("swiglu", "gelu", "relu")  # model_spec.activation_fn (validate.py checks it)
+NORMALIZATIONS = ("rmsnorm", "layer_norm")  # model_spec.normalization (model/rules.py checks it)
+ACTIVATIONS = ("swiglu", "gelu", "relu")  # model_spec.activation_fn (model/rules.py checks it)
 
 
 def make_norm(normalization: str, dim: int) -> nn.Module:

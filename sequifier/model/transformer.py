@@ -33,7 +33,7 @@ from sequifier.model.layers import (
     make_norm,
 )
 
-POSITIONAL_ENCODINGS = ("learned", "rope")  # model_spec.positional_encoding (validate.py checks it)
+POSITIONAL_ENCODINGS = ("learned", "rope")  # model_spec.positional_encoding (model/rules.py checks it)
 ATTENTION_TYPES = ("mha", "mqa", "gqa")  # model_spec.attention_type (kv_heads is its rule)
 
 

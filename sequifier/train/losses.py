@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sequifier.config.metadata import Metadata
+from sequifier.config.problems import Problems
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train.class_blocks import argument_problems
@@ -167,13 +168,27 @@ def make_criterion(entry: Any, column: str, column_type: str,
     return criterion
 
 
-def criterion_problems(entry: Any, column: str, column_type: str) -> list[str]:
-    """The problem line of one criterion entry, if any (for the validation gate)."""
-    try:
-        make_criterion(entry, column, column_type)
-    except SequifierError as e:
-        return [str(e)]
-    return []
+def loss_rules(spec: TrainingSpec, target_columns: list[str], p: Problems) -> None:
+    """Which targets the loss settings name (the validation gate's rule, before the data)."""
+    for col in target_columns:
+        if col not in spec.criterion:
+            p.add(f"training_spec.criterion.{col}",
+                  "missing: give a loss for every target (e.g. CrossEntropyLoss, MSELoss)")
+    for col in spec.criterion:
+        if col not in target_columns:
+            p.add(f"training_spec.criterion.{col}", f"'{col}' is not in target_columns {target_columns}")
+    for field, keys in (("loss_weights", spec.loss_weights), ("class_weights", spec.class_weights)):
+        for col in keys or {}:
+            p.check(col in target_columns, f"training_spec.{field}.{col}",
+                    f"'{col}' is not in target_columns {target_columns}")
+
+
+def criterion_rules(spec: TrainingSpec, target_columns: list[str], column_types: dict[str, str],
+                    p: Problems) -> None:
+    """Each target's criterion entry against the data's type of the target."""
+    for col, entry in spec.criterion.items():
+        if col in column_types and col in target_columns:
+            p.call(make_criterion, entry, col, column_types[col])
 
 
 def class_weight_vector(column: str, raw, metadata: Metadata) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 `name` picks any optimizer class in `torch.optim` or sequifier's own (CUSTOM_OPTIMIZERS);
 every other key of the block is a keyword argument, checked against the class by
-`block_problems` in the validation gate (see `class_blocks`). The learning rate comes
+`optimizer_rules` in the validation gate (see `class_blocks`), once: the builder trusts it. The learning rate comes
 from `training_spec.learning_rate`, so an `lr` key is refused rather than silently winning.
 The block's `weight_decay` applies to the parameter kinds `training_spec.weight_decay_on`
 names (default: weight matrices only); the others get none (`parameter_groups`).
@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from sequifier.config.problems import Problems
+from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train.ademamix import AdEMAMix
 from sequifier.train.class_blocks import argument_problems, keyword_arguments
@@ -38,21 +40,26 @@ def optimizer_class(name: Any) -> type:
     return cls
 
 
-def block_problems(block: dict[str, Any], learning_rate: float) -> list[str]:
-    """Every problem of an optimizer block, one line each (called by the validation gate)."""
+def optimizer_rules(spec: TrainingSpec, p: Problems) -> None:
+    """The optimizer block and `weight_decay_on` (the validation gate's rule)."""
+    block, learning_rate = spec.optimizer, spec.learning_rate
     name = block.get("name")
     if name not in known_optimizers():
-        return [f"{FIELD}.name: unknown optimizer '{name}'; known: {', '.join(known_optimizers())}"]
-    if "lr" in block:
-        return [f"{FIELD}.lr: set the learning rate with training_spec.learning_rate instead"]
-    cls = optimizer_class(name)
-    problems = argument_problems(cls, block, FIELD)
-    if not problems and learning_rate > 0:  # a dry build: the class's own range checks
-        try:
-            cls([torch.nn.Parameter(torch.zeros(2))], lr=learning_rate, **keyword_arguments(block))
-        except (ValueError, TypeError, RuntimeError) as e:
-            problems.append(f"{FIELD}: {name} rejected its arguments {keyword_arguments(block)}: {e}")
-    return problems
+        p.add(f"{FIELD}.name", f"unknown optimizer '{name}'; known: {', '.join(known_optimizers())}")
+    elif "lr" in block:
+        p.add(f"{FIELD}.lr", "set the learning rate with training_spec.learning_rate instead")
+    else:
+        cls = optimizer_class(name)
+        problems = argument_problems(cls, block, FIELD)
+        p.extend(problems)
+        if not problems and learning_rate > 0:  # a dry build: the class's own range checks
+            try:
+                cls([torch.nn.Parameter(torch.zeros(2))], lr=learning_rate, **keyword_arguments(block))
+            except (ValueError, TypeError, RuntimeError) as e:
+                p.add(FIELD, f"{name} rejected its arguments {keyword_arguments(block)}: {e}")
+    unknown = [k for k in spec.weight_decay_on or [] if k not in PARAMETER_KINDS]
+    if unknown:
+        p.add(DECAY_FIELD, f"unknown kind(s) {unknown}; use any of {', '.join(PARAMETER_KINDS)}")
 
 
 def _prefer_fused(cls: type, kwargs: dict[str, Any], params: list[torch.Tensor]) -> bool:
@@ -68,11 +75,8 @@ def _prefer_fused(cls: type, kwargs: dict[str, Any], params: list[torch.Tensor])
 
 
 def build_optimizer(params: Iterable, block: dict[str, Any], learning_rate: float):
-    """The optimizer of a block that passed `block_problems`; `params` may be parameter
+    """The optimizer of a block that passed `optimizer_rules`; `params` may be parameter
     groups (`parameter_groups`)."""
-    problems = block_problems(block, learning_rate)
-    if problems:
-        raise SequifierError(problems[0])
     cls = optimizer_class(block["name"])
     kwargs = keyword_arguments(block)
     params = list(params)
@@ -89,7 +93,9 @@ def build_optimizer(params: Iterable, block: dict[str, Any], learning_rate: floa
 
 # What `training_spec.weight_decay_on` can name. Decaying embeddings pulls rare items'
 # vectors to zero, and decaying norm scales and biases shrinks the model's own
-# normalisation and offsets, so by default only weight matrices decay (as in nanoGPT).
+# normalisation and offsets, so by default only weight matrices decay. (nanoGPT decays
+# every tensor of two or more dimensions, embeddings included; sequifier leaves
+# embeddings out by default and lets weight_decay_on add them.)
 PARAMETER_KINDS = ("matrices", "embeddings", "norms", "biases")
 DECAY_FIELD = "training_spec.weight_decay_on"
 
@@ -114,13 +120,6 @@ def parameters_by_kind(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
                 seen.add(id(param))
                 kinds[parameter_kind(module, name, param)].append(param)
     return kinds
-
-
-def decay_kinds_problems(decay_on) -> list[str]:
-    unknown = [k for k in decay_on or [] if k not in PARAMETER_KINDS]
-    if unknown:
-        return [f"{DECAY_FIELD}: unknown kind(s) {unknown}; use any of {', '.join(PARAMETER_KINDS)}"]
-    return []
 
 
 def parameter_groups(model: torch.nn.Module, block: dict[str, Any], decay_on) -> list[dict[str, Any]]:

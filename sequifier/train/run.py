@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from sequifier.config.metadata import Metadata, read_metadata
-from sequifier.config.schema import TrainConfig, TrainingSpec
+from sequifier.config.schema import DEFAULT_TOP_K, TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.export_format import is_export_of, list_exports, parse_export_name
+from sequifier.gate import validate
 from sequifier.io_utils import clean_leftovers, resolve_path
 from sequifier.run_lock import model_lock
 from sequifier.train import distributed
@@ -78,9 +79,7 @@ class TrainResult:
 
 def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps)."""
-    from sequifier.config.validate import validate_train
-
-    validate_train(cfg)  # on every rank, before any file is touched
+    validate("train", cfg)  # on every rank, before any file is touched
     if distributed.context().enabled or os.environ.get("RANK", "0") != "0":
         return _run_train(cfg, export)  # a rank of a run whose launcher holds the lock
     with model_lock(os.path.join(cfg.project_root, CHECKPOINTS_DIR), cfg.model_name):
@@ -218,8 +217,7 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
                           target_column_types: dict[str, str]) -> list[str]:
     """Log lines for settings this run accepts but does not apply, so none is ignored silently."""
     notes = []
-    default_top_k = TrainingSpec.accuracy_top_k
-    if spec.accuracy_top_k != default_top_k and "categorical" not in target_column_types.values():
+    if spec.accuracy_top_k != DEFAULT_TOP_K and "categorical" not in target_column_types.values():
         notes.append(
             f"training_spec.accuracy_top_k ({spec.accuracy_top_k}) is not used: top-k accuracy "
             "is reported for categorical targets, and this run has only real ones"
@@ -369,16 +367,9 @@ def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[Resume 
 
 
 def _class_share_columns(cfg: TrainConfig, metadata: Metadata) -> dict[str, dict[int, Any]]:
-    columns = {}
-    for column in cfg.training_spec.class_share_log_columns or []:
-        if column not in cfg.target_columns or metadata.column_types.get(column) != "categorical":
-            raise SequifierError(
-                f"training_spec.class_share_log_columns: '{column}' is not a categorical target "
-                f"column (categorical targets: "
-                f"{[c for c in cfg.target_columns if metadata.column_types.get(c) == 'categorical']})"
-            )
-        columns[column] = metadata.inverse_id_map(column)
-    return columns
+    """column -> id -> value of the targets whose class shares are logged (the gate's
+    `class_share_rule` has checked that they are categorical targets)."""
+    return {c: metadata.inverse_id_map(c) for c in cfg.training_spec.class_share_log_columns or []}
 
 
 def _export(cfg, model, layout, state: TrainState, models_dir: str, result: TrainResult,

@@ -2,7 +2,8 @@
 
 `name` picks a class in `torch.optim.lr_scheduler` or sequifier's own (CUSTOM_SCHEDULERS;
 "none": constant learning rate); the other keys are keyword arguments, checked against
-the class by `block_problems` in the validation gate (see `class_blocks`).
+the class by `scheduler_rules` in the validation gate (see `class_blocks`); `resolve`
+fills the class's default arguments so the run records what it trains with.
 `ReduceLROnPlateau` is stepped with the validation loss, so it can only be stepped per epoch.
 """
 
@@ -12,6 +13,8 @@ from typing import Any, Optional
 
 import torch
 
+from sequifier.config.problems import Problems
+from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.train.class_blocks import argument_problems, keyword_arguments
 
@@ -121,8 +124,23 @@ def _passed_arguments(cls: type, total_steps: int | None) -> dict[str, Any]:
     return {PASSED_STEPS: total_steps if total_steps is not None else 2**62}
 
 
+def scheduler_rules(spec: TrainingSpec, p: Problems) -> None:
+    """`scheduler_step_on` and the scheduler block (the validation gate's rule)."""
+    p.one_of(spec.scheduler_step_on, STEP_ON, "training_spec.scheduler_step_on")
+    if spec.scheduler_step_on in STEP_ON:
+        # per-epoch stepping: the run's length is known here; per batch, once the data is read
+        known_steps = spec.epochs if spec.scheduler_step_on == "epoch" else None
+        p.extend(block_problems(spec.scheduler, spec.scheduler_step_on, known_steps))
+
+
+def resolve(spec: TrainingSpec) -> None:
+    """Fill the block's default arguments: the run records (and a resume compares) what it trains with."""
+    spec.scheduler = with_default_arguments(spec.scheduler)
+
+
 def block_problems(block: dict[str, Any], step_on: str, total_steps: int | None = None) -> list[str]:
-    """Every problem of a scheduler block, one line each (called by the validation gate).
+    """Every problem of a scheduler block, one line each: `scheduler_rules` before any file
+    is touched, and `build_scheduler` again once the run's length is known.
 
     `total_steps`: the run's number of scheduler steps, when known (with per-epoch
     stepping the gate knows it; per batch it is known once the data is read)."""
@@ -152,7 +170,7 @@ def total_scheduler_steps(epochs: int, batches_per_epoch: int, step_on: str) -> 
 
 
 def build_scheduler(optimizer, block: dict[str, Any] | None, step_on: str, total_steps: int | None = None):
-    """The scheduler of a block that passed `block_problems` (None: constant learning rate).
+    """The scheduler of a block that passed `scheduler_rules` (None: constant learning rate).
 
     `total_steps` (`total_scheduler_steps`) is required by classes that take it."""
     block = dict(block or {"name": "none"})

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from sequifier.config import compose as comp
+from sequifier.config.problems import Problems
 from sequifier.config.schema import TrainConfig
 from sequifier.errors import SequifierError
 from sequifier.train import optimizers, schedulers
@@ -49,8 +50,10 @@ def test_every_group_option_composes(group, option):
     assert isinstance(config, TrainConfig)
     # every optimizer/scheduler preset is a complete block its class accepts
     spec = config.training_spec
-    assert optimizers.block_problems(spec.optimizer, spec.learning_rate) == []
-    assert schedulers.block_problems(spec.scheduler, spec.scheduler_step_on) == []
+    p = Problems()
+    optimizers.optimizer_rules(spec, p)
+    schedulers.scheduler_rules(spec, p)
+    assert p.lines == []
 
 
 def test_precedence_schema_yaml_preset_override():

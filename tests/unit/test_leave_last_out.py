@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from preprocess_data import config, load_splits, long_table, write_input
 
-from sequifier.config.validate import validate_preprocess
 from sequifier.data.preprocess import run_preprocess
 from sequifier.data.splits import leave_last_out_bounds
 from sequifier.data.windows import first_predicted_slot
 from sequifier.errors import SequifierError
+from sequifier.gate import validate
 
 LENGTHS = (23, 3, 9, 40, 1, 12, 2, 5)
 SEQ_LENGTH = 4
@@ -98,7 +98,7 @@ def test_bad_holdout_settings_are_one_line(tmp_path, settings, message):
     values = {"split_method": "leave_last_out", "split_ratios": [0.8, 0.1, 0.1], "stride_by_split": None}
     values.update(settings)
     with pytest.raises(SequifierError) as error:
-        validate_preprocess(config(tmp_path, tmp_path / "x.csv", **values))
+        validate("preprocess", config(tmp_path, tmp_path / "x.csv", **values))
     assert str(error.value) == message
 
 

@@ -188,7 +188,7 @@ def test_metrics_reach_log_tensorboard_history_and_summary(root):
 
 
 def test_accuracy_top_k_sets_k_and_is_validated(root):
-    from sequifier.config.validate import validate_train
+    from sequifier.gate import validate
 
     result = run_train(make_config(root, **{"training_spec.epochs": 1,
                                             "training_spec.accuracy_top_k": 1}), export=False)
@@ -197,7 +197,7 @@ def test_accuracy_top_k_sets_k_and_is_validated(root):
     assert result.baselines["itemId"]["unigram"]["top1_accuracy"] == result.baselines["itemId"]["unigram"]["accuracy"]
     cfg = make_config(root, **{"training_spec.accuracy_top_k": 0})
     with pytest.raises(SequifierError, match="training_spec.accuracy_top_k: must be >= 1"):
-        validate_train(cfg)
+        validate("train", cfg)
     # only real targets: k has nothing to apply to, and the log says so
     only_real = run_train(make_config(
         root, model_name="real", target_columns=["itemValue"],
@@ -272,9 +272,9 @@ def test_selection_score_and_select_on_rules():
      "target (itemValue) is real; remove training_spec.exclude_seen"),
 ])
 def test_bad_ranking_settings_are_one_line_before_any_file(root, overrides, message):
-    from sequifier.config.validate import validate_train
+    from sequifier.gate import validate
 
     with pytest.raises(SequifierError) as error:
-        validate_train(make_config(root, **overrides))
+        validate("train", make_config(root, **overrides))
     assert str(error.value) == message
     assert not os.path.exists(os.path.join(root, "logs"))

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from sequifier.config.metadata import Metadata, write_metadata
 from sequifier.config.schema import InferConfig, PreprocessConfig, TrainConfig
-from sequifier.config.validate import validate
 from sequifier.errors import SequifierError
+from sequifier.gate import validate
 from sequifier.model.transformer import kv_heads
 
 TRAIN = TRAIN_CONFIG

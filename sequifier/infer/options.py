@@ -1,0 +1,92 @@
+"""The rules of `sequifier infer` and `sequifier evaluate`, and infer's `resolve` step.
+
+Each rule appends one line per problem to the collector; the gate (`sequifier.gate`)
+calls the config rules, then `resolve` (infer's seq_length from the metadata), then the
+metadata rules. The lists of choices belong to the code that acts on them: POSITIONS
+here (infer's engines read it), WRITE_FORMATS in outputs.py, the sampling settings in
+values.py. Torch-free: infer with ONNX models never imports torch for its checks.
+"""
+
+from sequifier.config.metadata import COLUMN_TYPES, Metadata
+from sequifier.config.problems import Problems
+from sequifier.config.schema import DEVICES, EvaluateConfig, InferConfig
+from sequifier.data.rules import read_format_rule
+from sequifier.data.windows import WINDOW_FORMATS
+from sequifier.export_format import MODEL_TYPES
+from sequifier.infer.outputs import WRITE_FORMATS
+from sequifier.infer.values import SAMPLING_FIELDS, sampling_problems
+
+# last: one prediction after each window; scored: one for every item inside it
+POSITIONS = ("last", "scored")
+
+
+def model_path_rule(model_path, p: Problems) -> None:
+    """`model_path` of infer and evaluate: one path or a non-empty list of them."""
+    paths = model_path if isinstance(model_path, list) else [model_path]
+    p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
+            f"must be a model file path or a list of them, got {model_path!r}")
+
+
+def infer_rules(cfg: InferConfig, p: Problems) -> None:
+    model_path_rule(cfg.model_path, p)
+    p.one_of(cfg.model_type, MODEL_TYPES, "model_type")
+    p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
+    p.one_of(cfg.device.split(":")[0], DEVICES, "device")
+    p.positive(cfg.seq_length, "seq_length", allow_none=True)
+    p.positive(cfg.inference_batch_size, "inference_batch_size")
+    option_rules(cfg, p)
+    for col, kind in (cfg.target_column_types or {}).items():
+        p.one_of(kind, COLUMN_TYPES, f"target_column_types.{col}")
+    if cfg.sample_from_distribution_columns and cfg.target_columns is not None:
+        for col in cfg.sample_from_distribution_columns:
+            p.check(col in cfg.target_columns, "sample_from_distribution_columns",
+                    f"'{col}' is not in target_columns {list(cfg.target_columns)}")
+
+
+def option_rules(cfg: InferConfig, p: Problems) -> None:
+    """The options that are invalid or cannot take effect with the others."""
+    p.one_of(cfg.write_format, WRITE_FORMATS, "write_format")
+    if cfg.autoregression_extra_steps is not None and not cfg.autoregression:
+        p.add("autoregression_extra_steps", "is set but autoregression is false; "
+              "set autoregression: true or remove autoregression_extra_steps")
+    if cfg.autoregression_extra_steps is not None and cfg.autoregression_extra_steps < 0:
+        p.add("autoregression_extra_steps", "must be 0 or more")
+    if cfg.positions not in POSITIONS:
+        p.one_of(cfg.positions, POSITIONS, "positions")
+    elif cfg.positions == "scored" and (cfg.autoregression or cfg.forecast):
+        p.add("positions", "'scored' predicts the items inside each window; it does not combine "
+              "with autoregression or forecast (which continue after the window); use positions: last")
+    if cfg.forecast_position_step is not None:
+        if not cfg.forecast:
+            p.add("forecast_position_step", "is set but forecast is false; set "
+                  "forecast: true or remove forecast_position_step")
+        elif cfg.forecast_position_step < 1:
+            p.add("forecast_position_step", f"must be >= 1, got {cfg.forecast_position_step}")
+    sampled = list(cfg.sample_from_distribution_columns or [])
+    p.extend(sampling_problems(sampled, {name: getattr(cfg, name) for name in SAMPLING_FIELDS}))
+
+
+def resolve(cfg: InferConfig, metadata: Metadata) -> None:
+    """seq_length defaults to the preprocessed data's."""
+    if cfg.seq_length is None:
+        cfg.seq_length = metadata.seq_length
+
+
+def infer_metadata_rules(cfg: InferConfig, metadata: Metadata, p: Problems) -> None:
+    p.check(cfg.seq_length == metadata.seq_length, "seq_length",
+            f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
+            f"set seq_length: {metadata.seq_length}")
+    read_format_rule(cfg.read_format, cfg.data_path is None, metadata, p)
+
+
+def evaluate_rules(cfg: EvaluateConfig, p: Problems) -> None:
+    model_path_rule(cfg.model_path, p)
+    p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
+    p.one_of(cfg.write_format, WRITE_FORMATS, "write_format")
+    p.one_of(cfg.device.split(":")[0], DEVICES, "device")
+    p.positive(cfg.inference_batch_size, "inference_batch_size")
+    p.positive(cfg.accuracy_top_k, "accuracy_top_k", allow_none=True)
+
+
+def evaluate_metadata_rules(cfg: EvaluateConfig, metadata: Metadata, p: Problems) -> None:
+    read_format_rule(cfg.read_format, cfg.data_path is None or cfg.baseline_data_path is None, metadata, p)
