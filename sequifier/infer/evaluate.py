@@ -23,21 +23,22 @@ import torch
 
 from sequifier import metrics
 from sequifier.config.metadata import Metadata, read_metadata
-from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig, InferConfig
+from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig
 from sequifier.data.windows import Windows, first_predicted_slot
 from sequifier.errors import SequifierError
 from sequifier.gate import validate
 from sequifier.infer import outputs
-from sequifier.infer.run import (
+from sequifier.infer.engines import Chooser, predict_every_position
+from sequifier.infer.models import (
     ModelJob,
-    _check_distinct_names,
-    _open_model,
-    model_inputs,
-    predict_every_position,
-    prediction_tables,
-    read_input,
-    to_user_values,
+    check_distinct_names,
+    check_dropout,
+    check_metadata_matches_model,
+    model_paths,
+    open_model,
 )
+from sequifier.infer.reading import default_split, model_inputs, read_model_windows
+from sequifier.infer.tables import prediction_table, to_user_values
 from sequifier.io_utils import resolve_path
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,11 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     validate("evaluate", cfg)
     root = cfg.project_root
     metadata = read_metadata(resolve_path(root, cfg.metadata_config_path))
-    data_path = resolve_path(root, cfg.data_path or _split(metadata, -1, "data_path"))
-    baseline_path = resolve_path(root, cfg.baseline_data_path or _split(metadata, 0, "baseline_data_path"))
+    data_path = resolve_path(root, cfg.data_path or default_split(metadata, -1, "data_path"))
+    baseline_path = resolve_path(root, cfg.baseline_data_path or default_split(metadata, 0, "baseline_data_path"))
     split = split_name(metadata, root, data_path)
-    infer_cfg = _as_infer_config(cfg, metadata)
-    paths = [resolve_path(root, p) for p in ([cfg.model_path] if isinstance(cfg.model_path, str)
-                                              else list(cfg.model_path))]
-    jobs = [_open_model(infer_cfg, metadata, p) for p in paths]
-    _check_distinct_names(jobs)
+    jobs = [_open(cfg, metadata, resolve_path(root, p)) for p in model_paths(cfg.model_path)]
+    check_distinct_names(jobs)
     top_k = _top_k(cfg, jobs)
     ranks = _ranking_settings(cfg, jobs, metadata)
     planned = _planned_paths(cfg, jobs, split)
@@ -76,11 +74,11 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     for job in jobs:
         key = _columns(job)
         if key not in windows_by_columns:
-            windows_by_columns[key] = read_input(cfg.read_format, metadata, data_path, list(key),
-                                                 metadata.seq_length, cfg.metadata_config_path)
+            windows_by_columns[key] = read_model_windows(cfg.read_format, metadata, data_path, list(key),
+                                                         metadata.seq_length, cfg.metadata_config_path)
     targets = sorted({t for job in jobs for t in job.info.target_columns})
-    training = read_input(cfg.read_format, metadata, baseline_path, targets, metadata.seq_length,
-                          cfg.metadata_config_path)
+    training = read_model_windows(cfg.read_format, metadata, baseline_path, targets, metadata.seq_length,
+                                  cfg.metadata_config_path)
     for windows in windows_by_columns.values():
         if not (first_predicted_slot(windows) <= metadata.seq_length).any():
             raise SequifierError(
@@ -92,7 +90,7 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     reports, texts, tables = [], {}, {}
     for job in jobs:
         windows = windows_by_columns[_columns(job)]
-        report, rows = _evaluate_model(infer_cfg, metadata, job, windows, training, top_k, split,
+        report, rows = _evaluate_model(cfg, metadata, job, windows, training, top_k, split,
                                        ranks[job.path], cfg.exclude_seen)
         report.update(model=job.path, data_path=data_path, split=split,
                       baseline_data_path=baseline_path)
@@ -112,12 +110,6 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     return planned
 
 
-def _split(metadata: Metadata, index: int, field_name: str) -> str:
-    if not metadata.split_paths:
-        raise SequifierError(f"{field_name}: not set and the metadata records no splits; set {field_name}")
-    return metadata.split_paths[index]
-
-
 def split_name(metadata: Metadata, root: str, path: str) -> str:
     """`splitK` for a split of the metadata, else the file's stem."""
     for k, split in enumerate(metadata.split_paths):
@@ -126,15 +118,23 @@ def split_name(metadata: Metadata, root: str, path: str) -> str:
     return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
-def _as_infer_config(cfg: EvaluateConfig, metadata: Metadata) -> InferConfig:
-    """The infer settings evaluate runs with: every position, argmax, no probabilities."""
-    return InferConfig(
-        project_root=cfg.project_root, model_path=cfg.model_path,
-        metadata_config_path=cfg.metadata_config_path, training_config_path=cfg.training_config_path,
-        read_format=cfg.read_format, write_format=cfg.write_format, model_type="generative",
-        seq_length=metadata.seq_length, inference_batch_size=cfg.inference_batch_size,
-        map_to_id=cfg.map_to_id, device=cfg.device, overwrite=cfg.overwrite, positions="scored",
-    )
+def _open(cfg: EvaluateConfig, metadata: Metadata, path: str) -> ModelJob:
+    """A generative model of the metadata's seq_length, run on every position."""
+    job = open_model(path, metadata, device=cfg.device,
+                     training_config_path=resolve_path(cfg.project_root, cfg.training_config_path),
+                     # no seed of its own: evaluate takes argmax and refuses dropout exports
+                     model_type="generative", seed=0, every_position=True)
+    info, name = job.info, os.path.basename(path)
+    if info.model_type != "generative":
+        raise SequifierError(f"model_path: '{name}' is an {info.model_type} model; evaluate scores the "
+                             "predictions of generative models")
+    if info.seq_length != metadata.seq_length:
+        raise SequifierError(f"model_path: '{name}' was trained with seq_length {info.seq_length}, but the "
+                             f"metadata's data has seq_length {metadata.seq_length}; evaluate it on data "
+                             "preprocessed with the model's seq_length")
+    check_dropout(False, info, path)
+    check_metadata_matches_model(metadata, info, path)
+    return job
 
 
 def _columns(job: ModelJob) -> tuple:
@@ -188,7 +188,7 @@ def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> lis
 # ---------------------------------------------------------------- scoring
 
 
-def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: Windows,
+def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, windows: Windows,
                     training: Windows, top_k: int, split: str, ranking_k: dict[str, tuple],
                     exclude_seen: bool):
     """(report, {predictions path: table}) of one model on the split."""
@@ -212,8 +212,9 @@ def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows
             else:
                 sums[t] += metrics.real_sums(out, target, _std(metadata, t), mask)
 
-    rows, slots, predictions, _ = predict_every_position(cfg, metadata, job, inputs, first_slot,
-                                                         on_batch=score)
+    rows, slots, predictions, _ = predict_every_position(job, metadata, inputs, first_slot,
+                                                         cfg.inference_batch_size, Chooser.argmax(),
+                                                         with_probabilities=False, on_batch=score)
     seconds = time.perf_counter() - start_time
     full_mask = torch.from_numpy(np.arange(1, info.seq_length + 1)[None, :] >= first_slot[:, None])
     scores = {}
@@ -236,8 +237,7 @@ def _evaluate_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows
         for t in info.target_columns
     }
     path = outputs.evaluation_path(cfg.project_root, job.name, split, "predictions", cfg.write_format)
-    tables = prediction_tables(cfg, metadata, job, keys, predictions, {}, extra=true_values, path=path)
-    return report, tables
+    return report, {path: prediction_table(metadata, info, keys, predictions, cfg.map_to_id, extra=true_values)}
 
 
 def tensor(array: np.ndarray) -> torch.Tensor:
