@@ -128,6 +128,11 @@ def unknown_key_problems(schema, node: Any, prefix: str = "") -> List[str]:
     return problems
 
 
+def full_key(key: str) -> str:
+    """The full name of a dotted key that is an alias (`training_spec.lr`), else the key."""
+    return ".".join(ALIASES.get(tuple(key.split(".")), key.split(".")))
+
+
 def fold_aliases(node: Dict[str, Any], source: str) -> None:
     """Rename alias keys (training_spec.lr) in a plain dict, in place."""
     for (section, alias), (_, full) in ALIASES.items():
@@ -188,10 +193,8 @@ def rewrite_overrides(command: str, args: List[str]) -> List[str]:
         if not is_override:  # flags (-m, --cfg job) and their values
             out.append(arg)
             continue
-        prefix, key = m.group("prefix") or "", m.group("key")
+        prefix, key = m.group("prefix") or "", full_key(m.group("key"))
         parts = key.split(".")
-        if len(parts) == 2 and tuple(parts) in ALIASES:
-            key = ".".join(ALIASES[tuple(parts)])
         problems.extend(_conflicting_alias(given, m.group("key"), key, m.group("rest")))
         if key in BLOCK_GROUPS and prefix == "+":
             prefix = ""
@@ -321,16 +324,24 @@ def register_configs(command: str, user_config: Dict[str, Any], overrides: Seque
              package="_global_")
 
 
-def to_dataclass(command: str, cfg: DictConfig):
-    """The composed config as its schema dataclass, aliases folded.
+def on_schema(schema, node: Dict[str, Any]):
+    """`node` (plain values) merged over `schema`'s defaults, as the schema's dataclass.
 
-    A mandatory field still unset fails here with Hydra's wording, naming the field.
+    The last step of every composition: the CLI's (`to_dataclass`) and the rebuilding of a
+    model from a checkpoint's recorded config or a training YAML (infer's torch runner).
     """
-    container = OmegaConf.to_container(cfg, resolve=True)
-    fold_aliases(container, "the composed config")
-    merged = OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), container)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def to_dataclass(command: str, cfg: DictConfig):
+    """The composed config as its schema dataclass.
+
+    Aliases are already folded where the user wrote them (`load_user_config` for the YAML,
+    `rewrite_overrides` for the command line). A mandatory field still unset fails here
+    with Hydra's wording, naming the field.
+    """
     try:
-        return OmegaConf.to_object(merged)
+        return on_schema(SCHEMAS[command], OmegaConf.to_container(cfg, resolve=True))
     except MissingMandatoryValue as e:
         key = e.full_key
         raise SequifierError(

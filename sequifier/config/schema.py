@@ -109,7 +109,8 @@ class TrainingSpec:
     epochs: int = MISSING
     batch_size: int = MISSING
     learning_rate: float = MISSING
-    # Short name of learning_rate; folded into it by validation (both set and different: error).
+    # Short name of learning_rate, folded into it where the user writes it (config/compose.py;
+    # both set and different: error), so the composed config keeps it unset.
     lr: Optional[float] = None
     dropout: float = 0.0
     optimizer: Dict[str, Any] = field(default_factory=_default_optimizer)

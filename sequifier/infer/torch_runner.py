@@ -1,8 +1,11 @@
 """Running a `.pt` model with PyTorch, with the same inputs and outputs as the ONNX runner.
 
-A `.pt` export from `sequifier train` carries its architecture and columns. A `.pt` that
-holds weights only (a bare state dict, or a training checkpoint's "model" entry) gets
-them from the training config (`training_config_path`) and the metadata instead.
+A `.pt` export from `sequifier train` carries its architecture and columns. A training
+checkpoint carries the composed config it was trained with (presets and command-line
+overrides included): its "model" weights are rebuilt from that. A `.pt` that holds
+weights only (a bare state dict) gets its architecture and columns from the training
+config (`training_config_path`), read and merged over the schema by the same compose
+functions; the metadata fills what the config leaves to it.
 """
 
 import os
@@ -76,10 +79,13 @@ def _load(path: str, training_config_path: str, model_type: str, metadata: Metad
         dropout = float(raw.get("dropout", 0.0))
     else:
         state_dict = _weights(payload, path)
-        model, layout, dropout = _model_from_training_config(
-            training_config_path, metadata, path, state_dict
-        )
-        kind = model_type  # a bare state dict has no head of its own: use the config's
+        recorded = payload.get("config") if isinstance(payload, dict) else None
+        if isinstance(recorded, dict):  # a checkpoint: the config it was trained with
+            node, source = recorded, f"the config recorded in '{path}'"
+        else:
+            node, source = _training_config(training_config_path, path), f"'{training_config_path}'"
+        model, layout, dropout = _model_from_config(node, source, metadata, path, state_dict)
+        kind = model_type  # weights have no head of their own: use the config's
     info = ModelInfo(
         model_type=kind,
         input_columns=list(layout.input_columns),
@@ -110,32 +116,35 @@ def _weights(payload, path: str) -> dict:
     )
 
 
-def _model_from_training_config(config_path: str, metadata: Metadata, path: str, state_dict):
-    from omegaconf import OmegaConf
-
+def _training_config(config_path: str, path: str) -> dict:
     from sequifier.config.compose import load_user_config
-    from sequifier.config.schema import ModelSpec
-    from sequifier.model.transformer import ColumnLayout, SequifierModel
 
     if not os.path.isfile(config_path):
         raise SequifierError(
             f"training_config_path: '{config_path}' not found; the .pt file '{path}' holds "
             "weights only, so the training config must give its architecture and columns"
         )
-    node = load_user_config("train", config_path)
+    return load_user_config("train", config_path)
+
+
+def _model_from_config(node: dict, source: str, metadata: Metadata, path: str, state_dict):
+    """The model a train config (a checkpoint's record or a YAML's contents) describes,
+    with the weights `state_dict` loaded."""
+    from sequifier.config.compose import on_schema
+    from sequifier.config.schema import ModelSpec
+    from sequifier.model.transformer import ColumnLayout, SequifierModel
+
     try:
-        spec = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(ModelSpec), node.get("model_spec") or {})
-        )
+        spec = on_schema(ModelSpec, node.get("model_spec") or {})
         columns = SimpleNamespace(
             input_columns=node.get("input_columns"),
             target_columns=list(node["target_columns"]),
             target_column_types=dict(node.get("target_column_types") or {}),  # default: metadata's
             seq_length=node.get("seq_length"),
         )
-    except Exception as e:  # noqa: BLE001 - missing keys / wrong types in the YAML
+    except Exception as e:  # noqa: BLE001 - missing keys / wrong types in the config
         raise SequifierError(
-            f"training_config_path: '{config_path}' does not give the model's architecture "
+            f"training_config_path: {source} does not give the model's architecture "
             f"and columns ({' '.join(str(e).split())[:200]})"
         ) from None
     layout = ColumnLayout.from_config(columns, metadata)
@@ -146,8 +155,6 @@ def _model_from_training_config(config_path: str, metadata: Metadata, path: str,
     except RuntimeError as e:
         raise SequifierError(
             f"training_config_path: the weights in '{path}' do not fit the architecture in "
-            f"'{config_path}' ({str(e).splitlines()[0][:200]}); use the config they were "
-            "trained with"
+            f"{source} ({str(e).splitlines()[0][:200]}); use the config they were trained with"
         ) from None
     return model.float().eval(), layout, dropout
-

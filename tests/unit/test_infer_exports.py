@@ -18,6 +18,7 @@ from sequifier.errors import SequifierError
 from sequifier.export import export_onnx, export_pt
 from sequifier.infer import run_infer
 from sequifier.model.transformer import build_model
+from sequifier.train.resume import config_record
 
 COLUMNS = {"input_columns": ["itemId", "value"], "target_columns": ["itemId", "value"],
                "target_column_types": {"itemId": "categorical", "value": "real"}}
@@ -54,14 +55,17 @@ class Exports:
 
     def _export(self, kind):
         name = {"onnx": "tiny.onnx", "pt": "tiny.pt", "emb_onnx": "tiny-embedding.onnx",
-                "emb_pt": "tiny-embedding.pt", "weights": "weights.pt", "mc_onnx": "mc.onnx",
+                "emb_pt": "tiny-embedding.pt", "weights": "weights.pt", "checkpoint": "checkpoint.pt",
+                "mc_onnx": "mc.onnx",
                 "mc_pt": "mc.pt"}[kind]
         path = str(self.folder / name)
         model = self.dropout_model if kind.startswith("mc") else self.model
         model_type = "embedding" if kind.startswith("emb") else "generative"
         dropout = kind.startswith("mc")
         if kind == "weights":
-            torch.save({"model": model.state_dict()}, path)  # like a training checkpoint
+            torch.save({"model": model.state_dict()}, path)  # like a checkpoint of an older version
+        elif kind == "checkpoint":  # the weights and the composed config they were trained with
+            torch.save({"model": model.state_dict(), "config": config_record(train_config())}, path)
         elif path.endswith(".onnx"):
             export_onnx(model, path, model_type, 4, with_dropout=dropout)
         else:
@@ -119,6 +123,15 @@ def test_pt_weights_take_architecture_from_training_config(project, exports):
 def test_pt_weights_without_training_config(project, exports):
     with pytest.raises(SequifierError, match="training_config_path: .* not found"):
         run_infer(infer_config(project, exports["weights"]))
+
+
+def test_checkpoint_uses_the_config_it_was_trained_with(project, exports):
+    """Not the training YAML, which lacks the presets and overrides of the run: a YAML
+    with another architecture would not fit the weights (see the next test)."""
+    config = {"seq_length": SEQ_LENGTH, "model_spec": {**SPEC, "dim_feedforward": 32}, **COLUMNS}
+    (project / "train.yaml").write_text(yaml.safe_dump(config))
+    run_infer(infer_config(project, [exports["pt"], exports["checkpoint"]], training_config_path="train.yaml"))
+    pd.testing.assert_frame_equal(predictions(project, "tiny"), predictions(project, "checkpoint"))
 
 
 def test_pt_with_other_architecture_in_training_config(project, exports):
