@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 from sequifier.errors import SequifierError
 
-log = logging.getLogger("sequifier")
+logger = logging.getLogger(__name__)
 
 COMMANDS = ("preprocess", "train", "infer", "evaluate")
 
@@ -86,7 +86,7 @@ def as_user_error(error: BaseException) -> Optional[SequifierError]:
     """The one-line error for a failure the user can fix, or None for a bug."""
     if isinstance(error, SequifierError):
         return error
-    from sequifier.io_utils import user_os_error
+    from sequifier.errors import user_os_error
 
     if isinstance(error, (OSError, RuntimeError)):
         return user_os_error(error, getattr(error, "filename", None) or "")
@@ -112,7 +112,7 @@ def _log_to_run_folder(error: SequifierError) -> None:
     handlers, as the console gets it once, on stderr."""
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     for line in str(error).splitlines():
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, f"sequifier: error: {line}", None, None)
+        record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, f"sequifier: error: {line}", None, None)
         for handler in files:
             handler.handle(record)
 
@@ -127,9 +127,9 @@ def make_task(command: str) -> Callable:
             config = to_dataclass(command, cfg)
             if command == "train":  # sweep jobs must not share model files (multirun.py)
                 config.model_name = job_model_name(config.model_name)
-            log.info(f"sequifier {command}: started in {os.getcwd()}")
+            logger.info(f"sequifier {command}: started in {os.getcwd()}")
             result = RUNNERS[command](config)  # each runner validates its config first
-            log.info(f"sequifier {command}: finished in {time.monotonic() - started:.1f} s")
+            logger.info(f"sequifier {command}: finished in {time.monotonic() - started:.1f} s")
             return result
         except (SequifierError, OSError, RuntimeError) as e:
             error = as_user_error(e)

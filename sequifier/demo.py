@@ -18,6 +18,7 @@ import time
 import numpy as np
 import yaml
 
+from sequifier import project
 from sequifier.make import make_project
 
 MARKER = ".sequifier-demo"
@@ -64,12 +65,15 @@ def demo_table(n_sequences: int = 300, min_len: int = 60, max_len: int = 120, vo
     })
 
 
+DATA_CSV = f"{project.DATA}/data.csv"
+METADATA = f"{project.METADATA_CONFIGS}/data.json"
+BEST_MODEL = f"{project.MODELS}/sequifier-demo-best.onnx"
 PREPROCESS = {
-    "project_root": ".", "data_path": "data/data.csv", "read_format": "csv", "write_format": "parquet",
+    "project_root": ".", "data_path": DATA_CSV, "read_format": "csv", "write_format": "parquet",
     "seq_length": 24, "split_ratios": [0.8, 0.1, 0.1], "stride_by_split": [4, 24, 24], "overwrite": True,
 }
 TRAIN = {
-    "project_root": ".", "metadata_config_path": "configs/metadata_configs/data.json", "model_name": "demo",
+    "project_root": ".", "metadata_config_path": METADATA, "model_name": "demo",
     "read_format": "parquet", "target_columns": ["itemId", "value"],
     "target_column_types": {"itemId": "categorical", "value": "real"}, "seq_length": 24,
     "export_generative_model": True, "export_embedding_model": True, "inference_batch_size": 64,
@@ -83,14 +87,14 @@ TRAIN = {
                       "save_interval_epochs": 1, "log_interval": 50, "continue_training": False},
 }
 INFER = {
-    "project_root": ".", "model_path": "MODEL", "metadata_config_path": "configs/metadata_configs/data.json",
+    "project_root": ".", "model_path": "MODEL", "metadata_config_path": METADATA,
     "read_format": "parquet", "write_format": "csv", "model_type": "generative", "seq_length": 24,
     "inference_batch_size": 256, "output_probabilities": True, "overwrite": True,
 }
 
 
 EVALUATE = {
-    "project_root": ".", "model_path": "MODEL", "metadata_config_path": "configs/metadata_configs/data.json",
+    "project_root": ".", "model_path": "MODEL", "metadata_config_path": METADATA,
     "read_format": "parquet", "inference_batch_size": 256, "overwrite": True,
 }
 
@@ -126,32 +130,32 @@ def print_scorecard(summary: dict) -> None:
             print(f"  {target:8s} {metric:15s} model {value:.4g}   baseline: {beside}")
 
 
-def main(folder: str = os.path.join("outputs", "demo")) -> None:
+def main(folder: str = os.path.join(project.OUTPUTS, "demo")) -> None:
     started = time.time()
     prepare_folder(folder)
     table = demo_table()
-    table.to_csv(os.path.join(folder, "data", "data.csv"), index=False)
-    print(f"demo data: {len(table)} rows, {table.sequenceId.nunique()} sequences -> {folder}/data/data.csv")
+    table.to_csv(os.path.join(folder, DATA_CSV), index=False)
+    print(f"demo data: {len(table)} rows, {table.sequenceId.nunique()} sequences -> {folder}/{DATA_CSV}")
     for name, cfg in (("preprocess", PREPROCESS), ("train", TRAIN)):
-        with open(os.path.join(folder, "configs", f"{name}.yaml"), "w") as f:
+        with open(os.path.join(folder, project.user_config_path(name)), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
     run_step(["preprocess"], folder)
     run_step(["train"], folder)
-    with open(os.path.join(folder, "logs", "demo-summary.json")) as f:
+    with open(os.path.join(folder, project.LOGS, "demo-summary.json")) as f:
         print_scorecard(json.load(f))
-    infer = dict(INFER, model_path="models/sequifier-demo-best.onnx")
-    with open(os.path.join(folder, "configs", "infer.yaml"), "w") as f:
+    infer = dict(INFER, model_path=BEST_MODEL)
+    with open(os.path.join(folder, project.user_config_path("infer")), "w") as f:
         yaml.safe_dump(infer, f, sort_keys=False)
     run_step(["infer"], folder)
-    evaluate = dict(EVALUATE, model_path="models/sequifier-demo-best.onnx")
-    with open(os.path.join(folder, "configs", "evaluate.yaml"), "w") as f:
+    evaluate = dict(EVALUATE, model_path=BEST_MODEL)
+    with open(os.path.join(folder, project.user_config_path("evaluate")), "w") as f:
         yaml.safe_dump(evaluate, f, sort_keys=False)
     run_step(["evaluate"], folder)  # every test item vs the baselines, printed as a table
     run_step(["plot", "demo"], folder)  # the curves as a PNG: logs/demo-curves.png
     print(f"\ndemo finished in {time.time() - started:.0f} s")
-    for what, path in (("predictions", "outputs/predictions"), ("probabilities", "outputs/probabilities"),
-                       ("evaluation", "outputs/evaluation"),
-                       ("models", "models"), ("checkpoints", "checkpoints"), ("logs", "logs")):
+    for what, path in (("predictions", project.PREDICTIONS), ("probabilities", project.PROBABILITIES),
+                       ("evaluation", project.EVALUATION), ("models", project.MODELS),
+                       ("checkpoints", project.CHECKPOINTS), ("logs", project.LOGS)):
         files = sorted(os.listdir(os.path.join(folder, path))) if os.path.isdir(os.path.join(folder, path)) else []
         print(f"  {what:13s} {folder}/{path}/  ({', '.join(files[:4])}{' ...' if len(files) > 4 else ''})")
 

@@ -46,10 +46,11 @@ from sequifier.export_format import (
     output_name,
     positions_output_name,
 )
-from sequifier.io_utils import atomic_path, load_tensor_file, output_set
+from sequifier.io_utils import atomic_path, output_set
 from sequifier.model.dtypes import bake_weight_quantization, layer_type_dtype_names
 from sequifier.model.layers import Dropout
 from sequifier.model.transformer import ColumnLayout, SequifierModel
+from sequifier.tensor_files import load_tensor_file
 
 
 def output_names(layout: ColumnLayout, model_type: str) -> List[str]:

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Tuple
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.problems import Problems
-from sequifier.io_utils import resolve_path
+from sequifier.project import resolve_path
 
 
 def validate(command: str, cfg) -> None:

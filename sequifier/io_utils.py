@@ -1,4 +1,4 @@
-"""File helpers shared by every command: atomic outputs, output sets, names, OS errors.
+"""Atomic outputs and output sets: how every command writes its files.
 
 Atomic output: write to a temporary name beside the target, then rename; a crash or
 error part-way leaves the old file (or nothing), never a half-written one. Temporary
@@ -16,7 +16,6 @@ Files are created with the mode any normal write would give (0666 / 0777 minus t
 umask), not the 0600 of `tempfile`.
 """
 
-import errno
 import hashlib
 import json
 import os
@@ -26,87 +25,10 @@ import socket
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, user_os_error
 
 TMP_PREFIX = ".tmp-sequifier-"
 JOURNAL_SUFFIX = ".set.json"
-# Bytes a name may take so that every file named after it (with prefixes such as
-# "sequifier-", suffixes such as "-best-0012.onnx") fits the file system's name limit.
-NAME_DECORATION = 64
-
-
-def resolve_path(project_root: str, path: str) -> str:
-    """A config path: absolute as given, relative to `project_root` otherwise."""
-    return path if os.path.isabs(path) else os.path.join(project_root, path)
-
-
-# ---------------------------------------------------------------- safe loading
-
-
-def load_tensor_file(path: str, what: str, fix: str, mmap: bool = False):
-    """`torch.load` of tensors and plain containers; never runs code the file carries.
-
-    `weights_only=True` is explicit so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the
-    environment cannot turn unpickling of arbitrary objects back on. A file that cannot
-    be read (truncated, foreign, crafted) is one line naming it (`what` 'PATH') and `fix`.
-    """
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001  (zip, pickle, EOF and OS errors of many types)
-        text = " ".join(str(e).split())
-        # torch's refusals come with several lines of advice: say what they mean
-        if text.startswith("Weights only load failed") and "GLOBAL" in text:
-            reason = "it holds Python objects other than tensors, which are not loaded as that could run code"
-        elif text.startswith("Weights only load failed"):
-            reason = "not a file of tensors written by torch.save"
-        else:
-            reason = text[:160] or type(e).__name__
-    raise SequifierError(f"{what} '{path}' cannot be read ({reason}); {fix}")
-
-
-# ---------------------------------------------------------------- names
-
-
-def name_limit(folder: str) -> int:
-    """The longest name (bytes) a user-chosen name may have in `folder`'s file system."""
-    while folder and not os.path.isdir(folder):
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    try:
-        limit = os.pathconf(folder or ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    return max(1, limit - NAME_DECORATION)
-
-
-def name_problem(value, folder: str) -> Optional[str]:
-    """Why `value` cannot be used as a literal file name in `folder` (None: it can)."""
-    if not isinstance(value, str) or not value:
-        return "must be a non-empty name"
-    if "\0" in value or any(ord(ch) < 32 for ch in value):
-        return f"{value!r} contains a control character (e.g. NUL); use a plain name"
-    if "/" in value or "\\" in value or value in (".", "..") or value.startswith("."):
-        return (f"'{value}' must be a plain name, not a path (no '/', '\\', leading '.' or '..'), "
-                "so that outputs stay inside project_root")
-    limit = name_limit(folder)
-    size = len(value.encode("utf-8", "surrogateescape"))
-    if size > limit:
-        return (f"is {size} bytes long; names may have at most {limit} bytes on this file system "
-                "(file names add prefixes and suffixes); choose a shorter name")
-    return None
-
-
-def check_inside(project_root: str, path: str, field: str) -> None:
-    """Refuse an output path that resolves outside `project_root`."""
-    root = os.path.realpath(project_root)
-    target = os.path.realpath(path)
-    if os.path.commonpath([root, target]) != root:
-        raise SequifierError(f"{field}: output '{path}' would be written outside project_root "
-                             f"'{project_root}'; use a plain name")
 
 
 # ---------------------------------------------------------------- temporary names
@@ -356,38 +278,3 @@ def existing_outputs(paths: Sequence[str]) -> List[str]:
     """Which of `paths` exist, after leftovers of killed runs in their folders are cleaned."""
     clean_leftovers(sorted({os.path.dirname(os.path.abspath(p)) for p in paths}))
     return [p for p in paths if os.path.lexists(p)]
-
-
-# ---------------------------------------------------------------- OS errors
-
-_FIXES = {
-    errno.EROFS: "the file system is read-only; choose a writable project_root",
-    errno.EACCES: "permission denied; make the folder writable or choose another project_root",
-    errno.EPERM: "operation not permitted; make the folder writable or choose another project_root",
-    errno.ENOSPC: "no space left on the device; free some space and run again",
-    errno.EDQUOT: "disk quota exceeded; free some space and run again",
-    errno.ENAMETOOLONG: "the name is too long for the file system; choose a shorter name",
-    errno.EFBIG: "the file is too large for the file system",
-}
-_MESSAGES = {  # libraries that lose errno (torch's writer, some pyarrow paths)
-    "No space left on device": errno.ENOSPC,
-    "file write failed": errno.ENOSPC,  # torch: "PytorchStreamWriter failed writing file"
-    "Read-only file system": errno.EROFS,
-    "Permission denied": errno.EACCES,
-    "File name too long": errno.ENAMETOOLONG,
-    "Disk quota exceeded": errno.EDQUOT,
-}
-
-
-def user_os_error(error: BaseException, path: str, name_this_path: bool = False) -> Optional[SequifierError]:
-    """The one-line user error for an environment failure writing `path`, or None
-    (for anything else, which is then a bug and keeps its traceback)."""
-    text = str(error)
-    code = getattr(error, "errno", None) if isinstance(error, OSError) else None
-    if code not in _FIXES and (isinstance(error, OSError) or "enforce fail" in text
-                               or "PytorchStreamWriter" in text):
-        code = next((c for m, c in _MESSAGES.items() if m in text), None)
-    if code not in _FIXES:
-        return None
-    where = path if name_this_path else (getattr(error, "filename", None) or path)
-    return SequifierError(f"cannot write '{where}': {_FIXES[code]}")

@@ -16,7 +16,6 @@ Two concerns, both only active in multirun mode:
 """
 
 import csv
-import glob
 import io
 import json
 import logging
@@ -29,10 +28,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
-log = logging.getLogger(__name__)
+from sequifier.io_utils import atomic_write_text
+from sequifier.project import (
+    LOGS,
+    RESULT_FILE,
+    SWEEP_FILE,
+    SWEEP_SUMMARY,
+    folder,
+    read_results,
+    sweep_number,
+)
 
-RESULT_FILE = "job_result.json"
-SWEEP_FILE = ".sequifier-sweeps.json"
+logger = logging.getLogger(__name__)
+
 # "sweep" (the number of the sweep in its folder, see sweep_number) is recorded, not shown
 SUMMARY_COLUMNS = ("job", "status", "best_val_loss", "model_name", "overrides", "error")
 METRICS_AFTER = "best_val_loss"  # metric columns follow this one
@@ -58,24 +66,8 @@ def sweep_tag(sweep_dir: str) -> str:
     return tag if number <= 1 else f"{tag}-r{number}"
 
 
-def sweep_number(sweep_dir: str) -> int:
-    """How many sweeps have started in `sweep_dir` (1 for the first; 0: none recorded).
-
-    A fixed `hydra.sweep.dir` reused by a later sweep would give its jobs the earlier
-    jobs' model names, so they would resume the earlier checkpoints; the number recorded
-    by `SweepSummary.on_multirun_start` keeps the names of every sweep apart.
-    """
-    try:
-        with open(os.path.join(sweep_dir, SWEEP_FILE)) as f:
-            return int(json.load(f)["sweeps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
 def start_sweep(sweep_dir: str) -> int:
     """Record one more sweep in `sweep_dir` (called once, before its jobs start)."""
-    from sequifier.io_utils import atomic_write_text
-
     number = sweep_number(sweep_dir) + 1
     atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json.dumps({"sweeps": number}))
     return number
@@ -99,24 +91,6 @@ def _number(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def read_results(sweep_dir: str) -> List[Dict[str, Any]]:
-    """The job results of the latest sweep in `sweep_dir`, best validation loss first, failures last.
-
-    A sweep repeated into the same folder overwrites only the job folders it runs; the
-    results an earlier sweep left in the others carry its number and are left out. A
-    result without a number (written before numbers were recorded) belongs to the first.
-    """
-    number = sweep_number(sweep_dir)
-    rows = []
-    for path in glob.glob(os.path.join(glob.escape(sweep_dir), "**", RESULT_FILE), recursive=True):
-        with open(path) as f:
-            row = json.load(f)
-        if row.get("sweep", min(number, 1)) == number:
-            rows.append(row)
-    return sorted(rows, key=lambda r: (r.get("best_val_loss") is None,
-                                       r.get("best_val_loss") or 0.0, r.get("job", 0)))
 
 
 def metric_cells(row: Dict[str, Any]) -> Dict[str, float]:
@@ -169,8 +143,6 @@ class SweepSummary(Callback):
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus
 
-        from sequifier.io_utils import atomic_write_text
-
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         failed = job_return.status != JobStatus.COMPLETED
@@ -200,8 +172,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         table = write_summary(str(config.hydra.sweep.dir))
         if table:
-            log.info("sweep summary (%s):\n%s",
-                     os.path.join(str(config.hydra.sweep.dir), "summary.md"), table)
+            logger.info("sweep summary (%s):\n%s",
+                     os.path.join(str(config.hydra.sweep.dir), f"{SWEEP_SUMMARY}.md"), table)
             _plot_sweep(str(config.hydra.sweep.dir), str(config.get("project_root", ".")))
 
 
@@ -213,30 +185,27 @@ def _plot_sweep(sweep_dir: str, project_root: str) -> None:
 
     try:
         path, _ = plot_sweep(sweep_dir, project_root)
-        log.info("sweep curves: %s", path)
+        logger.info("sweep curves: %s", path)
     except SequifierError as e:
-        log.warning("no sweep curves: %s", e)
+        logger.warning("no sweep curves: %s", e)
 
 
 def _job_metrics(project_root: Any, model_name: Any) -> Optional[Dict[str, Dict[str, float]]]:
     """The best epoch's metrics from the summary the job's training wrote, if any."""
-    from sequifier.train.run import LOGS_DIR
     from sequifier.train.summary import read_summary, summary_path
 
     if not isinstance(project_root, str) or not isinstance(model_name, str):
         return None
-    summary = read_summary(summary_path(os.path.join(project_root, LOGS_DIR), model_name))
+    summary = read_summary(summary_path(folder(project_root, LOGS), model_name))
     return summary.get("metrics") if summary else None
 
 
 def write_summary(sweep_dir: str) -> Optional[str]:
     """(Re)write summary.md and summary.csv from the job results; the markdown table."""
-    from sequifier.io_utils import atomic_write_text
-
     rows = read_results(sweep_dir)
     if not rows:
         return None
     table = format_markdown(rows)
-    atomic_write_text(os.path.join(sweep_dir, "summary.md"), table)
-    atomic_write_text(os.path.join(sweep_dir, "summary.csv"), format_csv(rows))
+    atomic_write_text(os.path.join(sweep_dir, f"{SWEEP_SUMMARY}.md"), table)
+    atomic_write_text(os.path.join(sweep_dir, f"{SWEEP_SUMMARY}.csv"), format_csv(rows))
     return table

@@ -6,7 +6,7 @@ already writes, never from console text:
 * a run: the per-epoch history in `logs/NAME-summary.json` (written at the end of the
   run), or, while it still trains or after it was killed, the history in its latest
   checkpoint; the baselines (summary only) are drawn as dashed lines beside each metric.
-* a sweep: its folder's `job_result.json` files (sequifier/multirun.py) name each job's
+* a sweep: its folder's `job_result.json` files (sequifier/project.py) name each job's
   model and overrides; each job's curves come from its summary.
 
 The curves are first built as plain data (`Panel`s of `Curve`s), then drawn with
@@ -21,9 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sequifier.errors import SequifierError
+from sequifier.io_utils import atomic_path
+from sequifier.project import (
+    CHECKPOINTS,
+    LOGS,
+    SWEEP_PICTURE,
+    folder,
+    is_sweep,
+    read_results,
+    sweep_folders,
+)
 
 CURVES_SUFFIX = "-curves.png"
-SWEEP_PICTURE = "curves.png"
 
 
 @dataclass
@@ -118,13 +127,12 @@ def run_summary(project_root: str, model_name: str) -> dict[str, Any] | None:
     """The run's summary with its history, or (still training, killed) its latest
     checkpoint's history; None when the run left neither."""
     from sequifier.train.checkpoint import latest_checkpoint, load_checkpoint
-    from sequifier.train.run import CHECKPOINTS_DIR, LOGS_DIR
     from sequifier.train.summary import read_summary, summary_path
 
-    summary = read_summary(summary_path(os.path.join(project_root, LOGS_DIR), model_name))
+    summary = read_summary(summary_path(folder(project_root, LOGS), model_name))
     if summary is not None and summary.get("history"):
         return summary
-    checkpoint = latest_checkpoint(os.path.join(project_root, CHECKPOINTS_DIR), model_name)
+    checkpoint = latest_checkpoint(folder(project_root, CHECKPOINTS), model_name)
     if checkpoint is None:
         return summary
     state = load_checkpoint(checkpoint)["state"]
@@ -134,15 +142,14 @@ def run_summary(project_root: str, model_name: str) -> dict[str, Any] | None:
 
 def run_files(project_root: str) -> list[tuple[float, str]]:
     """(modification time, model name) of every run summary and checkpoint in `project_root`."""
-    from sequifier.train.run import CHECKPOINTS_DIR, LOGS_DIR
     from sequifier.train.summary import SUMMARY_SUFFIX
 
-    def found(folder: str, pattern: str, name_of) -> list[tuple[float, str]]:
-        paths = glob.glob(os.path.join(glob.escape(os.path.join(project_root, folder)), pattern))
+    def found(name: str, pattern: str, name_of) -> list[tuple[float, str]]:
+        paths = glob.glob(os.path.join(glob.escape(folder(project_root, name)), pattern))
         return [(os.path.getmtime(p), name_of(os.path.basename(p))) for p in paths]
 
-    return (found(LOGS_DIR, f"*{SUMMARY_SUFFIX}", lambda f: f[: -len(SUMMARY_SUFFIX)])
-            + found(CHECKPOINTS_DIR, "*-epoch-*.pt", lambda f: f.split("-epoch-")[0]))
+    return (found(LOGS, f"*{SUMMARY_SUFFIX}", lambda f: f[: -len(SUMMARY_SUFFIX)])
+            + found(CHECKPOINTS, "*-epoch-*.pt", lambda f: f.split("-epoch-")[0]))
 
 
 def known_runs(project_root: str) -> list[str]:
@@ -151,22 +158,12 @@ def known_runs(project_root: str) -> list[str]:
 
 
 def known_sweeps(project_root: str) -> list[str]:
-    """Sweep folders of `sequifier train -m` under `project_root/outputs/multirun/train`."""
-    pattern = os.path.join(glob.escape(project_root), "outputs", "multirun", "train", "*", "*")
-    return sorted(os.path.relpath(p, project_root) for p in glob.glob(pattern) if os.path.isdir(p))
-
-
-def is_sweep(path: str) -> bool:
-    from sequifier.multirun import RESULT_FILE, SWEEP_FILE
-
-    return os.path.isdir(path) and (os.path.exists(os.path.join(path, SWEEP_FILE)) or bool(
-        glob.glob(os.path.join(glob.escape(path), "*", RESULT_FILE))))
+    """Sweep folders of `sequifier train -m` under `project_root` (project.SWEEPS)."""
+    return sweep_folders(project_root)
 
 
 def sweep_jobs(sweep_dir: str, project_root: str) -> tuple[list[tuple[str, dict]], list[str]]:
     """([(label, summary)] of the jobs with curves, [notes on jobs without])."""
-    from sequifier.multirun import read_results
-
     rows = sorted(read_results(sweep_dir), key=lambda r: r.get("job", 0))
     # overrides every job shares say nothing about the differences between them
     overrides = [(row.get("overrides") or "").split() for row in rows]
@@ -203,8 +200,6 @@ def require_matplotlib():
 
 def draw(picture: Picture, path: str) -> str:
     """Draw `picture` into the PNG `path` (written to a temporary name, then renamed)."""
-    from sequifier.io_utils import atomic_path
-
     plt = require_matplotlib()
     from matplotlib.ticker import MaxNLocator
 
@@ -251,12 +246,10 @@ def draw(picture: Picture, path: str) -> str:
 
 def plot_run(project_root: str, model_name: str) -> str:
     """Write `logs/NAME-curves.png` of a run; its path."""
-    from sequifier.train.run import LOGS_DIR
-
     summary = run_summary(project_root, model_name)
     if summary is None or not summary.get("history"):
         raise SequifierError(no_run_message(project_root, f"no trained epoch of run '{model_name}'"))
-    return draw(run_picture(summary), os.path.join(project_root, LOGS_DIR, model_name + CURVES_SUFFIX))
+    return draw(run_picture(summary), os.path.join(folder(project_root, LOGS), model_name + CURVES_SUFFIX))
 
 
 def plot_sweep(sweep_dir: str, project_root: str) -> tuple[str, list[str]]:

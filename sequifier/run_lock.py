@@ -20,7 +20,7 @@ from typing import Iterator
 from sequifier.errors import SequifierError
 from sequifier.io_utils import make_dirs
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def lock_path(folder: str, model_name: str) -> str:
@@ -87,7 +87,7 @@ def _run_lock(path: str, field: str, busy: str, fix: str) -> Iterator[None]:
     try:
         previous = _holder(fd)
         if previous != "another process":  # a run that ended without releasing: killed
-            log.warning("%s: taking over the lock of %s, which no longer runs", field, previous)
+            logger.warning("%s: taking over the lock of %s, which no longer runs", field, previous)
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())

@@ -29,6 +29,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from sequifier.config.schema import SCHEMAS
 from sequifier.errors import SequifierError
+from sequifier.project import CONFIGS, user_config_path
 
 CONFIG_GROUPS = ("model_spec", "training_spec", "attention", "optimizer", "scheduler",
                  "hparams_search", "user_config")
@@ -72,7 +73,7 @@ def find_user_config(command: str, path: Optional[str], name: Optional[str]) -> 
         return p if p.endswith((".yaml", ".yml")) else p + ".yaml"
 
     if path is None and name is None:
-        default = os.path.join("configs", f"{command}.yaml")
+        default = user_config_path(command)
         return default if os.path.isfile(default) else None
     if path is not None and os.path.isfile(path):
         candidate = path
@@ -81,11 +82,11 @@ def find_user_config(command: str, path: Optional[str], name: Optional[str]) -> 
     elif path is not None and (path.endswith((".yaml", ".yml")) or name is None):
         candidate = path
     else:
-        candidate = os.path.join(path or "configs", with_ext(name))
+        candidate = os.path.join(path or CONFIGS, with_ext(name))
     if not os.path.isfile(candidate):
         raise SequifierError(
             f"config file '{candidate}' not found; pass --config-path with the path to your "
-            f"{command}.yaml (e.g. configs/{command}.yaml) or run `sequifier make NAME` for templates"
+            f"{command}.yaml (e.g. {user_config_path(command)}) or run `sequifier make NAME` for templates"
         )
     return candidate
 

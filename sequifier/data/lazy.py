@@ -48,7 +48,7 @@ from sequifier.data.window_files import WindowFile, read_rows, split_files
 from sequifier.data.windows import TARGET_START_COLUMN, Windows
 from sequifier.errors import SequifierError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GB = 1024**3
 

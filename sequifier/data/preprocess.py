@@ -73,11 +73,12 @@ from sequifier.data.window_spool import Spool
 from sequifier.data.windows import DEFAULT_ROW_GROUP_ROWS, Windows, id_map_fingerprint
 from sequifier.errors import SequifierError
 from sequifier.gate import validate
-from sequifier.io_utils import atomic_path, existing_outputs, output_set, resolve_path
-from sequifier.project import dataset_name
+from sequifier.io_utils import atomic_path, existing_outputs, output_set
+from sequifier.project import dataset_name, metadata_path, preprocess_work_dir, resolve_path, split_path
 from sequifier.run_lock import dataset_lock
 
-log = logging.getLogger("sequifier.preprocess")
+# the command's channel, not __name__: users read "[sequifier.preprocess]" in every line
+logger = logging.getLogger("sequifier.preprocess")
 
 # rows per window-building task: small enough to bound worker memory, large enough that
 # per-task overhead does not matter
@@ -157,15 +158,12 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
                                      f"'{path}' (its columns: {header[:10]}); fix the column name")
     name = dataset_name(cfg)
     n_workers = cfg.n_cores or default_workers()
-    if not cfg.merge_output:  # a folder of shards per split
-        split_paths = [f"data/{name}-split{k}" for k in range(len(ratios))]
-    else:
-        split_paths = [f"data/{name}-split{k}.{cfg.write_format}" for k in range(len(ratios))]
+    # a file per split, or (merge_output: false) a folder of shards per split
+    split_paths = [split_path(name, k, cfg.write_format if cfg.merge_output else None) for k in range(len(ratios))]
     return Plan(
         name=name, project_root=root, inputs=inputs, window_length=cfg.seq_length + 1,
         split_ratios=ratios, strides=strides, split_paths=split_paths,
-        metadata_path=os.path.join(root, "configs", "metadata_configs", f"{name}.json"),
-        work_dir=os.path.join(root, "data", f".{name}-preprocess-work"),
+        metadata_path=metadata_path(root, name), work_dir=preprocess_work_dir(root, name),
         n_workers=n_workers, keys=keys, missing_values=missing_values, columns=columns,
         budget=Budget.of(cfg.max_ram_gb, n_workers),
         holdout_items=holdout_items(cfg),
@@ -530,7 +528,7 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[Optional[List[st
     ]
     n_cached = sum(c is not None for c in cached)
     if n_cached:
-        log.info(f"continue_preprocessing: {n_cached} of {len(tasks)} input files "
+        logger.info(f"continue_preprocessing: {n_cached} of {len(tasks)} input files "
                  "already read, reading the rest")
     progress = Progress(len(tasks), "read files")
     results = []
@@ -643,7 +641,7 @@ def check_holdout(summaries: List[FileSummary], n_splits: int, holdout: int) -> 
         raise SequifierError(problem)
     short = int(too_short_for_holdout(lengths, n_splits, holdout).sum())
     held = "the last item" if holdout == 1 else f"the last {holdout} items"
-    log.info(f"leave_last_out: {held} of each sequence for split {n_splits - 1}"
+    logger.info(f"leave_last_out: {held} of each sequence for split {n_splits - 1}"
              + (f", the {holdout} before for split 1" if n_splits == 3 else "")
              + f"; {short} of {len(lengths)} sequences have fewer than {(n_splits - 1) * holdout + 1} "
              "items and go to training whole (split_ratios' values are not used, only their number; "
@@ -678,7 +676,7 @@ def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSumma
     for column, values in unknown.items():
         if len(values):
             examples = ", ".join(repr(v) for v in values[:3].tolist())
-            log.warning(f"{column}: {len(values)} values not in the id map of "
+            logger.warning(f"{column}: {len(values)} values not in the id map of "
                         f"{cfg.reuse_metadata_path} ({examples}{', ...' if len(values) > 3 else ''}) "
                         "get the unknown id")
     return encoding
@@ -723,7 +721,7 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, spool: Spool, metadata: Met
         for k, target in enumerate(targets):
             n = spool.n_windows(k)
             if n == 0:
-                log.warning(f"split {k} has no windows (sequences too short for "
+                logger.warning(f"split {k} has no windows (sequences too short for "
                             "its share in split_ratios)")
             if sharded:
                 # lazy loading reads shard by shard; a seeded shuffle makes every shard a
@@ -765,9 +763,9 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
                 check_holdout(summaries, len(plan.split_ratios), plan.holdout_items)
             encoding = choose_encoding(plan, cfg, summaries)
             for line in report_lines([s.missing for s in summaries]):
-                log.info(f"missing values: {line}")
+                logger.info(f"missing values: {line}")
             for line in column_warnings(summaries, encoding):
-                log.warning(line)
+                logger.warning(line)
             sequence_ids = number_sequences(summaries)
             spool = make_windows(plan, cfg, chunks, encoding, workers)
         metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)
@@ -777,6 +775,6 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
         raise
     shutil.rmtree(plan.work_dir, ignore_errors=True)
     total = ", ".join(f"split{k}: {spool.n_windows(k)}" for k in range(len(plan.split_paths)))
-    log.info(f"wrote {plan.name} windows ({total}) and "
+    logger.info(f"wrote {plan.name} windows ({total}) and "
              f"{os.path.relpath(plan.metadata_path, plan.project_root)}")
     return metadata

@@ -10,7 +10,8 @@ import logging
 import sys
 import time
 
-log = logging.getLogger("sequifier.preprocess")
+# the command's channel, not __name__: users read "[sequifier.preprocess]" in every line
+logger = logging.getLogger("sequifier.preprocess")
 
 
 class Progress:
@@ -48,4 +49,4 @@ class Progress:
             self._line(f"{self.done}/{self.total} done")
 
     def _line(self, text: str) -> None:
-        log.info(f"{self.stage}: {text} ({time.monotonic() - self.started:.1f} s)")
+        logger.info(f"{self.stage}: {text} ({time.monotonic() - self.started:.1f} s)")

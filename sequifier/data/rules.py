@@ -16,8 +16,7 @@ from sequifier.data.missing import parse_missing_values
 from sequifier.data.read_table import EXTENSIONS
 from sequifier.data.splits import SPLIT_METHODS, START_MODES, holdout_setting_problems
 from sequifier.data.windows import WINDOW_FORMATS
-from sequifier.io_utils import name_problem
-from sequifier.project import dataset_name
+from sequifier.project import dataset_name, name_problem
 
 
 def preprocess_rules(cfg: PreprocessConfig, p: Problems) -> None:

@@ -40,7 +40,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_dir, atomic_path, load_tensor_file
+from sequifier.io_utils import atomic_dir, atomic_path
+from sequifier.tensor_files import load_tensor_file
 
 POSITION_COLUMN = "itemPosition"
 INDEX_COLUMNS = ["sequenceId", "subsequenceId", "padding"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sequifier import metrics
+from sequifier import metrics, project
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig
 from sequifier.data.windows import Windows, first_predicted_slot
@@ -39,7 +39,7 @@ from sequifier.infer.models import (
 )
 from sequifier.infer.reading import default_split, model_inputs, read_model_windows
 from sequifier.infer.tables import prediction_table, to_user_values
-from sequifier.io_utils import resolve_path
+from sequifier.project import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +95,13 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
         report.update(model=job.path, data_path=data_path, split=split,
                       baseline_data_path=baseline_path)
         reports.append(report)
-        texts[outputs.evaluation_path(root, job.name, split, "metrics", "json")] = (
+        texts[project.evaluation_path(root, job.name, split, "metrics", "json")] = (
             json.dumps(report, indent=2, allow_nan=True) + "\n")
-        texts[outputs.evaluation_path(root, job.name, split, "metrics", "md")] = markdown(
+        texts[project.evaluation_path(root, job.name, split, "metrics", "md")] = markdown(
             [report], f"Evaluation of {job.name} on {split}")
         tables.update(rows)
     if len(jobs) > 1:
-        texts[outputs.comparison_path(root, split)] = markdown(reports, f"Models compared on {split}")
+        texts[project.comparison_path(root, split)] = markdown(reports, f"Models compared on {split}")
     outputs.write_tables(tables, cfg.write_format, texts)  # one set: all files or none
     for report in reports:
         logger.info("\n" + markdown([report], f"{os.path.basename(report['model'])} on {split}"))
@@ -177,11 +177,11 @@ def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> lis
     root = cfg.project_root
     paths = []
     for job in jobs:
-        paths += [outputs.evaluation_path(root, job.name, split, "metrics", "json"),
-                  outputs.evaluation_path(root, job.name, split, "metrics", "md"),
-                  outputs.evaluation_path(root, job.name, split, "predictions", cfg.write_format)]
+        paths += [project.evaluation_path(root, job.name, split, "metrics", "json"),
+                  project.evaluation_path(root, job.name, split, "metrics", "md"),
+                  project.evaluation_path(root, job.name, split, "predictions", cfg.write_format)]
     if len(jobs) > 1:
-        paths.append(outputs.comparison_path(root, split))
+        paths.append(project.comparison_path(root, split))
     return paths
 
 
@@ -236,7 +236,7 @@ def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, wind
         f"{t}_true": to_user_values(metadata, info, t, windows.values[t][rows, slots], cfg.map_to_id)
         for t in info.target_columns
     }
-    path = outputs.evaluation_path(cfg.project_root, job.name, split, "predictions", cfg.write_format)
+    path = project.evaluation_path(cfg.project_root, job.name, split, "predictions", cfg.write_format)
     return report, {path: prediction_table(metadata, info, keys, predictions, cfg.map_to_id, extra=true_values)}
 
 

@@ -1,12 +1,10 @@
-"""Where infer and evaluate write, and how: pyarrow tables (csv or parquet) and text
-files (metrics JSON, markdown), written as output sets: all files or none.
+"""How infer and evaluate write (where: `sequifier/project.py`): pyarrow tables (csv or
+parquet) and text files (metrics JSON, markdown), written as output sets: all files or none.
 
 Every output row names its item in the user's terms: `key_columns` turns the windows'
 internal sequence numbers and int64 positions back into the original ids and positions
 (times, dates) under the user's column names. Every writer of outputs goes through it.
 """
-
-import os
 
 import numpy as np
 
@@ -14,30 +12,6 @@ from sequifier.errors import SequifierError
 from sequifier.io_utils import existing_outputs, output_set
 
 WRITE_FORMATS = ("csv", "parquet")
-
-
-def prediction_path(project_root: str, model: str, write_format: str) -> str:
-    return os.path.join(project_root, "outputs", "predictions", f"{model}-predictions.{write_format}")
-
-
-def probability_path(project_root: str, model: str, target: str, write_format: str) -> str:
-    return os.path.join(
-        project_root, "outputs", "probabilities", f"{model}-{target}-probabilities.{write_format}"
-    )
-
-
-def embedding_path(project_root: str, model: str, write_format: str) -> str:
-    return os.path.join(project_root, "outputs", "embeddings", f"{model}-embeddings.{write_format}")
-
-
-def evaluation_path(project_root: str, model: str, split: str, kind: str, extension: str) -> str:
-    """outputs/evaluation/MODEL-SPLIT-KIND.EXT (kind: metrics or predictions)."""
-    return os.path.join(project_root, "outputs", "evaluation", f"{model}-{split}-{kind}.{extension}")
-
-
-def comparison_path(project_root: str, split: str) -> str:
-    """The table comparing several models evaluated on one split."""
-    return os.path.join(project_root, "outputs", "evaluation", f"{split}-comparison.md")
 
 
 def refuse_to_overwrite(paths: list[str]) -> None:

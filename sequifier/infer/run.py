@@ -25,6 +25,7 @@ import logging
 
 import numpy as np
 
+from sequifier import project
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
 from sequifier.data.windows import Windows, first_predicted_slot, last_window_per_sequence
@@ -47,7 +48,7 @@ from sequifier.infer.reading import (
     read_model_windows,
 )
 from sequifier.infer.tables import embedding_table, prediction_table, probability_table
-from sequifier.io_utils import resolve_path
+from sequifier.project import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +100,10 @@ def _open(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
 def _output_paths(cfg: InferConfig, job: ModelJob) -> list[str]:
     root, fmt, info = cfg.project_root, cfg.write_format, job.info
     if info.model_type == "embedding":
-        return [outputs.embedding_path(root, job.name, fmt)]
-    paths = [outputs.prediction_path(root, job.name, fmt)]
+        return [project.embedding_path(root, job.name, fmt)]
+    paths = [project.prediction_path(root, job.name, fmt)]
     if cfg.output_probabilities:
-        paths += [outputs.probability_path(root, job.name, c, fmt) for c in info.target_columns
+        paths += [project.probability_path(root, job.name, c, fmt) for c in info.target_columns
                   if info.target_column_types[c] == "categorical"]
     return paths
 
@@ -120,7 +121,7 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         # the embedding summarises the window up to its last input slot
         keys = outputs.key_columns(metadata, windows.sequence_id,
                                    windows.item_position[:, first_slot + info.seq_length - 1])
-        return {outputs.embedding_path(root, job.name, fmt): embedding_table(keys, embeddings)}
+        return {project.embedding_path(root, job.name, fmt): embedding_table(keys, embeddings)}
     chooser = Chooser.from_options(cfg.seed, cfg.sample_from_distribution_columns, sampling_settings(cfg))
     if cfg.positions == "scored":
         rows, slots, predictions, probabilities = predict_every_position(
@@ -138,9 +139,9 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         keys = outputs.key_columns(metadata, np.repeat(windows.sequence_id, steps), positions.reshape(-1))
         predictions = {c: v.reshape(-1) for c, v in predictions.items()}
         probabilities = {c: p.reshape(-1, p.shape[2]) for c, p in probabilities.items()}
-    tables = {outputs.prediction_path(root, job.name, fmt):
+    tables = {project.prediction_path(root, job.name, fmt):
               prediction_table(metadata, info, keys, predictions, cfg.map_to_id)}
     for column, probs in probabilities.items():
-        tables[outputs.probability_path(root, job.name, column, fmt)] = probability_table(
+        tables[project.probability_path(root, job.name, column, fmt)] = probability_table(
             metadata, column, keys, probs, cfg.map_to_id)
     return tables

@@ -15,7 +15,7 @@ from sequifier.config.metadata import Metadata
 from sequifier.errors import SequifierError
 from sequifier.export_format import output_keys
 from sequifier.infer.model_info import ModelInfo
-from sequifier.io_utils import load_tensor_file
+from sequifier.tensor_files import load_tensor_file
 
 
 def torch_device(device: str):

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from sequifier.errors import SequifierError
-from sequifier.io_utils import atomic_path, load_tensor_file
+from sequifier.io_utils import atomic_path
+from sequifier.tensor_files import load_tensor_file
 
 CHECKPOINT_FORMAT = 1
 

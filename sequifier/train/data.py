@@ -23,7 +23,7 @@ from sequifier.config.schema import TrainConfig
 from sequifier.data.lazy import LazyWindowLoader
 from sequifier.data.window_files import check_fingerprint, read_windows
 from sequifier.errors import SequifierError
-from sequifier.io_utils import resolve_path
+from sequifier.project import resolve_path
 from sequifier.train import distributed
 from sequifier.train.batch import Batch, check_id_range, check_window_length, make_batch
 from sequifier.train.streamed_batches import StreamedBatches

@@ -40,7 +40,7 @@ import torch
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("nccl", "gloo")
 DATA_PARALLELISMS = ("ddp", "fsdp")
@@ -94,7 +94,7 @@ def choose_backend(backend: str, device: str, announce: bool = False) -> str:
     check_backend_name(backend)
     if backend == "nccl" and not device.startswith("cuda"):
         if announce:
-            log.warning("training_spec.backend: nccl needs CUDA devices; using gloo on device "
+            logger.warning("training_spec.backend: nccl needs CUDA devices; using gloo on device "
                         "'%s'", device)
         return "gloo"
     if backend == "nccl" and not torch.distributed.is_nccl_available():
@@ -273,7 +273,7 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
         ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                           int(os.environ["LOCAL_RANK"]), backend)
         if ctx.world_size != spec.world_size:
-            log.warning("torchrun started %d processes; training_spec.world_size (%d) is ignored",
+            logger.warning("torchrun started %d processes; training_spec.world_size (%d) is ignored",
                         ctx.world_size, spec.world_size)
         finished = False
         try:

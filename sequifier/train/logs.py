@@ -28,7 +28,8 @@ from sequifier.train.resume import flatten
 RESERVED_LABELS = {PAD_ID: "<pad>", UNKNOWN_ID: "<unknown>"}
 
 
-log = logging.getLogger("sequifier.train")
+# the command's channel, not __name__: users read "[sequifier.train]" in every line
+logger = logging.getLogger("sequifier.train")
 
 
 class TrainLogger:
@@ -65,7 +66,7 @@ class TrainLogger:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         self._file.write(line + "\n")
-        log.info(message)
+        logger.info(message)
 
     @property
     def paths(self) -> dict[str, str]:

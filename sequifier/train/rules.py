@@ -13,9 +13,9 @@ from sequifier.config.problems import Problems
 from sequifier.config.schema import DEVICES, TrainConfig
 from sequifier.data.rules import read_format_rule
 from sequifier.data.windows import WINDOW_FORMATS
-from sequifier.io_utils import name_problem
 from sequifier.model.dtypes import DTYPES, LAYER_TYPES
 from sequifier.model.rules import model_column_rules, model_spec_rules
+from sequifier.project import name_problem
 from sequifier.train import distributed, schedulers
 from sequifier.train.loop import select_on_problems
 from sequifier.train.losses import criterion_rules, loss_rules

@@ -18,7 +18,8 @@ from sequifier.config.schema import DEFAULT_TOP_K, TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.export_format import is_export_of, list_exports, parse_export_name
 from sequifier.gate import validate
-from sequifier.io_utils import clean_leftovers, resolve_path
+from sequifier.io_utils import clean_leftovers
+from sequifier.project import CHECKPOINTS, LOGS, MODELS, folder, resolve_path
 from sequifier.run_lock import model_lock
 from sequifier.train import distributed
 from sequifier.train.checkpoint import (
@@ -50,10 +51,6 @@ from sequifier.train.schedulers import CUSTOM_SCHEDULERS, build_scheduler, total
 from sequifier.train.scoring import measure_baselines, scored_targets
 from sequifier.train.summary import build_summary, summary_lines, summary_path, write_summary
 
-CHECKPOINTS_DIR = "checkpoints"
-MODELS_DIR = "models"
-LOGS_DIR = "logs"
-
 
 @dataclass
 class TrainResult:
@@ -82,7 +79,7 @@ def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
     validate("train", cfg)  # on every rank, before any file is touched
     if distributed.context().enabled or os.environ.get("RANK", "0") != "0":
         return _run_train(cfg, export)  # a rank of a run whose launcher holds the lock
-    with model_lock(os.path.join(cfg.project_root, CHECKPOINTS_DIR), cfg.model_name):
+    with model_lock(folder(cfg.project_root, CHECKPOINTS), cfg.model_name):
         return _run_train(cfg, export)
 
 
@@ -94,7 +91,7 @@ def _run_train(cfg: TrainConfig, export: bool) -> TrainResult:
             check_rank_division(cfg, metadata, spec.world_size)
         return distributed.launch(run_train, (cfg, export), spec)
     device = resolve_device(distributed.rank_device(spec.device))
-    folders = {name: os.path.join(cfg.project_root, name) for name in (CHECKPOINTS_DIR, MODELS_DIR, LOGS_DIR)}
+    folders = {name: folder(cfg.project_root, name) for name in (CHECKPOINTS, MODELS, LOGS)}
     resume, stale = _resume_or_stale(cfg, folders)
     with determinism(spec.enforce_determinism):
         return _train(cfg, metadata, device, folders, resume, stale, export)
@@ -150,7 +147,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     if spec.compile:
         forward_model = torch.compile(forward_model)
 
-    logger = TrainLogger(folders[LOGS_DIR], cfg.model_name, enabled=distributed.is_main_process(),
+    logger = TrainLogger(folders[LOGS], cfg.model_name, enabled=distributed.is_main_process(),
                          continues=resume.checkpoint.get("logs") if resume is not None else None)
     try:
         n_params = sum(p.numel() for p in model.parameters())
@@ -165,7 +162,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):
             logger.info(note)
         # a run killed after its last checkpoint but before its export left no models
-        exports_missing = resume is not None and _exports_missing(cfg, folders[MODELS_DIR])
+        exports_missing = resume is not None and _exports_missing(cfg, folders[MODELS])
         if resume is not None:
             _log_resume(cfg, resume, state, logger, exports_missing)
         for line in baseline_lines(targets, baselines):
@@ -173,7 +170,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         trainer = Trainer(
             model=model, forward_model=forward_model, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, losses=losses, train_batches=train_batches, val_batches=val_batches,
-            spec=spec, logger=logger, checkpoint_dir=folders[CHECKPOINTS_DIR],
+            spec=spec, logger=logger, checkpoint_dir=folders[CHECKPOINTS],
             model_name=cfg.model_name, device=device, autocast_dtype=amp_dtype,
             class_share_columns=class_share, scored_targets=targets, baselines=baselines,
             config_record=config_record(cfg),
@@ -197,13 +194,13 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
                 if weights:
                     export_model.load_state_dict(weights)
             if distributed.is_main_process():
-                _export(cfg, export_model, layout, state, folders[MODELS_DIR], result, logger)
+                _export(cfg, export_model, layout, state, folders[MODELS], result, logger)
         elif nothing_new:
-            _keep_exports(cfg, folders[MODELS_DIR], result)
+            _keep_exports(cfg, folders[MODELS], result)
         logger.hparams(config_record(cfg), {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
                                             "last_epoch": state.epoch})
         if distributed.is_main_process():
-            result.summary_path = summary_path(folders[LOGS_DIR], cfg.model_name)
+            result.summary_path = summary_path(folders[LOGS], cfg.model_name)
             summary = build_summary(result, baselines, logger.tensorboard_dir)
             write_summary(result.summary_path, summary)
             for line in summary_lines(summary, targets, result.summary_path):
@@ -342,18 +339,18 @@ def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[Resume 
     checkpoint, and a run that fails while setting up loses nothing).
     """
     spec = cfg.training_spec
-    clean_leftovers([folders[CHECKPOINTS_DIR], folders[MODELS_DIR]])
+    clean_leftovers([folders[CHECKPOINTS], folders[MODELS]])
     if spec.continue_training:
-        latest = latest_checkpoint(folders[CHECKPOINTS_DIR], cfg.model_name)
+        latest = latest_checkpoint(folders[CHECKPOINTS], cfg.model_name)
         if latest is not None:
             checkpoint = load_checkpoint(latest)
             recorded = checkpoint.get("config")
             changes = None if recorded is None else compare(recorded, config_record(cfg))
             check_resumable(changes or [], latest, cfg.model_name)
             return Resume(latest, checkpoint, changes), []
-    old = [p for _, p in list_checkpoints(folders[CHECKPOINTS_DIR], cfg.model_name)]
-    old += _model_files(folders[MODELS_DIR], cfg.model_name)
-    summary = summary_path(folders[LOGS_DIR], cfg.model_name)
+    old = [p for _, p in list_checkpoints(folders[CHECKPOINTS], cfg.model_name)]
+    old += _model_files(folders[MODELS], cfg.model_name)
+    summary = summary_path(folders[LOGS], cfg.model_name)
     if os.path.exists(summary):
         old.append(summary)
     if old and not cfg.overwrite:

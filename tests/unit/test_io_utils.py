@@ -8,17 +8,9 @@ import sys
 
 import pytest
 
-from sequifier.errors import SequifierError
-from sequifier.io_utils import (
-    TMP_PREFIX,
-    atomic_dir,
-    atomic_write_text,
-    clean_leftovers,
-    existing_outputs,
-    name_problem,
-    output_set,
-    user_os_error,
-)
+from sequifier.errors import SequifierError, user_os_error
+from sequifier.io_utils import TMP_PREFIX, atomic_dir, atomic_write_text, clean_leftovers, existing_outputs, output_set
+from sequifier.project import name_problem
 
 
 @pytest.fixture

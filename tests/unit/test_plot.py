@@ -9,7 +9,8 @@ from train_data import make_config, make_project, single_thread  # noqa: F401
 
 from sequifier import cli, plot
 from sequifier.errors import SequifierError
-from sequifier.multirun import RESULT_FILE, start_sweep
+from sequifier.multirun import start_sweep
+from sequifier.project import RESULT_FILE
 from sequifier.train.run import run_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -92,7 +92,8 @@ def sweep_config(folder: str):
 def test_a_repeated_sweep_summarises_only_its_own_jobs(tmp_path):
     """The second sweep into a folder runs fewer jobs: job folders it does not overwrite
     still hold the first sweep's results, which must not reach its summary."""
-    from sequifier.multirun import SweepSummary, read_results
+    from sequifier.multirun import SweepSummary
+    from sequifier.project import read_results
 
     folder = str(tmp_path / "multirun" / "fixed")
     os.makedirs(folder)
