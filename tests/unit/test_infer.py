@@ -230,9 +230,26 @@ def test_embeddings(project):
     np.testing.assert_allclose(frame["1"], first_input[:, -1], rtol=1e-6)
 
 
-def test_infer_with_dropout_uses_dropout_export(project):
+def test_infer_with_dropout_uses_dropout_export(project, monkeypatch):
+    """The dropout export runs with dropout on (the runner is asked for it) and its
+    outputs are the predictions. (Real sampling: test_infer_exports.py.)"""
+    from sequifier.infer import models
+
+    asked = []
+
+    def spy(path, device, training_config_path, model_type, metadata, infer_with_dropout, *args, **kwargs):
+        asked.append(infer_with_dropout)
+        return load_runner(path, device, training_config_path, model_type, metadata, infer_with_dropout,
+                           *args, **kwargs)
+
+    load_runner = models.load_runner
+    monkeypatch.setattr(models, "load_runner", spy)
     written = run_infer(infer_config(project, "models/dropout.onnx", infer_with_dropout=True))
-    assert os.path.exists(written[0])
+    assert written == [str(project / "outputs/predictions/dropout-predictions.csv")] and asked == [True]
+    ids, values = expected_next(make_windows())
+    frame = read(written[0])
+    assert frame["itemId"].tolist() == [ID_TO_ITEM[i] for i in ids]
+    np.testing.assert_allclose(frame["value"], values * VALUE_STD + VALUE_MEAN, rtol=1e-6)
 
 
 def test_existing_output_needs_overwrite(project):

@@ -7,6 +7,7 @@ import shutil
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -145,7 +146,13 @@ def test_matching_columns_given_explicitly_are_fine(project):
     cfg = infer_config(project, "models/gen.onnx", input_columns=["value", "sup1", "itemId"],
                        target_columns=["itemId", "value"],
                        target_column_types={"value": "real", "itemId": "categorical"})
-    assert run_infer(cfg)
+    path = str(project / "outputs/predictions/gen-predictions.csv")
+    assert run_infer(cfg) == [path]
+    given = pd.read_csv(path)
+    # the same predictions, in the model's column order, as with the columns left to the model
+    run_infer(infer_config(project, "models/gen.onnx", overwrite=True))
+    pd.testing.assert_frame_equal(given, pd.read_csv(path))
+    assert list(given.columns) == ["sequenceId", "itemPosition", "itemId", "value"] and len(given) > 0
 
 
 def test_seq_length_must_match_model(project):

@@ -239,7 +239,7 @@ def test_small_inputs_stay_in_the_main_process(tmp_path, monkeypatch):
     def no_pool(*args, **kwargs):
         raise AssertionError("worker processes started for a tiny input")
 
-    monkeypatch.setattr("multiprocessing.context.BaseContext.Pool", no_pool)
+    monkeypatch.setattr(preprocess, "ProcessPoolExecutor", no_pool)  # what Workers starts
     frame = long_table()
     for i in range(2):
         write_input(frame[frame["sequenceId"] % 2 == i], tmp_path / "in" / f"p{i}.csv")

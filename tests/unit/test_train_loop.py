@@ -250,7 +250,9 @@ def test_export_called_for_best_and_last(root, monkeypatch):
                                             "training_spec.epochs": 2}))
     assert [(c[0], c[1]) for c in calls] == [("best", 1), ("last", 2)]
     assert result.best_model_paths[0].endswith("tiny-best-1.onnx")
-    assert run_module.TrainResult  # the result type the CLI reads best_val_loss from
+    # what the CLI returns to a sweeper: the best epoch's validation loss
+    assert isinstance(result, run_module.TrainResult) and result.best_epoch == 1
+    assert result.best_val_loss == result.history[0].val_loss < float("inf")
 
 
 @pytest.mark.slow
