@@ -255,6 +255,25 @@ def test_export_called_for_best_and_last(root, monkeypatch):
     assert result.best_val_loss == result.history[0].val_loss < float("inf")
 
 
+def test_real_compile_of_a_tiny_model_trains_like_eager(tmp_path, monkeypatch):
+    """torch.compile for real: dynamo traces the model and AOT autograd its backward (the
+    aot_eager backend: no C++ code generation, a few seconds; inductor: the slow test below)."""
+    real_compile, compiled_models = torch.compile, []
+
+    def aot_eager(model, *args, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    small = {"training_spec.epochs": 1}
+    eager = run_train(make_config(make_project(tmp_path / "a", n_train=32, n_val=16), **small), export=False)
+    compiled = run_train(make_config(make_project(tmp_path / "b", n_train=32, n_val=16),
+                                     **small, **{"training_spec.compile": True}), export=False)
+    assert len(compiled_models) == 1
+    assert compiled.history[0].val_loss == pytest.approx(eager.history[0].val_loss, rel=1e-4)
+    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=1e-4)
+
+
 @pytest.mark.slow
 def test_real_compile_trains_like_eager(tmp_path):
     eager = train(make_project(tmp_path / "a"), **{"training_spec.epochs": 1})
