@@ -9,10 +9,8 @@ import sys
 
 import pytest
 import torch
+from helpers.train_data import make_config, make_project  # noqa: E402
 from omegaconf import OmegaConf
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
-from train_data import make_config, make_project  # noqa: E402
 
 from sequifier.train.checkpoint import load_checkpoint  # noqa: E402
 from sequifier.train.run import run_train  # noqa: E402

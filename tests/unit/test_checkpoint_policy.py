@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
-from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
+from helpers.train_data import log_text, make_config, make_project
 
 from sequifier.train.run import run_train
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.usefixtures("single_thread")
+# the child imports tests/helpers as pytest does (pyproject's pythonpath)
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # dropout draws from the RNG and AdEMAMix/StepLR carry state: all must resume exactly
 SETTINGS = {"training_spec.dropout": 0.2, "training_spec.enforce_determinism": True,
             "training_spec.scheduler": {"name": "StepLR", "step_size": 1, "gamma": 0.7},
@@ -22,10 +25,9 @@ SETTINGS = {"training_spec.dropout": 0.2, "training_spec.enforce_determinism": T
 # Trains SETTINGS in a child process, slowed down per batch so that it can be killed mid-epoch.
 CHILD = f"""
 import sys, time
-sys.path.insert(0, {HERE!r})
 import torch
 torch.set_num_threads(1)
-from train_data import make_config
+from helpers.train_data import make_config
 from sequifier.train.loop import Trainer
 from sequifier.train.run import run_train
 batch_loss = Trainer.batch_loss
@@ -44,7 +46,8 @@ def weights(path):
 def test_kill_9_mid_epoch_resumes_to_bit_identical_weights(tmp_path):
     straight = run_train(make_config(make_project(tmp_path / "a"), **SETTINGS), export=False)
     root = make_project(tmp_path / "b")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, root])
+    path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, root], env={**os.environ, "PYTHONPATH": path})
     try:
         deadline = time.time() + 120
         while not glob.glob(os.path.join(root, "checkpoints", "tiny-epoch-0002-batch-*.pt")):

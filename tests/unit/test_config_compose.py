@@ -1,7 +1,7 @@
 """Composition through Hydra's compose API: every group option, precedence, aliases."""
 
 import pytest
-from config_data import TRAIN_CONFIG
+from helpers.config_data import TRAIN_CONFIG
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 

@@ -3,14 +3,11 @@
 import glob
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
-from train_data import make_config, make_project  # noqa: E402
+from helpers.train_data import make_config, make_project  # noqa: E402
 
 from sequifier.config.schema import TrainingSpec  # noqa: E402
 from sequifier.data.lazy import LazyWindowLoader  # noqa: E402

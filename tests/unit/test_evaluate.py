@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_project import METADATA, infer_config, items_with_context, make_project, preprocess
+from helpers.infer_project import METADATA, infer_config, items_with_context, make_project, preprocess
 
 from sequifier.config.schema import EvaluateConfig
 from sequifier.errors import SequifierError
@@ -118,7 +116,7 @@ def test_onnx_and_pt_score_alike_in_one_comparison(tmp_path, project):
 
 def test_a_split_without_items_to_score_is_refused(tmp_path, project):
     _, _, _, models = project
-    from preprocess_data import config, write_input
+    from helpers.preprocess_data import config, write_input
 
     single = pd.DataFrame({"sequenceId": [0, 1, 2], "itemPosition": [5, 5, 5], "colour": ["red", "blue", "grey"],
                            "code": [7, 30, 9], "value": [1.0, 2.0, 3.0]})

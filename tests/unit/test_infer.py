@@ -1,14 +1,11 @@
 """infer with stand-in ONNX exports: every config field's effect on the outputs."""
 
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import (
+from helpers.infer_stub import (
     ITEM_VALUES,
     SEQ_LENGTH,
     VALUE_MEAN,

@@ -8,9 +8,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import export_stub, make_project
+from helpers.infer_stub import export_stub, make_project
 
 SEQUIFIER = os.path.join(os.path.dirname(sys.executable), "sequifier")
 

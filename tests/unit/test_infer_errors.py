@@ -4,14 +4,11 @@ import json
 import logging
 import os
 import shutil
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import (
+from helpers.infer_stub import (
     COLUMN_TYPES,
     SEQ_LENGTH,
     export_stub,

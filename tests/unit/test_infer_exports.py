@@ -2,16 +2,13 @@
 .pt weights that take their architecture from the training config."""
 
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import SEQ_LENGTH, infer_config, make_metadata, make_project, make_windows
+from helpers.infer_stub import SEQ_LENGTH, infer_config, make_metadata, make_project, make_windows
 
 from sequifier.config.schema import ModelSpec, TrainConfig, TrainingSpec
 from sequifier.errors import SequifierError

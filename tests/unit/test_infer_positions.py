@@ -2,14 +2,11 @@
 with real (tiny, untrained) exports."""
 
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_project import LENGTHS, SEQ_LENGTH, infer_config, items_with_context, make_project, preprocess
+from helpers.infer_project import LENGTHS, SEQ_LENGTH, infer_config, items_with_context, make_project, preprocess
 
 from sequifier.errors import SequifierError
 from sequifier.infer import run_infer

@@ -1,13 +1,9 @@
 """Mapping ids and values back to the user's terms, sampling and unknown ids."""
 
 import logging
-import os
-import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_stub import make_metadata
+from helpers.infer_stub import make_metadata
 
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 from sequifier.infer.values import (

@@ -1,13 +1,10 @@
 """Training with lazy shard loading (load_full_data_to_ram: false) through run_train."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from train_data import make_config, make_project  # noqa: E402
+from helpers.train_data import make_config, make_project  # noqa: E402
 
 from sequifier.config.metadata import read_metadata  # noqa: E402
 from sequifier.errors import SequifierError  # noqa: E402

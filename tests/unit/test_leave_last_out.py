@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from preprocess_data import config, load_splits, long_table, write_input
+from helpers.preprocess_data import config, load_splits, long_table, write_input
 
 from sequifier.data.preprocess import run_preprocess
 from sequifier.data.splits import leave_last_out_bounds

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from preprocess_data import config, load_splits, long_table, rebuild_long_table, write_input
+from helpers.preprocess_data import config, load_splits, long_table, rebuild_long_table, write_input
 
 from sequifier.config.metadata import MISSING_CATEGORY
 from sequifier.data.preprocess import run_preprocess

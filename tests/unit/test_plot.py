@@ -5,13 +5,15 @@ import os
 import sys
 
 import pytest
-from train_data import make_config, make_project, single_thread  # noqa: F401
+from helpers.train_data import make_config, make_project
 
 from sequifier import cli, plot
 from sequifier.errors import SequifierError
 from sequifier.multirun import start_sweep
 from sequifier.project import RESULT_FILE
 from sequifier.train.run import run_train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

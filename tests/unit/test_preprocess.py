@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from preprocess_data import (
+from helpers.preprocess_data import (
     config,
     load_splits,
     long_table,

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.preprocess_data import config, long_table, rebuild_long_table, sorted_table, write_input
 
 from sequifier.data import budget, partition, preprocess
 from sequifier.errors import SequifierError
-from tests.unit.preprocess_data import config, long_table, rebuild_long_table, sorted_table, write_input
 
 
 def output_bytes(root, name="items"):

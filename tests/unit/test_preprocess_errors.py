@@ -5,24 +5,11 @@ import glob
 
 import numpy as np
 import pytest
-from preprocess_data import config, long_table, write_input
+from helpers.preprocess_data import config, expect_error, long_table, write_input
 
 from sequifier.config.metadata import read_metadata
 from sequifier.data import preprocess
 from sequifier.data.preprocess import run_preprocess
-from sequifier.errors import SequifierError
-
-
-def expect_error(tmp_path, cfg, *fragments):
-    with pytest.raises(SequifierError) as e:
-        run_preprocess(cfg)
-    message = str(e.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert glob.glob(str(tmp_path / "data" / "*split*")) == []
-    assert glob.glob(str(tmp_path / "configs" / "metadata_configs" / "*.json")) == []
-    return message
 
 
 @pytest.mark.parametrize("column", ["sequenceId", "itemPosition"])

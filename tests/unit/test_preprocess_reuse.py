@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from preprocess_data import config, load_splits, long_table, write_input
+from helpers.preprocess_data import config, load_splits, long_table, write_input
 
 from sequifier.config.schema import UNKNOWN_ID
 from sequifier.data.preprocess import run_preprocess

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from preprocess_data import config, long_table, write_input
+from helpers.preprocess_data import config, long_table, write_input
 
 from sequifier.data.preprocess import run_preprocess
 from sequifier.errors import SequifierError
@@ -93,7 +93,7 @@ def test_a_duplicate_column_in_the_header_is_one_line(tmp_path):
 
 
 def test_train_read_format_must_match_the_splits(tmp_path):
-    from train_data import make_config, make_project
+    from helpers.train_data import make_config, make_project
 
     from sequifier.train.run import run_train
 

@@ -30,7 +30,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
 
 
 def test_train_holds_the_lock(tmp_path, monkeypatch):
-    from train_data import make_config, make_project
+    from helpers.train_data import make_config, make_project
 
     from sequifier.train import run as run_module
 
@@ -112,7 +112,7 @@ def test_a_repeated_sweep_summarises_only_its_own_jobs(tmp_path):
 
 def test_preprocess_holds_the_lock_of_its_dataset(tmp_path, monkeypatch):
     """A second preprocess of one dataset_name would delete the first's work folder."""
-    from preprocess_data import config, long_table, write_input
+    from helpers.preprocess_data import config, long_table, write_input
 
     from sequifier.data import preprocess
     from sequifier.run_lock import dataset_lock

@@ -5,7 +5,7 @@ on training items."""
 import numpy as np
 import pytest
 import torch
-from preprocess_data import config, load_splits, long_table, write_input
+from helpers.preprocess_data import config, load_splits, long_table, write_input
 
 from sequifier.config.metadata import Metadata
 from sequifier.data.preprocess import run_preprocess

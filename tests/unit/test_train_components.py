@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from train_data import N_CLASSES, make_config, make_project, single_thread  # noqa: F401
+from helpers.train_data import N_CLASSES, make_config, make_project
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.problems import Problems
@@ -27,6 +27,8 @@ from sequifier.train.device import autocast_dtype, resolve_device
 from sequifier.train.losses import build_target_losses, class_weight_vector
 from sequifier.train.optimizers import build_optimizer, optimizer_rules
 from sequifier.train.schedulers import build_scheduler
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def params():

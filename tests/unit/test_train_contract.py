@@ -11,13 +11,15 @@ import os
 
 import pytest
 import torch
+from helpers.train_data import log_text, make_config, make_project
 from omegaconf import MISSING, OmegaConf
-from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import ModelSpec, TrainConfig, TrainingSpec
 from sequifier.train.data import make_batch_sources
 from sequifier.train.run import run_train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # (field, default) per the spec's tables; MISSING = mandatory ("Yes", no default).
 SPEC_TRAIN = {

@@ -7,21 +7,19 @@ import re
 
 import pytest
 import torch
-from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
+from helpers.train_data import log_text, make_config, make_project, train
 
 from sequifier.errors import SequifierError
 from sequifier.train import run as run_module
 from sequifier.train.data import InRamBatches
 from sequifier.train.run import run_train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture
 def root(tmp_path):
     return make_project(tmp_path)
-
-
-def train(root, **overrides):
-    return run_train(make_config(root, **overrides), export=False)
 
 
 def checkpoints(root):

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from train_data import SEQ_LENGTH, log_text, make_config, make_project, single_thread  # noqa: F401
+from helpers.train_data import SEQ_LENGTH, log_text, make_config, make_project
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PAD_ID
@@ -16,6 +16,8 @@ from sequifier.data.window_files import read_windows
 from sequifier.errors import SequifierError
 from sequifier.train.checkpoint import load_checkpoint
 from sequifier.train.run import run_train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 STD = 2.5  # itemValue's std in the metadata: MAE/RMSE must come out in these units
 
@@ -209,7 +211,7 @@ def test_accuracy_top_k_sets_k_and_is_validated(root):
 
 
 def test_a_validation_split_without_scored_slots_is_one_line_and_writes_nothing(tmp_path):
-    from train_data import make_windows
+    from helpers.train_data import make_windows
 
     from sequifier.data.windows import Windows, write_windows
 

@@ -1,14 +1,17 @@
 """continue_training / overwrite: resuming is exact, existing outputs are never replaced unasked."""
 
+import functools
 import glob
 import os
 
 import pytest
 import torch
-from train_data import log_text, make_config, make_project, single_thread  # noqa: F401
+from helpers.train_data import log_text, make_config, make_project, train
 
 from sequifier.errors import SequifierError
 from sequifier.train.run import run_train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # dropout consumes the torch RNG and StepLR carries state, so both must be restored
 RESUMABLE = {"training_spec.dropout": 0.2, "training_spec.enforce_determinism": True,
@@ -16,8 +19,7 @@ RESUMABLE = {"training_spec.dropout": 0.2, "training_spec.enforce_determinism": 
              "training_spec.optimizer": {"name": "AdEMAMix", "alpha_warmup": 10, "beta3_warmup": 10}}
 
 
-def train(root, **overrides):
-    return run_train(make_config(root, **{**RESUMABLE, **overrides}), export=False)
+train = functools.partial(train, defaults=RESUMABLE)
 
 
 def names(root, folder="checkpoints"):

@@ -3,7 +3,7 @@
 import copy
 
 import pytest
-from config_data import TRAIN_CONFIG
+from helpers.config_data import TRAIN_CONFIG
 from omegaconf import OmegaConf
 
 from sequifier.config.metadata import Metadata, write_metadata

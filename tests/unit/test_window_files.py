@@ -1,13 +1,9 @@
 """window_files: one reader for every window format, whole splits or ranges of windows."""
 
-import os
-import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from train_data import make_windows  # noqa: E402
+from helpers.train_data import make_windows  # noqa: E402
 
 from sequifier.data.window_files import read_rows, read_windows, split_files  # noqa: E402
 from sequifier.data.windows import windows_to_frame, write_shards, write_windows  # noqa: E402

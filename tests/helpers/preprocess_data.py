@@ -1,5 +1,6 @@
 """Tiny long tables and helpers shared by the preprocess tests."""
 
+import glob
 import os
 
 import numpy as np
@@ -7,7 +8,9 @@ import pandas as pd
 
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import PreprocessConfig
+from sequifier.data.preprocess import run_preprocess
 from sequifier.data.window_files import read_windows
+from sequifier.errors import SequifierError
 
 
 def long_table(lengths=(23, 3, 9, 40, 1, 12), seed=0, first_id=0) -> pd.DataFrame:
@@ -69,3 +72,23 @@ def rebuild_long_table(root, name) -> pd.DataFrame:
 
 def sorted_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["sequenceId", "itemPosition"]).reset_index(drop=True)
+
+
+def expect_error(root, cfg, *fragments, nothing_written=False):
+    """preprocess fails with one line holding every fragment, and leaves no split or
+    metadata (with `nothing_written`: nothing at all under data/ and configs/); the message."""
+    import pytest
+
+    with pytest.raises(SequifierError) as e:
+        run_preprocess(cfg)
+    message = str(e.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert glob.glob(os.path.join(str(root), "data", "*split*")) == []
+    assert glob.glob(os.path.join(str(root), "configs", "metadata_configs", "*.json")) == []
+    if nothing_written:
+        assert glob.glob(os.path.join(str(root), "data", "*")) == []
+        assert glob.glob(os.path.join(str(root), "data", ".*")) == []
+        assert glob.glob(os.path.join(str(root), "configs", "*")) == []
+    return message

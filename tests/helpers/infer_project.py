@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import torch
-from preprocess_data import config, long_table, write_input
 
+from helpers.preprocess_data import config, long_table, write_input
 from sequifier.config.metadata import read_metadata
 from sequifier.config.schema import InferConfig, ModelSpec, TrainConfig, TrainingSpec
 from sequifier.data.preprocess import run_preprocess

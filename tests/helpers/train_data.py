@@ -3,8 +3,6 @@
 import os
 
 import numpy as np
-import pytest
-import torch
 from omegaconf import OmegaConf
 
 from sequifier.config.metadata import Metadata, write_metadata
@@ -110,10 +108,9 @@ def log_text(result) -> str:
         return f.read()
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run faster on one thread, and do not fight parallel test runs for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def train(root, defaults=None, **overrides):
+    """A training run of `make_config(root)` with `defaults` and then `overrides` applied
+    (dotted keys), export skipped."""
+    from sequifier.train.run import run_train
+
+    return run_train(make_config(root, **{**(defaults or {}), **overrides}), export=False)
