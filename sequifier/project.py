@@ -17,7 +17,7 @@ importing each other.
 import glob
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 CONFIGS = "configs"
 METADATA_CONFIGS = os.path.join(CONFIGS, "metadata_configs")
@@ -34,6 +34,32 @@ SWEEPS = os.path.join(OUTPUTS, "multirun", "train")  # as conf/train.yaml's hydr
 # Bytes a name may take so that every file named after it (with prefixes such as
 # "sequifier-", suffixes such as "-best-0012.onnx") fits the file system's name limit.
 NAME_DECORATION = 64
+
+
+SUMMARY_SUFFIX = "-summary.json"  # logs/NAME-summary.json: a training run's summary
+
+
+def latest_best_model(project_root: str, model_type: str = "generative") -> Optional[Tuple[str, str]]:
+    """(best model file, model_name) of the project's newest training run: the newest
+    logs/*-summary.json whose best export of `model_type` still exists (.onnx before .pt),
+    or None."""
+    logs = os.path.join(project_root, LOGS)
+    names = os.listdir(logs) if os.path.isdir(logs) else []
+    summaries = [os.path.join(logs, f) for f in names if f.endswith(SUMMARY_SUFFIX)]
+    for path in sorted(summaries, key=os.path.getmtime, reverse=True):
+        try:
+            with open(path) as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            continue
+        best = (summary.get("models") or {}).get("best") if isinstance(summary, dict) else None
+        files = [f for f in best or [] if isinstance(f, str)
+                 and f.rsplit(".", 1)[0].endswith("-embedding") == (model_type == "embedding")
+                 and os.path.isfile(resolve_path(project_root, f))]
+        if files:
+            files.sort(key=lambda f: not f.endswith(".onnx"))
+            return files[0], str(summary.get("model_name"))
+    return None
 
 
 def resolve_path(project_root: str, path: str) -> str:

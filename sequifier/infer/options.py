@@ -7,6 +7,8 @@ here (infer's engines read it), WRITE_FORMATS in outputs.py, the sampling settin
 values.py. Torch-free: infer with ONNX models never imports torch for its checks.
 """
 
+import logging
+
 from sequifier.config.metadata import COLUMN_TYPES, Metadata
 from sequifier.config.problems import Problems
 from sequifier.config.schema import DEVICES, EvaluateConfig, InferConfig
@@ -15,20 +17,34 @@ from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.export_format import MODEL_TYPES
 from sequifier.infer.outputs import WRITE_FORMATS
 from sequifier.infer.values import SAMPLING_FIELDS, sampling_problems
+from sequifier.project import latest_best_model
 
 # last: one prediction after each window; scored: one for every item inside it
 POSITIONS = ("last", "scored")
 
 
-def model_path_rule(model_path, p: Problems) -> None:
-    """`model_path` of infer and evaluate: one path or a non-empty list of them."""
+def model_path_rule(cfg, p: Problems, model_type: str = "generative") -> None:
+    """`model_path` of infer and evaluate: one path or a non-empty list of them; null
+    (the templates' value) becomes the best model of the project's newest training,
+    and the log names it."""
+    if cfg.model_path is None:
+        found = latest_best_model(cfg.project_root, model_type)
+        if found is None:
+            p.add("model_path", "null means the best model of the project's newest training, and logs/ holds "
+                  f"no training summary with a {model_type} model; train first or set model_path to a model file")
+            return
+        cfg.model_path, model_name = found
+        logging.getLogger("sequifier").info(
+            f"model_path: {cfg.model_path} (null: the best model of the newest training, model_name '{model_name}')")
+        return
+    model_path = cfg.model_path
     paths = model_path if isinstance(model_path, list) else [model_path]
     p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
             f"must be a model file path or a list of them, got {model_path!r}")
 
 
 def infer_rules(cfg: InferConfig, p: Problems) -> None:
-    model_path_rule(cfg.model_path, p)
+    model_path_rule(cfg, p, cfg.model_type if cfg.model_type in MODEL_TYPES else "generative")
     p.one_of(cfg.model_type, MODEL_TYPES, "model_type")
     p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
@@ -80,7 +96,7 @@ def infer_metadata_rules(cfg: InferConfig, metadata: Metadata, p: Problems) -> N
 
 
 def evaluate_rules(cfg: EvaluateConfig, p: Problems) -> None:
-    model_path_rule(cfg.model_path, p)
+    model_path_rule(cfg, p)
     p.one_of(cfg.read_format, WINDOW_FORMATS, "read_format")
     p.one_of(cfg.write_format, WRITE_FORMATS, "write_format")
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")

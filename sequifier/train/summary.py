@@ -13,9 +13,8 @@ from dataclasses import asdict
 from typing import Any
 
 from sequifier.io_utils import atomic_write_text
+from sequifier.project import SUMMARY_SUFFIX  # the layout's: infer's model_path: null reads it too
 from sequifier.train.logs import format_losses, format_number, metric_lines
-
-SUMMARY_SUFFIX = "-summary.json"
 
 
 def summary_path(logs_dir: str, model_name: str) -> str:
