@@ -309,22 +309,25 @@ def _unigram_ranking_sums(targets, log_probs, mask, ranking_k, seen_previous) ->
     place = torch.empty_like(order)
     place[order] = torch.arange(order.numel(), device=device)
     # PAD_ID has score -inf: last, never ahead of a target
-    flat_targets = _scored(targets, mask, 0).long()
+    rows = _scored_rows(mask, targets.shape).to(device)
+    flat_targets = targets.reshape(-1).index_select(0, rows).long()
     ranks = place[flat_targets] + 1
     if seen_previous is not None:
-        length = seen_previous.shape[-1]
-        seen = _scored(ranking.seen_per_slot(seen_previous).reshape(*targets.shape, length), mask, 1).long()
-        ranks = ranks - ranking.seen_adjustment(seen, scores[seen], scores[flat_targets], flat_targets)
+        # in chunks: the seen items of every slot at once would be [N, L] per window
+        step = max(1, (1 << 22) // seen_previous.shape[-1])
+        for lo in range(0, rows.numel(), step):
+            chunk, part = rows[lo:lo + step], slice(lo, lo + step)
+            seen = ranking.seen_for_rows(seen_previous, chunk).long()
+            ranks[part] -= ranking.seen_adjustment(seen, scores[seen], scores[flat_targets[part]], flat_targets[part])
     return ranking.ranking_sums(ranks, ranking_k)
 
 
 def _markov_sums(targets, previous, markov: MarkovBaseline, top_k, mask, ranking_k, exclude_seen,
                  max_elements) -> torch.Tensor:
     device = targets.device
-    length = targets.shape[-1]
     flat_targets = targets.reshape(-1)
     flat_previous = previous.reshape(-1)
-    seen = ranking.seen_per_slot(previous).reshape(-1, length) if exclude_seen and ranking_k else None
+    seen = exclude_seen and bool(ranking_k)
     rows = _scored_rows(mask, targets.shape).to(device)
     sums = empty_sums("categorical", device, ranking_k)
     step = max(1, max_elements // max(markov.n_classes, 1))
@@ -335,7 +338,7 @@ def _markov_sums(targets, previous, markov: MarkovBaseline, top_k, mask, ranking
         part = categorical_sums(logits, chunk_targets, top_k)
         if ranking_k:
             ranks = ranking.target_ranks(logits, chunk_targets,
-                                         None if seen is None else seen.index_select(0, chunk))
+                                         ranking.seen_for_rows(previous, chunk) if seen else None)
             part = torch.cat([part, ranking.ranking_sums(ranks, ranking_k).to(part.dtype)])
         sums += part
     return sums

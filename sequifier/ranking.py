@@ -97,16 +97,16 @@ def outranks(scores: torch.Tensor, ids: torch.Tensor, target_scores: torch.Tenso
     return (scores > t_score) | ((scores == t_score) & (ids < targets.unsqueeze(-1)))
 
 
-def seen_per_slot(previous: torch.Tensor) -> torch.Tensor:
-    """[B, L, L] ids seen before each target slot of windows whose inputs are `previous`.
-
-    `previous` [B, L] holds the column's item in the slot before each target (the model
-    input at the same position); target j has seen previous[:, :j + 1], later slots hold
-    PAD_ID. The seen items are those of the window's context (up to seq_length items).
-    """
+def seen_for_rows(previous: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[n, L] the ids seen before the flat target slots `rows` (b * L + j) of windows
+    whose inputs are `previous` [B, L]: target j has seen previous[b, :j + 1] (the window's
+    context, up to seq_length items); later slots hold PAD_ID. Built per chunk of rows,
+    never as a [B, L, L] table."""
     length = previous.shape[-1]
-    later = torch.ones(length, length, dtype=torch.bool, device=previous.device).triu(1)
-    return previous.unsqueeze(-2).expand(*previous.shape[:-1], length, length).masked_fill(later, PAD_ID)
+    flat = previous.reshape(-1, length)
+    seen = flat.index_select(0, torch.div(rows, length, rounding_mode="floor"))
+    later = torch.arange(length, device=previous.device)[None, :] > (rows % length)[:, None]
+    return seen.masked_fill(later, PAD_ID)
 
 
 def seen_adjustment(seen: torch.Tensor, seen_scores: torch.Tensor, target_scores: torch.Tensor,
@@ -178,7 +178,7 @@ def slot_ranking_sums(scores: torch.Tensor, targets: torch.Tensor, mask: torch.T
                       max_elements: int = 1 << 24) -> torch.Tensor:
     """`ranking_sums` of a model's output over windows: `scores` [B, L, C], `targets`
     [B, L], `mask` [B, L] the scored slots; with `previous` [B, L] (the column's input at
-    each slot) the items of each target's context are excluded (`seen_per_slot`).
+    each slot) the items of each target's context are excluded (`seen_for_rows`).
 
     Rows are ranked in chunks of at most `max_elements` scores, so the comparison tables
     stay bounded whatever the batch.
@@ -189,14 +189,11 @@ def slot_ranking_sums(scores: torch.Tensor, targets: torch.Tensor, mask: torch.T
     rows = torch.arange(flat_targets.numel(), device=scores.device)
     if mask is not None:
         rows = rows[mask.reshape(-1)]
-    seen = None
-    if previous is not None:
-        seen = seen_per_slot(previous).reshape(-1, previous.shape[-1])
     sums = empty_sums(ks, scores.device)
     step = max(1, max_elements // max(n_classes, 1))
     for lo in range(0, rows.numel(), step):
         chunk = rows[lo:lo + step]
         ranks = target_ranks(flat_scores.index_select(0, chunk), flat_targets.index_select(0, chunk),
-                             None if seen is None else seen.index_select(0, chunk))
+                             None if previous is None else seen_for_rows(previous, chunk))
         sums += ranking_sums(ranks, ks)
     return sums
