@@ -27,10 +27,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gen_nextitem import generate  # noqa: E402
+from gen_nextitem import generate, true_next_probs  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 METRICS = ("hr@10", "ndcg@10", "mrr")
+SEQ_LENGTH = 48  # the template's: the oracle sees the same history a window holds
 PREDICTORS = ("model", "unigram", "markov")
 
 
@@ -52,12 +53,35 @@ def edit(path: str, old: str, new: str) -> None:
         f.write(text.replace(old, new))
 
 
-def make_data_project(root: str, sequences: int, items: int) -> None:
+def oracle(data: dict) -> dict:
+    """The ceiling: each test item (a user's last, users of >= 3 items) ranked by the
+    generator's true next-item distribution, which knows the user's current topic."""
+    import torch
+
+    from sequifier import ranking
+
+    truth = data["truth"]
+    users = np.flatnonzero(truth["lengths"] >= 3)
+    steps = truth["lengths"][users] - 1
+    probs = torch.from_numpy(true_next_probs(truth, users, steps))
+    # ids 0 and 1 stand for <pad> and <unknown> (never ranked ahead), items from id 2 on
+    scores = torch.cat([torch.full((len(users), 2), -1.0, dtype=probs.dtype), probs], dim=1)
+    targets = torch.from_numpy(truth["ranks"][users, steps] + 2)
+    history = np.arange(SEQ_LENGTH)[None, :] + (steps - SEQ_LENGTH)[:, None]
+    seen = np.where(history >= 0, truth["ranks"][users[:, None], np.maximum(history, 0)] + 2, 0)
+    out = {}
+    for exclude in (False, True):
+        ranks = ranking.target_ranks(scores, targets, torch.from_numpy(seen) if exclude else None)
+        out[exclude] = ranking.ranking_metrics(ranking.ranking_sums(ranks, [10]), [10])
+    return out
+
+
+def make_data_project(root: str, sequences: int, items: int) -> dict:
     from sequifier.make import make_project
 
     shutil.rmtree(root, ignore_errors=True)
     make_project(root)
-    data = generate(n_seq=sequences, n_items=items)
+    data = generate(n_seq=sequences, n_items=items, with_truth=True)
     with open(os.path.join(root, "data", "data.csv"), "w") as f:
         f.write("sequenceId,itemPosition,itemId\n")
         np.savetxt(f, np.column_stack([data["sequenceId"], data["itemPosition"], data["itemId"]]),
@@ -67,6 +91,7 @@ def make_data_project(root: str, sequences: int, items: int) -> None:
     print(f"data: {len(data['itemId'])} rows, {sequences} users, {len(np.unique(data['itemId']))} items",
           flush=True)
     print(run(root, "preprocess").strip().splitlines()[-2], flush=True)
+    return oracle(data)
 
 
 def one_seed(root: str, seed: int, epochs, extra) -> dict:
@@ -98,7 +123,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="extra train overrides (key=value)")
     p.add_argument("--out", default=os.path.join(HERE, "out", "nextitem"))
     a = p.parse_args()
-    make_data_project(a.out, a.sequences, a.items)
+    ceiling = make_data_project(a.out, a.sequences, a.items)
     results = []
     for seed in a.seeds:
         results.append(one_seed(a.out, seed, a.epochs, a.set))
@@ -114,6 +139,8 @@ def main() -> None:
         for who in PREDICTORS:
             cells = [statistics.median(r[exclude][who][m] for r in results) for m in METRICS]
             print(f"| {'removed' if exclude else 'kept'} | {who} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+        print(f"| {'removed' if exclude else 'kept'} | oracle (the generator's own distribution) | "
+              + " | ".join(f"{ceiling[exclude][m]:.4f}" for m in METRICS) + " |")
         best_baseline = max(statistics.median(r[exclude][b]["ndcg@10"] for r in results) for b in ("unigram", "markov"))
         ratios[exclude] = statistics.median(r[exclude]["model"]["ndcg@10"] for r in results) / best_baseline
     for exclude, ratio in ratios.items():

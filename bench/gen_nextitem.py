@@ -40,7 +40,10 @@ def draw(rng: np.random.Generator, cumulative: np.ndarray, n: int) -> np.ndarray
 
 
 def generate(n_seq=1500, n_items=3000, n_topics=60, zipf_exponent=1.0, min_len=20, max_len=700,
-             p_successor=0.55, p_topic=0.3, p_switch=0.03, seed=7):
+             p_successor=0.55, p_topic=0.3, p_switch=0.03, seed=7, with_truth=False):
+    """The columns of the table; `with_truth` adds "truth", the process behind it (the same
+    draws, so the same table): each step's topic and the item of each popularity rank,
+    for the true next-item distribution (`true_next_probs`)."""
     rng = np.random.default_rng(seed)
     # item ids are shuffled against popularity rank so ids carry no information
     item_of_rank = rng.permutation(n_items)
@@ -61,7 +64,10 @@ def generate(n_seq=1500, n_items=3000, n_topics=60, zipf_exponent=1.0, min_len=2
     current = np.array([topic_ranks[t][draw(rng, topic_cumulative[t], 1)[0]] for t in topic])
     ranks = np.empty((n_seq, lengths.max()), dtype=np.int64)
     ranks[:, 0] = current
+    topics = np.empty((n_seq, lengths.max()), dtype=np.int64)  # the topic each step drew in
+    topics[:, 0] = topic
     for step in range(1, lengths.max()):
+        topics[:, step] = topic
         mode = rng.random(n_seq)
         nxt = global_cumulative.searchsorted(rng.random(n_seq) * global_cumulative[-1])
         nxt = np.minimum(nxt, n_items - 1)
@@ -80,11 +86,33 @@ def generate(n_seq=1500, n_items=3000, n_topics=60, zipf_exponent=1.0, min_len=2
     keep = np.arange(lengths.max())[None, :] < lengths[:, None]
     seq_ids = np.broadcast_to(np.arange(n_seq)[:, None], keep.shape)[keep]
     positions = np.broadcast_to(np.arange(lengths.max())[None, :], keep.shape)[keep]
-    return {
+    out = {
         "sequenceId": seq_ids,
         "itemPosition": positions,
         "itemId": item_of_rank[ranks[keep]] + 1000,
     }
+    if with_truth:
+        out["truth"] = {"ranks": ranks, "topics": topics, "lengths": lengths, "successors": successors,
+                        "topic_ranks": topic_ranks, "item_of_rank": item_of_rank,
+                        "popularity": popularity(n_items, zipf_exponent),
+                        "p": (p_successor, p_topic)}
+    return out
+
+
+def true_next_probs(truth: dict, sequence: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """[n, n_items] the generator's own distribution of the item at `step` of each
+    `sequence` (given the item before and the topic in force), by popularity rank."""
+    p_successor, p_topic = truth["p"]
+    pop = truth["popularity"]
+    probs = np.tile((1 - p_successor - p_topic) * pop, (len(sequence), 1))
+    previous = truth["ranks"][sequence, step - 1]
+    rows = np.repeat(np.arange(len(sequence)), 4)
+    np.add.at(probs, (rows, truth["successors"][previous].reshape(-1)), np.tile(p_successor * SUCCESSOR_PROBS,
+                                                                                 len(sequence)))
+    for i, t in enumerate(truth["topics"][sequence, step]):
+        members = truth["topic_ranks"][t]
+        probs[i, members] += p_topic * pop[members] / pop[members].sum()
+    return probs
 
 
 def main():
