@@ -15,7 +15,9 @@ I/O contract of every export (also in docs/model.md):
 - embedding output "embedding": [batch, dim_model] hidden state of the last position.
 - metadata (ONNX metadata_props, JSON-encoded strings; .pt: the saved dict's "info"):
   sequifier_format, model_type, input_columns, target_columns, target_column_types,
-  column_types, seq_length, with_dropout, output_names, position_output_names, plus the
+  column_types, seq_length, known_ahead_columns (inputs that hold the value at the
+  predicted position, i.e. one slot later: data/known_ahead.py), with_dropout,
+  output_names, position_output_names, plus the
   caller's extra entries (train adds model_name, tag, epoch, best_epoch, best_val_loss).
 
 Exports always compute in float32: weights trained in float16/bfloat16 are upcast
@@ -171,6 +173,7 @@ def export_info(
         target_column_types=dict(layout.target_column_types),
         column_types=dict(layout.column_types),
         seq_length=int(layout.seq_length),
+        known_ahead_columns=list(layout.known_ahead_columns),
         with_dropout=bool(with_dropout),
         output_names=dict(zip(output_keys(model_type, layout.target_columns), output_names(layout, model_type))),
     )

@@ -3,7 +3,8 @@ for them (torch-free).
 
     configs/            the commands' YAML files (`sequifier make` writes them)
     configs/metadata_configs/NAME.json    preprocess's metadata
-    data/               the user's tables and preprocess's splits (NAME-splitK.*)
+    data/               the user's tables and preprocess's splits (NAME-splitK.*) and
+                        future rows (NAME-future.parquet)
     checkpoints/ models/ logs/            train's checkpoints, exports, logs and summary
     outputs/predictions|probabilities|embeddings|evaluation/   infer and evaluate
     outputs/multirun/train/DATE/TIME/     a sweep (hydra.sweep.dir in conf/train.yaml)
@@ -98,6 +99,11 @@ def split_path(name: str, k: int, write_format: Optional[str]) -> str:
     """Split k of dataset `name`, relative to project_root: a file, or (write_format None)
     a folder of shards."""
     return f"{DATA}/{name}-split{k}" + (f".{write_format}" if write_format else "")
+
+
+def future_rows_path(name: str) -> str:
+    """Relative to project_root: the future rows preprocess sets aside (data/future_rows.py)."""
+    return f"{DATA}/{name}-future.parquet"
 
 
 def preprocess_work_dir(project_root: str, name: str) -> str:

@@ -51,6 +51,14 @@ class Metadata:
     # hash of id_maps, also stored in the windows (parquet, pt): train/infer refuse windows
     # encoded with other id maps (None: metadata of an older version, not checked)
     id_map_fingerprint: Optional[str] = None
+    # columns whose value at the predicted position is known in advance (the model
+    # predicting slot j+1 sees them at slot j+1); includes the derived time features
+    known_ahead_columns: List[str] = field(default_factory=list)
+    # calendar columns derived from the time positions (data/time_features.py)
+    time_features: List[str] = field(default_factory=list)
+    # future rows (known-ahead values after each sequence's last observed item), a file
+    # relative to project_root (None: the input had none)
+    future_path: Optional[str] = None
 
     @property
     def columns(self) -> List[str]:

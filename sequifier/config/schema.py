@@ -65,6 +65,16 @@ class PreprocessConfig:
     # Not in the original field list: memory budget of the whole run (all processes); an
     # input larger than its share is read in chunks of whole sequences (data/budget.py)
     max_ram_gb: float = 2.0
+    # Not in the original field list: input columns whose value at the predicted position
+    # is known when predicting it (calendar, planned prices, weather forecasts). The model
+    # predicting position t+1 sees them at t+1 (sequifier/data/known_ahead.py); a forecast
+    # takes their future values from future rows (a sequence's trailing rows whose other
+    # feature cells are all empty, kept aside as `data/NAME-future.parquet`).
+    known_ahead_columns: List[str] = field(default_factory=list)
+    # Not in the original field list: calendar columns derived from a time/date
+    # position_column (half_hour, hour, day_of_week, month, ...; data/time_features.py),
+    # categorical and known ahead; infer derives them for future positions too.
+    time_features: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -228,6 +238,13 @@ class InferConfig:
     positions: str = "last"
     forecast: bool = False
     forecast_position_step: Optional[int] = None
+    # Not in the original field list: how many positions a forecast predicts per sequence
+    # (1..seq_length; null: 1 + autoregression_extra_steps); forecast: true only.
+    forecast_horizon: Optional[int] = None
+    # Not in the original field list: a csv/parquet table of future rows (id, position and
+    # known-ahead columns, in the user's terms) for a forecast with known-ahead inputs; its
+    # rows replace those preprocess kept from the table at the same positions.
+    future_data_path: Optional[str] = None
     temperature: Optional[Dict[str, float]] = None
     top_k: Optional[Dict[str, int]] = None
     top_p: Optional[Dict[str, float]] = None

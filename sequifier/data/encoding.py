@@ -354,3 +354,18 @@ def encoding_from_metadata(metadata: Metadata, source: str, summaries: List[File
     encoding = ColumnEncoding(list(expected), {c: first.kinds[c] for c in expected}, values, mean, std,
                               missing)
     return encoding, unknown
+
+
+def metadata_encoding(metadata: Metadata, columns: Sequence[str]) -> ColumnEncoding:
+    """The encoding `metadata` records, for `columns` only (e.g. the known-ahead values of
+    future rows that infer reads in the user's terms)."""
+    values, mean, std, kinds = {}, {}, {}, {}
+    for c in columns:
+        if metadata.column_types[c] == "real":
+            stats = metadata.selected_columns_statistics[c]
+            mean[c], std[c], kinds[c] = float(stats["mean"]), float(stats["std"]), "real"
+        else:
+            values[c] = _known_values(metadata, c)
+            kinds[c] = metadata.original_dtypes.get(c, "str")
+    missing = {c for c in values if MISSING_CATEGORY in metadata.id_maps[c]}
+    return ColumnEncoding(list(columns), kinds, values, mean, std, missing)

@@ -28,6 +28,7 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as default_field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -35,7 +36,7 @@ import pyarrow as pa
 
 from sequifier.config.metadata import Metadata, read_metadata, write_metadata
 from sequifier.config.schema import PAD_ID, PreprocessConfig
-from sequifier.data import partition, read_table, window_spool
+from sequifier.data import known_ahead, partition, read_table, window_spool
 from sequifier.data.budget import (
     GB,
     WINDOW_COST,
@@ -55,7 +56,7 @@ from sequifier.data.encoding import (
     number_sequences,
     summarize_table,
 )
-from sequifier.data.missing import MissingReport, MissingValues, parse_missing_values, report_lines
+from sequifier.data.missing import SERIES, MissingReport, MissingValues, parse_missing_values, report_lines
 from sequifier.data.progress import Progress
 from sequifier.data.read_table import KeyColumns, LongTable
 from sequifier.data.splits import (
@@ -74,7 +75,14 @@ from sequifier.data.windows import DEFAULT_ROW_GROUP_ROWS, Windows, id_map_finge
 from sequifier.errors import SequifierError
 from sequifier.gate import validate
 from sequifier.io_utils import atomic_path, existing_outputs, output_set
-from sequifier.project import dataset_name, metadata_path, preprocess_work_dir, resolve_path, split_path
+from sequifier.project import (
+    dataset_name,
+    future_rows_path,
+    metadata_path,
+    preprocess_work_dir,
+    resolve_path,
+    split_path,
+)
 from sequifier.run_lock import dataset_lock
 
 # the command's channel, not __name__: users read "[sequifier.preprocess]" in every line
@@ -109,6 +117,9 @@ class Plan:
     columns: List[List[str]]  # per input: the key columns and the features read
     budget: Budget
     holdout_items: int = 0  # leave_last_out: items held out per sequence and split; else 0
+    # known_ahead_columns and time_features (those of reuse_metadata_path when unset)
+    known_ahead: List[str] = default_field(default_factory=list)
+    time_features: List[str] = default_field(default_factory=list)
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.project_root, relative)
@@ -147,10 +158,16 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
     missing_values, problems = parse_missing_values(cfg.missing_values, keys.names)
     if problems:
         raise SequifierError(problems[0])
+    known, features = forecast_settings(cfg)
     columns = []
     for path in inputs:  # column names are checked before anything is written
         header = read_table.read_header(path, cfg.read_format)
         columns.append(read_table.choose_columns(path, header, cfg.selected_columns, keys))
+        problems = known_ahead.header_problems(known, header, path)
+        problems += [f"time_features: '{f}' is also the name of a column of input file '{path}'; "
+                     "rename that column or leave the feature out" for f in features if f in header]
+        if problems:
+            raise SequifierError(problems[0])
         for field, named in (("missing_values", missing_values.by_column), ("column_types", cfg.column_types or {})):
             unknown = [c for c in named if c not in header]
             if unknown:
@@ -166,12 +183,13 @@ def make_plan(cfg: PreprocessConfig) -> Plan:
         metadata_path=metadata_path(root, name), work_dir=preprocess_work_dir(root, name),
         n_workers=n_workers, keys=keys, missing_values=missing_values, columns=columns,
         budget=Budget.of(cfg.max_ram_gb, n_workers),
-        holdout_items=holdout_items(cfg),
+        holdout_items=holdout_items(cfg), known_ahead=known, time_features=features,
     )
 
 
 def _check_overwrite(plan: Plan, overwrite: bool) -> None:
-    paths = [plan.absolute(p) for p in plan.split_paths] + [plan.metadata_path]
+    paths = [plan.absolute(p) for p in plan.split_paths] + [plan.metadata_path,
+                                                            plan.absolute(future_rows_path(plan.name))]
     existing = [os.path.relpath(p, plan.project_root) for p in existing_outputs(paths)]
     if existing and not overwrite:
         raise SequifierError(
@@ -189,7 +207,8 @@ def _settings_fingerprint(plan: Plan, cfg: PreprocessConfig, data_path: str) -> 
             "max_rows": cfg.max_rows, "sequence_id_column": cfg.sequence_id_column,
             "position_column": cfg.position_column,
             "missing_values": plan.missing_values.as_setting(),
-            "column_types": dict(cfg.column_types or {}), "split_method": cfg.split_method}
+            "column_types": dict(cfg.column_types or {}), "split_method": cfg.split_method,
+            "known_ahead_columns": list(plan.known_ahead), "time_features": list(plan.time_features)}
 
 
 def _source_stamp(path: str) -> str:
@@ -236,7 +255,8 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[Optional[List[st
                 raise SequifierError(
                     f"continue_preprocessing: the unfinished run in '{plan.work_dir}' used other "
                     "settings (data_path, read_format, selected_columns, max_rows, "
-                    "missing_values, column_types, split_method or the id/position columns); "
+                    "missing_values, column_types, split_method, known_ahead_columns, "
+                    "time_features or the id/position columns); "
                     "set continue_preprocessing: false to start over"
                 )
         return [cached_chunks(plan, i) for i in range(len(plan.inputs))]
@@ -255,7 +275,16 @@ def _remove_work_dir_without_cache(plan: Plan) -> None:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
 
 
+def _future_cache(cache_path: str) -> str:
+    return cache_path + ".future.parquet"
+
+
 def _write_cache(long: LongTable, path: str, source: str, n_chunks: int = 1) -> None:
+    if long.future is not None:  # before the cache: a current cache implies its future rows
+        import pyarrow.parquet as pq
+
+        with atomic_path(_future_cache(path)) as tmp:
+            pq.write_table(long.future, tmp)
     # what reading found besides the table, so that a resumed run reports it again
     found = {"position_type": long.position_type, "date_like": long.date_like,
              "dropped_rows": long.missing.dropped_rows, "missing": long.missing.counts}
@@ -290,6 +319,12 @@ class Chunk:
     cache_path: str
     summary: FileSummary
 
+    @property
+    def future_path(self) -> Optional[str]:
+        """The chunk's future rows (data/future_rows.py), if it had any."""
+        path = _future_cache(self.cache_path)
+        return path if os.path.isfile(path) else None
+
 
 @dataclass
 class ReadTask:
@@ -305,6 +340,8 @@ class ReadTask:
     column_types: Dict[str, str]
     split_method: str
     plan: Plan
+    known_ahead: List[str]
+    time_features: List[str]
 
 
 @dataclass
@@ -337,7 +374,9 @@ def read_input(task: ReadTask) -> Tuple[List[Chunk], List[BucketTask]]:
     if n_buckets == 1:
         raw = read_table.read_raw_table(task.path, task.read_format, task.columns, task.max_rows)
         long = read_table.long_table_from_raw(task.path, raw, task.columns, task.keys,
-                                              task.missing_values, task.column_types)
+                                              task.missing_values, task.column_types,
+                                              known_ahead=task.known_ahead,
+                                              time_features=task.time_features)
         cache_path = plan.cache_path(task.file_index)
         _write_cache(long, cache_path, task.path)
         return [_chunk(task, long, cache_path)], []
@@ -352,7 +391,9 @@ def read_bucket(task: BucketTask) -> Chunk:
     read = task.read
     raw = partition.read_bucket(task.bucket_path)
     long = read_table.long_table_from_raw(read.path, raw, read.columns, read.keys,
-                                          read.missing_values, read.column_types, whole_file=False)
+                                          read.missing_values, read.column_types, whole_file=False,
+                                          known_ahead=read.known_ahead,
+                                          time_features=read.time_features)
     del raw
     os.remove(task.bucket_path)
     cache_path = read.plan.cache_path(read.file_index, task.chunk)
@@ -523,7 +564,7 @@ def read_inputs(plan: Plan, cfg: PreprocessConfig, cached: List[Optional[List[st
     tasks = [
         ReadTask(i, path, cached[i], cfg.read_format, plan.columns[i], cfg.max_rows,
                  plan.split_ratios, plan.keys, plan.missing_values, dict(cfg.column_types or {}),
-                 cfg.split_method, plan)
+                 cfg.split_method, plan, list(plan.known_ahead), list(plan.time_features))
         for i, path in enumerate(plan.inputs)
     ]
     n_cached = sum(c is not None for c in cached)
@@ -665,8 +706,10 @@ def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSumma
     if cfg.reuse_metadata_path is None:
         # only a column that has missing cells gets a <missing> category
         had_missing = {c for s in summaries for c in s.missing.counts}
+        still_null = {c for s in summaries for c in s.null_columns}  # after interpolate, carry_forward
         filled_later = {c for c in summaries[0].columns
-                        if plan.missing_values.policy(c).fills_later and c in had_missing}
+                        if plan.missing_values.policy(c).fills_later and c in had_missing
+                        and (plan.missing_values.policy(c).action not in SERIES or c in still_null)}
         return merge_summaries(summaries, filled_later)
     source = resolve_path(cfg.project_root, cfg.reuse_metadata_path)
     if not os.path.isfile(source):
@@ -683,7 +726,8 @@ def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSumma
 
 
 def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding,
-                  summaries: List[FileSummary], sequence_ids: Optional[List[str]]) -> Metadata:
+                  summaries: List[FileSummary], sequence_ids: Optional[List[str]],
+                  future_paths: List[str]) -> Metadata:
     categorical = [c for c in encoding.columns if not encoding.is_real(c)]
     id_maps = {c: encoding.id_map(c) for c in categorical}
     return Metadata(
@@ -707,17 +751,25 @@ def make_metadata(plan: Plan, cfg: PreprocessConfig, encoding: ColumnEncoding,
         position_column=plan.keys.position,
         position_type=summaries[0].position_type,
         sequence_ids=sequence_ids,
+        known_ahead_columns=list(plan.known_ahead) + list(plan.time_features),
+        time_features=list(plan.time_features),
+        future_path=future_rows_path(plan.name) if future_paths else None,
     )
 
 
-def write_outputs(plan: Plan, cfg: PreprocessConfig, spool: Spool, metadata: Metadata) -> None:
-    """Write every split and the metadata to temporary names, then rename them all."""
+def write_outputs(plan: Plan, cfg: PreprocessConfig, spool: Spool, metadata: Metadata,
+                  future_paths: List[str]) -> None:
+    """Write every split, the future rows and the metadata to temporary names, then
+    rename them all."""
     progress = Progress(len(plan.split_paths), "write splits")
     sharded = not cfg.merge_output  # a folder of shards per split
     targets = [plan.absolute(relative) for relative in plan.split_paths]
     window_length, n_columns = plan.window_length, len(spool.columns)
-    with output_set([plan.metadata_path] + ([] if sharded else targets),
+    future = [plan.absolute(metadata.future_path)] if metadata.future_path else []
+    with output_set([plan.metadata_path] + future + ([] if sharded else targets),
                     dirs=targets if sharded else []) as tmps:
+        if future:
+            _write_future_rows(future_paths, tmps[future[0]])
         for k, target in enumerate(targets):
             n = spool.n_windows(k)
             if n == 0:
@@ -740,6 +792,33 @@ def write_outputs(plan: Plan, cfg: PreprocessConfig, spool: Spool, metadata: Met
             progress.update()
         write_metadata(metadata, tmps[plan.metadata_path])
     progress.close()
+
+
+def _write_future_rows(paths: List[str], target: str) -> None:
+    """The chunks' future rows as one parquet table (in input order)."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in paths]
+    pq.write_table(pa.concat_tables(tables, promote_options="permissive"), target)
+
+
+def forecast_settings(cfg: PreprocessConfig) -> Tuple[List[str], List[str]]:
+    """(known_ahead_columns, time_features) of the run. New data for a trained model
+    (`reuse_metadata_path`) that names neither takes the reused run's: the model's
+    known-ahead inputs and calendar columns must be there again, and its future rows set
+    aside."""
+    if cfg.reuse_metadata_path is None or cfg.known_ahead_columns or cfg.time_features:
+        return list(cfg.known_ahead_columns), list(cfg.time_features)
+    source = resolve_path(cfg.project_root, cfg.reuse_metadata_path)
+    if not os.path.isfile(source):
+        return [], []  # choose_encoding reports it
+    reused = read_metadata(source)
+    features = list(reused.time_features)
+    known = [c for c in reused.known_ahead_columns if c not in features]
+    if known or features:
+        logger.info(f"known_ahead_columns {known} and time_features {features} as in "
+                    f"{cfg.reuse_metadata_path}")
+    return known, features
 
 
 def run_preprocess(cfg: PreprocessConfig) -> Metadata:
@@ -768,8 +847,9 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
                 logger.warning(line)
             sequence_ids = number_sequences(summaries)
             spool = make_windows(plan, cfg, chunks, encoding, workers)
-        metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids)
-        write_outputs(plan, cfg, spool, metadata)
+        future_paths = [c.future_path for c in chunks if c.future_path]
+        metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids, future_paths)
+        write_outputs(plan, cfg, spool, metadata, future_paths)
     except BaseException:
         _remove_work_dir_without_cache(plan)
         raise

@@ -13,13 +13,13 @@ import csv
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sequifier.data.missing import MissingReport, MissingValues, apply_missing_values
+from sequifier.data.missing import MissingReport, MissingValues, apply_missing_values, fill_series, missing_mask
 from sequifier.errors import SequifierError
 
 SEQUENCE_COLUMN = "sequenceId"
@@ -377,6 +377,9 @@ class LongTable:
     position_type: str
     missing: MissingReport
     date_like: List[str]  # feature columns read as times or dates (they become categorical)
+    # each sequence's trailing rows with only known-ahead values (data/future_rows.py), in
+    # the user's terms; None when there are none
+    future: Optional[pa.Table] = None
 
 
 def read_raw_table(path: str, read_format: str, columns: List[str],
@@ -416,11 +419,17 @@ def read_long_table(path: str, read_format: str, selected_columns: Optional[List
 def long_table_from_raw(path: str, table: pa.Table, columns: List[str], keys: KeyColumns,
                         missing_values: Optional[MissingValues],
                         column_types: Optional[Dict[str, str]],
-                        whole_file: bool = True) -> LongTable:
+                        whole_file: bool = True, known_ahead: Sequence[str] = (),
+                        time_features: Sequence[str] = ()) -> LongTable:
     """Check, convert and sort rows of `path` as read (the whole file, or one chunk of
     whole sequences of it: then the numbers-as-text check, which needs all of a column's
-    distinct values, is left to the caller: `check_text_values`)."""
+    distinct values, is left to the caller: `check_text_values`). With `known_ahead`
+    columns, trailing rows holding only their values are set aside as future rows;
+    `time_features` are derived from the positions as int64 columns."""
+    from sequifier.data import time_features as calendar
+
     table = table.combine_chunks()
+    table, future = split_future_rows(path, table, columns, keys, known_ahead)
     table, missing = apply_missing_values(path, table, missing_values or MissingValues(), keys.names)
     if table.num_rows == 0:
         raise SequifierError(f"input file '{path}': missing_values dropped every row; check the "
@@ -435,11 +444,64 @@ def long_table_from_raw(path: str, table: pa.Table, columns: List[str], keys: Ke
         if name in column_types:
             column = read_as(path, name, column, column_types[name])
         arrays.append(_canonical_feature(column))
-    table = pa.table(arrays, names=list(KEY_COLUMNS) + columns[2:])
+    problem = calendar.position_problem(time_features, position_type, keys.position, path)
+    if problem:
+        raise SequifierError(problem)
+    derived = calendar.derive(time_features, positions_to_user(positions.to_numpy(), position_type))
+    table = pa.table(arrays + [pa.array(v) for v in derived.values()],
+                     names=list(KEY_COLUMNS) + columns[2:] + list(derived))
     _check_infinite(path, table)
     if whole_file:
         _check_numbers_as_text(path, table, skip=column_types)
-    return LongTable(_sort_and_check_keys(path, table, keys), position_type, missing, date_like)
+    if future is not None:
+        future = _future_in_user_terms(path, future, keys, column_types)
+    table = fill_series(path, _sort_and_check_keys(path, table, keys), missing_values or MissingValues())
+    return LongTable(table, position_type, missing, date_like, future)
+
+
+def split_future_rows(path: str, table: pa.Table, columns: List[str], keys,
+                      known_ahead: Sequence[str]) -> Tuple[pa.Table, Optional[pa.Table]]:
+    """(observed rows, future rows or None) of a raw table: future rows are each
+    sequence's rows after its last row with any non-known-ahead feature cell filled."""
+    others = [c for c in columns[2:] if c not in known_ahead]
+    if not others or not known_ahead:
+        return table, None
+    empty = np.ones(table.num_rows, dtype=bool)
+    for c in others:
+        empty &= missing_mask(table.column(c))
+    keyed = ~(missing_mask(table.column(keys.sequence_id)) | missing_mask(table.column(keys.position)))
+    empty &= keyed
+    if not empty.any():
+        return table, None
+    rows = np.flatnonzero(keyed)
+    valid = table.take(pa.array(rows))
+    seq = sequence_order_keys(canonical_sequence_id(path, keys.sequence_id, valid.column(keys.sequence_id)))
+    pos = canonical_position(path, keys.position, valid.column(keys.position))[0].to_numpy()
+    groups, inverse = np.unique(seq, return_inverse=True)
+    last = np.full(len(groups), np.iinfo(np.int64).min, dtype=np.int64)
+    observed = ~empty[rows]
+    np.maximum.at(last, inverse[observed], pos[observed])
+    future = np.zeros(table.num_rows, dtype=bool)
+    future[rows] = empty[rows] & (pos > last[inverse])
+    if not future.any():
+        return table, None
+    keep = [keys.sequence_id, keys.position] + [c for c in columns[2:] if c in known_ahead]
+    return table.filter(pa.array(~future)), table.filter(pa.array(future)).select(keep)
+
+
+def _future_in_user_terms(path: str, future: pa.Table, keys: KeyColumns,
+                          column_types: Dict[str, str]) -> pa.Table:
+    """Future rows with the canonical types of the observed rows (ids, features) and the
+    positions as times/dates/integers, under the user's column names."""
+    arrays = [canonical_sequence_id(path, keys.sequence_id, future.column(keys.sequence_id))]
+    positions, position_type = canonical_position(path, keys.position, future.column(keys.position))
+    arrays.append(positions_to_user(positions.to_numpy(), position_type))
+    for name in future.column_names[2:]:
+        column = future.column(name)
+        if name in column_types:
+            column = read_as(path, name, column, column_types[name])
+        arrays.append(_canonical_feature(column))
+    return pa.table(arrays, names=future.column_names)
 
 
 def _check_infinite(path: str, table: pa.Table) -> None:

@@ -11,6 +11,7 @@ import math
 from sequifier.config.metadata import COLUMN_TYPES, Metadata
 from sequifier.config.problems import Problems
 from sequifier.config.schema import PreprocessConfig
+from sequifier.data import known_ahead, time_features
 from sequifier.data.budget import budget_problem, default_workers
 from sequifier.data.missing import parse_missing_values
 from sequifier.data.read_table import EXTENSIONS
@@ -24,6 +25,9 @@ def preprocess_rules(cfg: PreprocessConfig, p: Problems) -> None:
     p.one_of(cfg.write_format, WINDOW_FORMATS, "write_format")
     _key_column_rules(cfg, p)
     p.extend(parse_missing_values(cfg.missing_values, (cfg.sequence_id_column, cfg.position_column))[1])
+    p.extend(known_ahead.setting_problems(cfg.known_ahead_columns, (cfg.sequence_id_column,
+                                          cfg.position_column), cfg.selected_columns))
+    p.extend(time_features.setting_problems(cfg.time_features, cfg.known_ahead_columns))
     if cfg.write_format == "pt" and cfg.merge_output:
         p.add("merge_output", "write_format 'pt' writes sharded output: set merge_output: false")
     if cfg.n_cores is None or cfg.n_cores > 0:

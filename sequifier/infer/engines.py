@@ -1,8 +1,9 @@
 """The prediction engines: an opened model run over model inputs, batch by batch.
 
 * `predict_last`: one prediction after each window (the window's last input slot), with
-  `steps > 1` fed back in for autoregression (drop the oldest slot, append the
-  prediction, predict the next);
+  `steps > 1` fed back in for autoregression and forecasts (`infer/forecasting.py`: drop
+  the oldest slot, append the prediction, predict the next, with the known-ahead inputs
+  of each step's own position);
 * `predict_every_position`: one forward pass per window predicting every slot from the
   window's first predicted slot on (the model is causal: its output after input slot j
   is the prediction for slot j+1);
@@ -20,6 +21,7 @@ import numpy as np
 
 from sequifier.config.metadata import Metadata
 from sequifier.export_format import EMBEDDING_OUTPUT
+from sequifier.infer import forecasting
 from sequifier.infer.models import ModelJob, check_n_classes
 from sequifier.infer.values import SAMPLING_FIELDS, Sampling, choose_ids, sampling_by_column, softmax
 
@@ -67,36 +69,34 @@ def embed(job: ModelJob, inputs: dict[str, np.ndarray], n: int, batch_size: int)
     return np.concatenate(parts)
 
 
-def predict_last(job: ModelJob, metadata: Metadata, inputs: dict[str, np.ndarray], n: int, steps: int,
-                 batch_size: int, chooser: Chooser, with_probabilities: bool):
-    """Run the model over all windows, `steps` times each for autoregression.
+def predict_last(job: ModelJob, metadata: Metadata, history: dict[str, np.ndarray],
+                 future_known: dict[str, np.ndarray], steps: int, batch_size: int, chooser: Chooser,
+                 with_probabilities: bool):
+    """`steps` predictions after each window's history (the forecast engine,
+    infer/forecasting.py): history [n, L] per input column in window alignment,
+    future_known [n, >= steps] per known-ahead input.
 
     Returns ({target: [n, steps] ids or standardised values},
              {categorical target: [n, steps, n_classes] probabilities} if asked for).
     """
     info = job.info
-    categorical = {c for c in info.target_columns if info.target_column_types[c] == "categorical"}
-    predictions: dict[str, np.ndarray] = {}
+    n = len(next(iter(history.values())))
+    categorical = [c for c in info.target_columns if info.target_column_types[c] == "categorical"]
     probabilities: dict[str, np.ndarray] = {}
-    for start, end in batches(n, batch_size):
-        batch = _slice(inputs, start, end)
-        for step in range(steps):
-            raw = job.runner.run(batch)
-            chosen = {}
-            for column in info.target_columns:
-                out = raw[column]
-                if column in categorical:
-                    check_n_classes(metadata, column, out.shape[1], job.path)
-                    chosen[column] = chooser.choose(column, out)
-                    if with_probabilities:
-                        shape = (n, steps, out.shape[1])
-                        _buffer(probabilities, column, shape, np.float32)[start:end, step] = softmax(out)
-                else:
-                    chosen[column] = np.asarray(out, dtype=np.float32).reshape(-1)
-                _buffer(predictions, column, (n, steps), chosen[column].dtype)[start:end, step] = chosen[column]
-            if step + 1 < steps:  # drop the oldest slot, append the prediction
-                batch = {c: np.concatenate([v[:, 1:], chosen[c][:, None].astype(v.dtype)], axis=1)
-                         for c, v in batch.items()}
+
+    def choose(column: str, logits: np.ndarray) -> np.ndarray:
+        check_n_classes(metadata, column, logits.shape[1], job.path)
+        return chooser.choose(column, logits)
+
+    def keep_probabilities(start: int, end: int, step: int, raw: dict) -> None:
+        for column in categorical:
+            shape = (n, steps, raw[column].shape[1])
+            _buffer(probabilities, column, shape, np.float32)[start:end, step] = softmax(raw[column])
+
+    predictions = forecasting.forecast(
+        job.runner.run, forecasting.ForecastModel.of(info), history, future_known, steps,
+        choose=choose, on_step=keep_probabilities if with_probabilities else None,
+        batch_size=batch_size)
     return predictions, probabilities
 
 

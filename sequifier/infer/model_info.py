@@ -5,7 +5,7 @@ format itself (version, model types, output names) is defined in `export_format`
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sequifier.errors import SequifierError
 from sequifier.export_format import FORMAT_VERSION, MODEL_TYPES
@@ -31,6 +31,8 @@ class ModelInfo:
     n_classes: dict[str, int] | None = None
     # every-position output name of each target (exports that have them)
     position_output_names: dict[str, str] | None = None
+    # inputs given at the predicted position (data/known_ahead.py; older exports: none)
+    known_ahead_columns: list[str] = field(default_factory=list)
 
 
 def _decode(value: str):
@@ -74,6 +76,7 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
         position_output_names=(
             dict(_decode(position_names)) if isinstance(position_names, str) else position_names
         ),
+        known_ahead_columns=list(_decode(props.get("known_ahead_columns", "[]")) or []),
     )
     if info.model_type not in MODEL_TYPES:
         raise SequifierError(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import InferConfig
 from sequifier.errors import SequifierError
+from sequifier.infer import forecasting
 from sequifier.infer.model_info import ModelInfo
 from sequifier.infer.model_runner import load_runner
 
@@ -25,6 +26,8 @@ class ModelJob:
     runner: object
     info: ModelInfo
     output_paths: list[str] = field(default_factory=list)
+    # forecast: the known-ahead inputs' values at the forecast positions, [N, H] each
+    future_known: dict = field(default_factory=dict)
 
 
 def model_paths(model_path) -> list[str]:
@@ -90,16 +93,44 @@ def check_config_matches_model(cfg: InferConfig, info: ModelInfo, path: str) -> 
                 f"sample_from_distribution_columns: '{column}' is not a categorical target of "
                 f"the model (categorical targets: {categorical_targets})"
             )
-    if cfg.autoregression:
+    if cfg.autoregression or prediction_steps(cfg) > 1:
         if info.model_type != "generative":
             raise SequifierError("autoregression: only generative models can forecast")
-        not_targets = [c for c in info.input_columns if c not in info.target_columns]
+        not_targets = forecasting.unforecastable_inputs(forecasting.ForecastModel.of(info))
         if not_targets:
             raise SequifierError(
-                f"autoregression: input columns {not_targets} are not targets of the model, "
-                "so their future values cannot be forecast; train a model that predicts "
-                "every input column or set autoregression: false"
+                f"autoregression: input columns {not_targets} are neither targets nor "
+                "known-ahead columns of the model, so their future values cannot be forecast; "
+                "train a model that predicts them, preprocess them as known_ahead_columns, or "
+                "set autoregression: false"
             )
+    check_known_ahead_use(cfg, info, path)
+
+
+def prediction_steps(cfg: InferConfig) -> int:
+    """Positions predicted per window: forecast_horizon, else 1 plus
+    autoregression_extra_steps."""
+    if cfg.forecast_horizon is not None:
+        return int(cfg.forecast_horizon)
+    return 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
+
+
+def check_known_ahead_use(cfg: InferConfig, info: ModelInfo, path: str) -> None:
+    """The values a known-ahead input needs after the window's last slot are in no window."""
+    if not info.known_ahead_columns:
+        return
+    name = os.path.basename(path)
+    if cfg.forecast and info.model_type == "embedding":
+        raise SequifierError(
+            f"forecast: the embedding model '{name}' has known-ahead inputs "
+            f"{info.known_ahead_columns}, whose values after each sequence's last item are not "
+            "in the windows; use forecast: false")
+    if prediction_steps(cfg) > 1 and not cfg.forecast:
+        raise SequifierError(
+            f"autoregression_extra_steps: the model '{name}' has known-ahead inputs "
+            f"{info.known_ahead_columns}, whose values after each window's last slot are not "
+            "in the windows; use forecast: true to continue after each sequence's last item, "
+            "or autoregression_extra_steps: 0")
 
 
 def check_dropout(infer_with_dropout: bool, info: ModelInfo, path: str) -> None:

@@ -15,6 +15,7 @@ from sequifier.config.schema import DEVICES, EvaluateConfig, InferConfig
 from sequifier.data.rules import read_format_rule
 from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.export_format import MODEL_TYPES
+from sequifier.infer.forecasting import horizon_limit_problems, horizon_problems
 from sequifier.infer.outputs import WRITE_FORMATS
 from sequifier.infer.values import SAMPLING_FIELDS, sampling_problems
 from sequifier.project import latest_best_model
@@ -78,6 +79,11 @@ def option_rules(cfg: InferConfig, p: Problems) -> None:
                   "forecast: true or remove forecast_position_step")
         elif cfg.forecast_position_step < 1:
             p.add("forecast_position_step", f"must be >= 1, got {cfg.forecast_position_step}")
+    if cfg.future_data_path is not None and not cfg.forecast:
+        p.add("future_data_path", "is set but forecast is false; set forecast: true or remove "
+              "future_data_path")
+    p.extend(horizon_problems(cfg.forecast_horizon, cfg.forecast, cfg.autoregression,
+                              cfg.autoregression_extra_steps))
     sampled = list(cfg.sample_from_distribution_columns or [])
     p.extend(sampling_problems(sampled, {name: getattr(cfg, name) for name in SAMPLING_FIELDS}))
 
@@ -92,6 +98,7 @@ def infer_metadata_rules(cfg: InferConfig, metadata: Metadata, p: Problems) -> N
     p.check(cfg.seq_length == metadata.seq_length, "seq_length",
             f"{cfg.seq_length} differs from the preprocessed data's seq_length {metadata.seq_length}; "
             f"set seq_length: {metadata.seq_length}")
+    p.extend(horizon_limit_problems(cfg.forecast_horizon, cfg.seq_length))
     read_format_rule(cfg.read_format, cfg.data_path is None, metadata, p)
 
 

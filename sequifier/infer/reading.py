@@ -10,8 +10,9 @@ import os
 import numpy as np
 
 from sequifier.config.metadata import Metadata
+from sequifier.data.known_ahead import window_inputs
 from sequifier.data.window_files import check_fingerprint, read_windows
-from sequifier.data.windows import TABULAR_FORMATS, Windows
+from sequifier.data.windows import TABULAR_FORMATS, Windows, last_window_per_sequence
 from sequifier.errors import SequifierError
 from sequifier.infer.model_info import ModelInfo
 from sequifier.infer.values import clamp_unknown_ids
@@ -84,17 +85,29 @@ def check_forecast_input(data_path: str, windows: Windows, seq_length: int) -> N
 
 def model_inputs(metadata: Metadata, info: ModelInfo, windows: Windows,
                  first_slot: int = 0) -> dict[str, np.ndarray]:
-    """Slots first_slot..first_slot+L-1 of each input column, typed as the export expects."""
-    length = info.seq_length
+    """Each input column's model input when the ordinary inputs are slots
+    first_slot..first_slot+L-1 (known-ahead columns: one slot later, data/known_ahead.py),
+    typed as the export expects."""
+    return typed_inputs(metadata, window_inputs(windows.values, info.input_columns,
+                                                info.known_ahead_columns, info.seq_length,
+                                                first_slot))
+
+
+def typed_inputs(metadata: Metadata, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """int64 ids (unknown ones clamped) for categorical columns, float32 for real ones."""
     inputs = {}
-    for column in info.input_columns:
-        values = windows.values[column][:, first_slot:first_slot + length]
+    for column, array in values.items():
         if metadata.column_types[column] == "categorical":
-            values = clamp_unknown_ids(column, values.astype(np.int64), metadata.n_classes[column])
+            array = clamp_unknown_ids(column, array.astype(np.int64), metadata.n_classes[column])
         else:
-            values = values.astype(np.float32)
-        inputs[column] = values
+            array = array.astype(np.float32)
+        inputs[column] = array
     return inputs
+
+
+def forecast_windows(windows: Windows) -> Windows:
+    """The window of each sequence that ends with its last item (a forecast continues it)."""
+    return windows.select(last_window_per_sequence(windows))
 
 
 def forecast_positions(windows: Windows, steps: int, step: int | None) -> np.ndarray:

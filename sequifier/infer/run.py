@@ -22,13 +22,16 @@ the next position.
 """
 
 import logging
+import os
 
 import numpy as np
 
 from sequifier import project
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
-from sequifier.data.windows import Windows, first_predicted_slot, last_window_per_sequence
+from sequifier.data import future_rows
+from sequifier.data.windows import Windows, first_predicted_slot
+from sequifier.errors import SequifierError
 from sequifier.gate import validate
 from sequifier.infer import outputs
 from sequifier.infer.engines import Chooser, embed, predict_every_position, predict_last, sampling_settings
@@ -39,13 +42,16 @@ from sequifier.infer.models import (
     check_metadata_matches_model,
     model_paths,
     open_model,
+    prediction_steps,
 )
 from sequifier.infer.reading import (
     check_forecast_input,
     default_split,
     forecast_positions,
+    forecast_windows,
     model_inputs,
     read_model_windows,
+    typed_inputs,
 )
 from sequifier.infer.tables import embedding_table, prediction_table, probability_table
 from sequifier.project import resolve_path
@@ -76,6 +82,7 @@ def run_infer(cfg: InferConfig) -> list[str]:
     if cfg.forecast:
         for windows in windows_by_columns.values():
             check_forecast_input(data_path, windows, cfg.seq_length)
+        _gather_future_values(cfg, metadata, jobs, windows_by_columns)
     written: list[str] = []
     for job in jobs:
         tables = _infer_model(cfg, metadata, job, windows_by_columns[tuple(job.info.input_columns)])
@@ -84,6 +91,53 @@ def run_infer(cfg: InferConfig) -> list[str]:
             logger.info(f"wrote {path}")
             written.append(path)
     return written
+
+
+def _gather_future_values(cfg: InferConfig, metadata: Metadata, jobs: list[ModelJob],
+                          windows_by_columns: dict[tuple, Windows]) -> None:
+    """Each model's known-ahead values at its forecast positions (time features from the
+    positions, the others from future rows), checked for coverage before any output."""
+    needed = sorted({c for job in jobs for c in job.info.known_ahead_columns
+                     if c not in metadata.time_features})
+    rows = _future_rows(cfg, metadata, needed) if needed else None
+    if cfg.future_data_path and not needed:
+        logger.warning("future_data_path: no model has known-ahead inputs that future rows give "
+                       "(time features follow from the positions), so it is not read")
+    for job in jobs:
+        if not job.info.known_ahead_columns:
+            continue
+        windows = forecast_windows(windows_by_columns[tuple(job.info.input_columns)])
+        positions = forecast_positions(windows, prediction_steps(cfg), cfg.forecast_position_step)
+        derived = [c for c in job.info.known_ahead_columns if c in metadata.time_features]
+        given = [c for c in job.info.known_ahead_columns if c not in derived]
+        values = future_rows.calendar_values(metadata, derived, positions)
+        if given:
+            def label(i: int, j: int, windows=windows, positions=positions) -> str:
+                keys = outputs.key_columns(metadata, windows.sequence_id[i:i + 1], positions[i, j:j + 1])
+                return (f"{metadata.sequence_id_column} {keys[metadata.sequence_id_column][0]!r} at "
+                        f"{metadata.position_column} {keys[metadata.position_column][0].as_py()}")
+
+            values.update(rows.values_at(windows.sequence_id, positions, given, label))
+        job.future_known = typed_inputs(metadata, values)
+
+
+def _future_rows(cfg: InferConfig, metadata: Metadata, columns: list[str]) -> future_rows.FutureRows:
+    """The future rows preprocess kept from the table, then those of future_data_path."""
+    parts = []
+    if metadata.future_path:
+        path = resolve_path(cfg.project_root, metadata.future_path)
+        if os.path.isfile(path):
+            parts.append(future_rows.read_future_rows(path, metadata, columns, "metadata_config_path"))
+    if cfg.future_data_path:
+        parts.append(future_rows.read_future_rows(resolve_path(cfg.project_root, cfg.future_data_path),
+                                                  metadata, columns, "future_data_path"))
+    if not parts:
+        raise SequifierError(
+            f"forecast: the model's known-ahead inputs {columns} need their values at the "
+            "forecast positions, and there are no future rows: add rows after each sequence's "
+            "last item with those columns filled and the targets empty (then preprocess again), "
+            "or name a table of them in future_data_path")
+    return future_rows.FutureRows.combine(parts)
 
 
 def _open(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
@@ -114,9 +168,9 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
     info, root, fmt = job.info, cfg.project_root, cfg.write_format
     first_slot = 0
     if cfg.forecast:  # the input ends with each sequence's last item
-        windows, first_slot = windows.select(last_window_per_sequence(windows)), 1
-    inputs = model_inputs(metadata, info, windows, first_slot)
+        windows, first_slot = forecast_windows(windows), 1
     if info.model_type == "embedding":
+        inputs = model_inputs(metadata, info, windows, first_slot)
         embeddings = embed(job, inputs, len(windows), cfg.inference_batch_size)
         # the embedding summarises the window up to its last input slot
         keys = outputs.key_columns(metadata, windows.sequence_id,
@@ -124,13 +178,24 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         return {project.embedding_path(root, job.name, fmt): embedding_table(keys, embeddings)}
     chooser = Chooser.from_options(cfg.seed, cfg.sample_from_distribution_columns, sampling_settings(cfg))
     if cfg.positions == "scored":
+        inputs = model_inputs(metadata, info, windows, first_slot)
         rows, slots, predictions, probabilities = predict_every_position(
             job, metadata, inputs, first_predicted_slot(windows), cfg.inference_batch_size, chooser,
             cfg.output_probabilities)
         keys = outputs.key_columns(metadata, windows.sequence_id[rows], windows.item_position[rows, slots])
     else:
-        steps = 1 + (cfg.autoregression_extra_steps or 0) * bool(cfg.autoregression)
-        predictions, probabilities = predict_last(job, metadata, inputs, len(windows), steps,
+        steps = prediction_steps(cfg)
+        length = info.seq_length
+        # the ordinary inputs' slots; a known-ahead input's value at the predicted position
+        # is the window's next slot (slot L; a forecast's come from future rows)
+        history = typed_inputs(metadata, {c: windows.values[c][:, first_slot:first_slot + length]
+                                          for c in info.input_columns})
+        if cfg.forecast:
+            future_known = job.future_known
+        else:
+            future_known = typed_inputs(metadata, {c: windows.values[c][:, first_slot + length:]
+                                                   for c in info.known_ahead_columns})
+        predictions, probabilities = predict_last(job, metadata, history, future_known, steps,
                                                   cfg.inference_batch_size, chooser, cfg.output_probabilities)
         if cfg.forecast:
             positions = forecast_positions(windows, steps, cfg.forecast_position_step)

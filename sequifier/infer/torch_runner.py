@@ -97,6 +97,7 @@ def _load(path: str, training_config_path: str, model_type: str, metadata: Metad
         with_dropout=False,
         can_sample_dropout=dropout > 0,
         n_classes=dict(layout.n_classes),
+        known_ahead_columns=list(layout.known_ahead_columns),
     )
     return model, info
 

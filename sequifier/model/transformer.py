@@ -9,7 +9,7 @@ whole real sequence.
 """
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List
 
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import ModelSpec, TrainConfig
+from sequifier.data.known_ahead import known_ahead_inputs
 from sequifier.errors import SequifierError
 from sequifier.model import embedding_sizes
 from sequifier.model.dtypes import apply_layer_type_dtypes
@@ -47,6 +48,9 @@ class ColumnLayout:
     target_columns: List[str]
     target_column_types: Dict[str, str]
     seq_length: int
+    # inputs given at the predicted position (slot j+1 beside the others' slot j;
+    # data/known_ahead.py); exports of older versions have none
+    known_ahead_columns: List[str] = field(default_factory=list)
 
     @staticmethod
     def from_config(cfg: TrainConfig, metadata: Metadata) -> "ColumnLayout":
@@ -75,6 +79,7 @@ class ColumnLayout:
             target_columns=target_columns,
             target_column_types={c: known[c] for c in target_columns},
             seq_length=int(metadata.seq_length if cfg.seq_length is None else cfg.seq_length),
+            known_ahead_columns=known_ahead_inputs(input_columns, metadata.known_ahead_columns),
         )
 
     def to_dict(self) -> dict:

@@ -4,11 +4,13 @@ Both batch sources (`InRamBatches` in train/data.py, `StreamedBatches` in
 train/streamed_batches.py) build their batches with `make_batch`.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sequifier.data.known_ahead import input_slots
 from sequifier.errors import SequifierError
 
 
@@ -28,18 +30,22 @@ class Batch:
 
 
 def make_batch(rows: dict[str, torch.Tensor], target_start: torch.Tensor, input_columns: list[str],
-               target_columns: list[str], device: torch.device) -> Batch:
-    """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`."""
+               target_columns: list[str], device: torch.device,
+               known_ahead: Sequence[str] = ()) -> Batch:
+    """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`; the
+    `known_ahead` inputs are taken one slot later (data/known_ahead.py)."""
     seq_length = rows[target_columns[0]].shape[1] - 1
     # target position j (0-based) is slot j + 1; it is scored once j + 1 >= target_start
     slots = torch.arange(1, seq_length + 1)
     mask = slots.unsqueeze(0) >= target_start.unsqueeze(1)
-    inputs = {c: rows[c][:, :-1].to(device, non_blocking=True) for c in input_columns}
+    inputs = {c: rows[c][:, input_slots(c, known_ahead, 0, seq_length)].to(device, non_blocking=True)
+              for c in input_columns}
     return Batch(
         inputs=inputs,
         targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
         target_mask=mask.to(device, non_blocking=True),
-        previous={c: inputs[c] if c in inputs else rows[c][:, :-1].to(device, non_blocking=True)
+        previous={c: inputs[c] if c in inputs and c not in known_ahead
+                  else rows[c][:, :-1].to(device, non_blocking=True)
                   for c in target_columns},
     )
 

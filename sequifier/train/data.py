@@ -1,8 +1,9 @@
 """Batches for training: one split held in RAM as tensors, sliced by a permutation.
 
 A split is loaded once into `WindowTensors` (column -> [N, L+1] tensor, plus the pad
-count of each window). A batch is a gather of B rows: inputs are slots 0..L-1, targets
-slots 1..L, and `target_mask` is False where the target slot is padding. No per-sample
+count of each window). A batch is a gather of B rows: inputs are slots 0..L-1 (slots
+1..L for known-ahead columns, data/known_ahead.py), targets slots 1..L, and
+`target_mask` is False where the target slot is padding. No per-sample
 Python work happens in an epoch.
 
 The loop only needs a *batch source*: an object with `set_epoch(epoch)`, `__len__`
@@ -20,6 +21,7 @@ import torch
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import TrainConfig
+from sequifier.data.known_ahead import known_ahead_inputs
 from sequifier.data.lazy import LazyWindowLoader
 from sequifier.data.window_files import check_fingerprint, read_windows
 from sequifier.errors import SequifierError
@@ -107,9 +109,11 @@ class InRamBatches:
     """
 
     def __init__(self, data: WindowTensors, input_columns: list[str], target_columns: list[str],
-                 batch_size: int, shuffle: bool, seed: int, device: torch.device):
+                 batch_size: int, shuffle: bool, seed: int, device: torch.device,
+                 known_ahead: list[str] = ()):
         self.data = data
         self.input_columns = list(input_columns)
+        self.known_ahead = list(known_ahead)
         self.target_columns = list(target_columns)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -141,7 +145,7 @@ class InRamBatches:
     def gather(self, index: torch.Tensor) -> Batch:
         rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
         return make_batch(rows, self.data.target_start.index_select(0, index), self.input_columns,
-                          self.target_columns, self.device)
+                          self.target_columns, self.device, self.known_ahead)
 
 
 def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],
@@ -155,13 +159,15 @@ def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list
     if not spec.load_full_data_to_ram or spec.distributed:
         return make_streamed_batch_sources(cfg, metadata, input_columns, device)
     columns = needed_columns(cfg, metadata)
+    known = known_ahead_inputs(input_columns, metadata.known_ahead_columns)
     sources = []
     for split in (0, 1):
         field = SPLIT_FIELDS[split]
         data = load_window_tensors(split_path(cfg, metadata, split), cfg.read_format, metadata,
                                    columns, cfg.seq_length, field)
         sources.append(InRamBatches(data, input_columns, cfg.target_columns, spec.batch_size,
-                                    shuffle=(split == 0), seed=spec.seed, device=device))
+                                    shuffle=(split == 0), seed=spec.seed, device=device,
+                                    known_ahead=known))
     return sources[0], sources[1]
 
 
@@ -176,7 +182,8 @@ def make_streamed_batch_sources(cfg: TrainConfig, metadata: Metadata, input_colu
         path = split_path(cfg, metadata, split)
         loader = streamed_loader(cfg, metadata, split, path, columns, ctx.rank, ctx.world_size)
         sources.append(StreamedBatches(loader, input_columns, cfg.target_columns, n_classes,
-                                       device, path))
+                                       device, path,
+                                       known_ahead_inputs(input_columns, metadata.known_ahead_columns)))
     return sources[0], sources[1]
 
 

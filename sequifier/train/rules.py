@@ -11,6 +11,7 @@ from sequifier import metrics, ranking
 from sequifier.config.metadata import COLUMN_TYPES, Metadata
 from sequifier.config.problems import Problems
 from sequifier.config.schema import DEVICES, TrainConfig
+from sequifier.data.known_ahead import target_problems as known_ahead_target_problems
 from sequifier.data.rules import read_format_rule
 from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.model.dtypes import DTYPES, LAYER_TYPES
@@ -93,6 +94,7 @@ def train_metadata_rules(cfg: TrainConfig, metadata: Metadata, p: Problems) -> N
         p.check(col in available, "input_columns",
                 f"'{col}' is not a column of the preprocessed data {sorted(available)}")
     p.check(len(inputs) > 0, "input_columns", "needs at least one column")
+    p.extend(known_ahead_target_problems(metadata.known_ahead_columns, cfg.target_columns))
     criterion_rules(cfg.training_spec, list(cfg.target_columns), available, p)
     model_column_rules(cfg.model_spec, inputs, list(cfg.target_columns), metadata, p)
 

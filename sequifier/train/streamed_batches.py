@@ -22,8 +22,9 @@ class StreamedBatches:
 
     def __init__(self, loader: LazyWindowLoader, input_columns: List[str],
                  target_columns: List[str], n_classes: Dict[str, int], device: torch.device,
-                 where: str):
+                 where: str, known_ahead: List[str] = ()):
         self.loader = loader
+        self.known_ahead = list(known_ahead)
         self.input_columns = list(input_columns)
         self.target_columns = list(target_columns)
         self.n_classes = n_classes  # categorical column -> ids allowed (0..n-1)
@@ -51,4 +52,4 @@ class StreamedBatches:
         for col, n in self.n_classes.items():
             check_id_range(columns[col], col, n, self.where)
         return make_batch(columns, raw[TARGET_START_COLUMN], self.input_columns,
-                          self.target_columns, self.device)
+                          self.target_columns, self.device, self.known_ahead)

@@ -164,7 +164,7 @@ def test_seq_length_must_match_data(project):
 
 def test_autoregression_needs_every_input_to_be_a_target(project):
     fails(infer_config(project, "models/gen.onnx", autoregression=True),
-          r"autoregression: input columns \['sup1'\] are not targets")
+          r"autoregression: input columns \['sup1'\] are neither targets nor known-ahead")
 
 
 def test_extra_steps_need_autoregression(project):
