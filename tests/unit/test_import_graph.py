@@ -117,3 +117,22 @@ def test_the_check_finds_a_circle():
     edges = graph()
     edges["sequifier.config.schema"] = edges["sequifier.config.schema"] | {"sequifier.train.run"}
     assert any("sequifier.config.schema" in group for group in circles(edges))
+
+
+def test_plot_and_multirun_ask_the_layout_not_the_trainer():
+    """They need folder names, not train/run.py (which imports torch)."""
+    edges = graph()
+    assert "sequifier.train.run" not in edges["sequifier.plot"] | edges["sequifier.multirun"]
+
+
+def test_preprocess_and_infer_checks_do_not_import_torch():
+    """The gate imports each command's rules on demand: checking a preprocess or an
+    (ONNX) infer config, the layout and the sweep files need no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sequifier.gate, sequifier.data.rules, sequifier.infer.options, "
+            "sequifier.infer.run, sequifier.project, sequifier.plot, sequifier.multirun; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
