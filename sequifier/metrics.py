@@ -21,7 +21,8 @@ Layouts (float64; float32 on `mps`, which has no float64):
   preprocess stored ((x - mean) / std) and the column's `std`; the mean cancels in
   an error, so it is not needed.
 
-Metric names: categorical `count`, `cross_entropy`, `accuracy`, `top{k}_accuracy`;
+Metric names: categorical `count`, `cross_entropy`, `accuracy`, `top{k}_accuracy` (left
+out for a column with k values or fewer: it would be 1.0 by construction);
 real `count`, `mae`, `rmse`, `mse` (all in original units). With no scored slot every
 metric but `count` is NaN; callers refuse such a split with a message naming it.
 
@@ -47,11 +48,12 @@ import torch
 import torch.nn.functional as F
 
 from sequifier import ranking
-from sequifier.config.schema import PAD_ID
+from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 
 CATEGORICAL_SUMS = ("count", "cross_entropy_sum", "correct", "top_k_correct")
 REAL_SUMS = ("count", "abs_error_sum", "squared_error_sum")
 SUM_NAMES = {"categorical": CATEGORICAL_SUMS, "real": REAL_SUMS}
+RESERVED_IDS = len({PAD_ID, UNKNOWN_ID})  # ids of every categorical column that are no value
 CATEGORICAL_BASELINES = ("unigram", "markov")
 REAL_BASELINES = ("training_mean", "previous_value")
 BASELINE_DESCRIPTIONS = {
@@ -114,15 +116,25 @@ def categorical_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: int,
                         _acc(hits.any(dim=-1).sum())])
 
 
-def categorical_metrics(sums: torch.Tensor, top_k: int, ranking_k: Sequence[int] = ()) -> dict[str, float]:
+def top_k_applies(top_k: int, n_classes: int | None) -> bool:
+    """Whether top-k accuracy says anything about a column of `n_classes` ids (the reserved
+    PAD_ID and UNKNOWN_ID included): with k at least the number of values the column
+    takes, every truth is among the k best and the metric is 1.0 by construction."""
+    return n_classes is None or n_classes - RESERVED_IDS > top_k
+
+
+def categorical_metrics(sums: torch.Tensor, top_k: int, ranking_k: Sequence[int] = (),
+                        n_classes: int | None = None) -> dict[str, float]:
+    """Named metrics; top-k accuracy is left out where `top_k_applies` says it is void."""
     own = len(CATEGORICAL_SUMS)
     count, cross_entropy, correct, top_k_correct = (float(v) for v in sums[:own].tolist())
     values = {
         "count": int(count),
         "cross_entropy": _ratio(cross_entropy, count),
         "accuracy": _ratio(correct, count),
-        top_k_name(top_k): _ratio(top_k_correct, count),
     }
+    if top_k_applies(top_k, n_classes):
+        values[top_k_name(top_k)] = _ratio(top_k_correct, count)
     if ranking_k:
         values.update(ranking.ranking_metrics(sums[own:], ranking_k))
     return values
@@ -150,10 +162,10 @@ def real_metrics(sums: torch.Tensor) -> dict[str, float]:
 
 
 def metrics_from_sums(column_type: str, sums: torch.Tensor, top_k: int,
-                      ranking_k: Sequence[int] = ()) -> dict[str, float]:
-    """Named metrics of one target from its summed vector."""
+                      ranking_k: Sequence[int] = (), n_classes: int | None = None) -> dict[str, float]:
+    """Named metrics of one target from its summed vector (`n_classes`: see `top_k_applies`)."""
     if column_type == "categorical":
-        return categorical_metrics(sums, top_k, ranking_k)
+        return categorical_metrics(sums, top_k, ranking_k, n_classes)
     return real_metrics(sums)
 
 

@@ -51,6 +51,7 @@ class TargetScore:
     column_type: str
     model: torch.Tensor
     baselines: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_classes: int | None = None  # categorical: ids incl. the reserved ones (top-k applies?)
 
 
 def run_evaluate(cfg: EvaluateConfig) -> list[str]:
@@ -222,7 +223,8 @@ def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, wind
         kind = info.target_column_types[t]
         scores[t] = TargetScore(kind, sums[t], _baselines(metadata, t, kind, windows, training,
                                                           full_mask, top_k, ranking_k.get(t, ()),
-                                                          exclude_seen))
+                                                          exclude_seen),
+                                metadata.n_classes.get(t) if kind == "categorical" else None)
     report = {
         "top_k": top_k,
         "count": len(rows),
@@ -286,8 +288,10 @@ def _baselines(metadata: Metadata, column: str, kind: str, windows: Windows, tra
 def _target_report(score: TargetScore, top_k: int, ranking_k: tuple = ()) -> dict:
     report = {
         "type": score.column_type,
-        "model": _plain(metrics.metrics_from_sums(score.column_type, score.model, top_k, ranking_k)),
-        "baselines": {name: _plain(metrics.metrics_from_sums(score.column_type, sums, top_k, ranking_k))
+        "model": _plain(metrics.metrics_from_sums(score.column_type, score.model, top_k, ranking_k,
+                                                  score.n_classes)),
+        "baselines": {name: _plain(metrics.metrics_from_sums(score.column_type, sums, top_k, ranking_k,
+                                                             score.n_classes))
                       for name, sums in score.baselines.items()},
     }
     if ranking_k:
@@ -347,9 +351,12 @@ def markdown(reports: list[dict], title: str) -> str:
 
 
 def _row(target: str, predictor: str, values: dict, names: list[str]) -> str:
-    def cell(value):
+    def cell(name):
+        if name not in values:  # top-k of a column with k values or fewer (metrics.top_k_applies)
+            return "n/a"
+        value = values[name]
         if value is None:
             return "-"
         return f"{value:d}" if isinstance(value, int) else f"{value:.4f}"
 
-    return f"| {target} | {predictor} | " + " | ".join(cell(values.get(n)) for n in names) + " |"
+    return f"| {target} | {predictor} | " + " | ".join(cell(n) for n in names) + " |"

@@ -44,14 +44,17 @@ class ScoredTarget:
         return metrics.empty_sums(self.column_type, device, self.ranking_k)
 
     def metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        return metrics.metrics_from_sums(self.column_type, sums, self.top_k, self.ranking_k)
+        return metrics.metrics_from_sums(self.column_type, sums, self.top_k, self.ranking_k,
+                                         self.n_classes or None)
 
     @property
     def shown(self) -> tuple[str, ...]:
         if self.column_type != "categorical":
             return SHOWN["real"]
-        return SHOWN["categorical"] + (metrics.top_k_name(self.top_k),) + tuple(ranking.metric_names(self.ranking_k)
-                                                                              if self.ranking_k else ())
+        top_k = ((metrics.top_k_name(self.top_k),) if metrics.top_k_applies(self.top_k, self.n_classes)
+                 else ())
+        return SHOWN["categorical"] + top_k + tuple(ranking.metric_names(self.ranking_k)
+                                                    if self.ranking_k else ())
 
 
 def scored_targets(target_columns: list[str], target_column_types: dict[str, str],

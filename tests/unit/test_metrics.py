@@ -144,3 +144,22 @@ def test_real_baselines_by_hand():
     # previous 0, 1, 0.5 vs 1, 2, 1 -> 1, 1, 0.5 -> 2, 2, 1 original units
     assert got["previous_value"]["mse"] == pytest.approx(3.0)
     assert got["previous_value"]["mae"] == pytest.approx(5 / 3)
+
+
+def test_top_k_is_left_out_where_a_column_has_k_values_or_fewer():
+    sums = metrics.categorical_sums(torch.randn(6, 5), torch.tensor([2, 3, 4, 2, 3, 4]), top_k=3)
+    # 5 ids = PAD, UNKNOWN and 3 values: every truth is among the 3 best, so no top-3 line
+    assert "top3_accuracy" not in metrics.categorical_metrics(sums, 3, n_classes=5)
+    assert "top3_accuracy" in metrics.categorical_metrics(sums, 3, n_classes=6)
+    assert "top3_accuracy" in metrics.metrics_from_sums("categorical", sums, 3)  # classes unknown
+    from sequifier.train.scoring import ScoredTarget
+    assert ScoredTarget("c", "categorical", 5, n_classes=4).shown == ("cross_entropy", "accuracy")
+    assert ScoredTarget("c", "categorical", 2, n_classes=5).shown[-1] == "top2_accuracy"
+    assert "top5_accuracy" not in ScoredTarget("c", "categorical", 5, n_classes=4).metrics(sums)
+
+
+def test_evaluate_markdown_marks_a_void_top_k_n_a():
+    from sequifier.infer.evaluate import _row
+    row = _row("flag", "m", {"count": 3, "accuracy": 0.5, "cross_entropy": 0.7},
+               ["count", "accuracy", "top5_accuracy", "cross_entropy"])
+    assert row == "| flag | m | 3 | 0.5000 | n/a | 0.7000 |"
