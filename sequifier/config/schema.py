@@ -275,6 +275,16 @@ class EvaluateConfig:
     map_to_id: bool = True
     device: str = "cpu"
     overwrite: bool = False
+    # Not in the original field list (sequifier/infer/backtest.py): items per season of
+    # the seasonal-naive baseline (null: one day of time positions, none for integers);
+    # with forecast_horizon, a rolling-origin backtest of that many steps from an origin
+    # every backtest_stride items (null: 1), intervals at output_quantiles (null: 0.1,
+    # 0.5, 0.9) calibrated on calibration_data_path (null: the split before data_path)
+    seasonal_period: Optional[int] = None
+    forecast_horizon: Optional[int] = None
+    backtest_stride: Optional[int] = None
+    output_quantiles: Optional[List[float]] = None
+    calibration_data_path: Optional[str] = None
 
 
 SCHEMAS = {"preprocess": PreprocessConfig, "train": TrainConfig, "infer": InferConfig,

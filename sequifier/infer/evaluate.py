@@ -27,7 +27,14 @@ from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig
 from sequifier.data.windows import Windows, first_predicted_slot
 from sequifier.errors import SequifierError
 from sequifier.gate import validate
-from sequifier.infer import outputs
+from sequifier.infer import backtest, outputs
+from sequifier.infer.baselines import (
+    Series,
+    check_seasonal_period,
+    detect_seasonal_period,
+    seasonal_index,
+    series_from_windows,
+)
 from sequifier.infer.engines import Chooser, predict_every_position
 from sequifier.infer.models import (
     ModelJob,
@@ -66,6 +73,8 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     check_distinct_names(jobs)
     top_k = _top_k(cfg, jobs)
     ranks = _ranking_settings(cfg, jobs, metadata)
+    for job in jobs:
+        backtest.check_model(cfg, job)
     planned = _planned_paths(cfg, jobs, split)
     if not cfg.overwrite:
         outputs.refuse_to_overwrite(planned)
@@ -88,13 +97,37 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
                 "a split with items (e.g. larger split_ratios for it)"
             )
 
+    def read(path, key):
+        return read_model_windows(cfg.read_format, metadata, path, list(key), metadata.seq_length,
+                                  cfg.metadata_config_path)
+
+    # the series behind the windows, with the split before as history (seasons, origins)
+    before = _split_before(metadata, root, data_path)
+    series = {key: series_from_windows(w, list(key), read(before, key) if before else None)
+              for key, w in windows_by_columns.items()}
+    period, period_source = _seasonal_period(cfg, metadata, list(series.values())[0])
+    plan, calibration = None, {}
+    if cfg.forecast_horizon is not None:
+        plan = _backtest_plan(cfg, metadata, period, period_source, split)
+        if plan.calibration_path is not None:
+            cal_before = _split_before(metadata, root, plan.calibration_path)
+            for key in windows_by_columns:
+                calibration[key] = series_from_windows(
+                    read(plan.calibration_path, key), list(key),
+                    read(cal_before, key) if cal_before else None)
+
     reports, texts, tables = [], {}, {}
     for job in jobs:
-        windows = windows_by_columns[_columns(job)]
-        report, rows = _evaluate_model(cfg, metadata, job, windows, training, top_k, split,
-                                       ranks[job.path], cfg.exclude_seen)
+        key = _columns(job)
+        report, rows = _evaluate_model(cfg, metadata, job, windows_by_columns[key], training, top_k,
+                                       split, ranks[job.path], cfg.exclude_seen, series[key], period)
         report.update(model=job.path, data_path=data_path, split=split,
-                      baseline_data_path=baseline_path)
+                      baseline_data_path=baseline_path, seasonal_period=period,
+                      seasonal_period_source=period_source)
+        if plan is not None:
+            report["backtest"] = backtest.run_backtest(
+                job, metadata, plan, series[key], calibration.get(key),
+                _training_values(metadata, job, training), cfg.inference_batch_size)
         reports.append(report)
         texts[project.evaluation_path(root, job.name, split, "metrics", "json")] = (
             json.dumps(report, indent=2, allow_nan=True) + "\n")
@@ -109,6 +142,55 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     for path in planned:
         logger.info(f"wrote {path}")
     return planned
+
+
+def _seasonal_period(cfg: EvaluateConfig, metadata: Metadata, series: Series) -> tuple[int | None, str]:
+    """The seasonal-naive baseline's period: the config's, else detected from time positions."""
+    if cfg.seasonal_period is not None:
+        check_seasonal_period(cfg.seasonal_period, series)
+        return cfg.seasonal_period, "seasonal_period"
+    period, source = detect_seasonal_period(metadata, series)
+    if period is not None and (np.arange(len(series)) - series.start).max() < period:
+        return None, f"{source} is longer than the history in the data; set seasonal_period"
+    if period is None:
+        logger.info(f"no seasonal-naive baseline: {source}")
+    return period, source
+
+
+def _backtest_plan(cfg: EvaluateConfig, metadata: Metadata, period: int | None, period_source: str,
+                   split: str) -> backtest.Plan:
+    quantiles = list(cfg.output_quantiles) if cfg.output_quantiles is not None else list(backtest.DEFAULT_QUANTILES)
+    calibration, note = None, ""
+    if cfg.calibration_data_path is not None:
+        calibration = resolve_path(cfg.project_root, cfg.calibration_data_path)
+    elif split.startswith("split") and split[5:].isdigit() and int(split[5:]) >= 2:
+        calibration = resolve_path(cfg.project_root, metadata.split_paths[int(split[5:]) - 1])
+    else:
+        note = (f"no split between the training split and {split} to calibrate them on; set "
+                "calibration_data_path (not the training split: its errors are too small)")
+    return backtest.Plan(cfg.forecast_horizon, cfg.backtest_stride or 1, period, period_source,
+                         quantiles, calibration, note)
+
+
+def _training_values(metadata: Metadata, job: ModelJob, training: Windows) -> dict:
+    """Per target: the training split's mean (real) or most frequent id (categorical)."""
+    values = {}
+    for t in job.info.target_columns:
+        train_values = tensor(training.values[t][:, 1:])
+        mask = torch.arange(1, train_values.shape[1] + 1)[None, :] >= tensor(training.target_start)[:, None]
+        if job.info.target_column_types[t] == "categorical":
+            values[t] = int(metrics.class_counts(train_values, metadata.n_classes[t], mask).argmax())
+        else:
+            values[t] = metrics.mean_from_value_sums(metrics.value_sums(train_values, mask))
+    return values
+
+
+def _split_before(metadata: Metadata, root: str, path: str) -> str | None:
+    """The metadata's split just before `path`, if `path` is one of its later splits."""
+    name = split_name(metadata, root, path)
+    if name.startswith("split") and name[5:].isdigit() and int(name[5:]) >= 1:
+        return resolve_path(root, metadata.split_paths[int(name[5:]) - 1])
+    return None
 
 
 def split_name(metadata: Metadata, root: str, path: str) -> str:
@@ -183,7 +265,7 @@ def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> lis
                   project.evaluation_path(root, job.name, split, "predictions", cfg.write_format)]
     if len(jobs) > 1:
         paths.append(project.comparison_path(root, split))
-    return paths
+    return paths  # a backtest's report is part of the metrics files
 
 
 # ---------------------------------------------------------------- scoring
@@ -191,7 +273,7 @@ def _planned_paths(cfg: EvaluateConfig, jobs: list[ModelJob], split: str) -> lis
 
 def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, windows: Windows,
                     training: Windows, top_k: int, split: str, ranking_k: dict[str, tuple],
-                    exclude_seen: bool):
+                    exclude_seen: bool, series: Series, period: int | None):
     """(report, {predictions path: table}) of one model on the split."""
     info = job.info
     start_time = time.perf_counter()
@@ -221,9 +303,11 @@ def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, wind
     scores = {}
     for t in info.target_columns:
         kind = info.target_column_types[t]
-        scores[t] = TargetScore(kind, sums[t], _baselines(metadata, t, kind, windows, training,
-                                                          full_mask, top_k, ranking_k.get(t, ()),
-                                                          exclude_seen),
+        found = _baselines(metadata, t, kind, windows, training, full_mask, top_k, ranking_k.get(t, ()),
+                           exclude_seen)
+        if kind == "real" and period is not None:
+            found["seasonal_naive"] = _seasonal_sums(metadata, t, windows, series, period, full_mask)
+        scores[t] = TargetScore(kind, sums[t], found,
                                 metadata.n_classes.get(t) if kind == "categorical" else None)
     report = {
         "top_k": top_k,
@@ -283,6 +367,34 @@ def _baselines(metadata: Metadata, column: str, kind: str, windows: Windows, tra
                                                  exclude_seen=exclude_seen and bool(ranking_k))
     mean = metrics.mean_from_value_sums(metrics.value_sums(train_values, train_mask))
     return metrics.real_baseline_sums(targets, values[:, :-1], mean, _std(metadata, column), mask)
+
+
+def _seasonal_sums(metadata: Metadata, column: str, windows: Windows, series: Series, period: int,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """Real sums of the value one season earlier, on the scored items that have one (a
+    sequence's first season has none: its count is smaller than the model's)."""
+    index = _series_index(series, windows.sequence_id, windows.item_position[:, 1:])
+    source = seasonal_index(np.maximum(index, 0), np.zeros_like(index), period, series)
+    has = torch.from_numpy((index >= 0) & (source >= 0)) & mask
+    values = series.values[column][np.maximum(source, 0)]
+    return metrics.real_sums(tensor(values), tensor(windows.values[column][:, 1:]), _std(metadata, column), has)
+
+
+def _series_index(series: Series, sequence_id: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Flat series index of each (sequence, position) item; -1 where the series lacks it."""
+    sequences = np.unique(series.sequence)
+    positions = np.unique(series.position)
+    width = len(positions) + 1
+
+    def key(seq, pos):
+        s = np.searchsorted(sequences, seq)
+        q = np.searchsorted(positions, pos)
+        return s.astype(np.int64) * width + q
+
+    keys = key(series.sequence, series.position)  # sorted: the series is in (sequence, position) order
+    wanted = key(np.broadcast_to(sequence_id[:, None], position.shape), position)
+    found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[found] == wanted, found, -1)
 
 
 def _target_report(score: TargetScore, top_k: int, ranking_k: tuple = ()) -> dict:
@@ -347,6 +459,12 @@ def markdown(reports: list[dict], title: str) -> str:
     lines.append("Items per second (forward passes and scoring, per model): " + ", ".join(
         f"{os.path.splitext(os.path.basename(r['model']))[0]} {r['items_per_second']:,.0f}"
         for r in reports if r["items_per_second"]))
+    if first.get("seasonal_period") is None and "seasonal_period_source" in first:
+        lines.append(f"No seasonal-naive baseline: {first['seasonal_period_source']}.")
+    for report in reports:
+        if "backtest" in report:
+            lines += backtest.markdown_lines(report["backtest"],
+                                             os.path.splitext(os.path.basename(report["model"]))[0])
     return "\n".join(lines) + "\n"
 
 

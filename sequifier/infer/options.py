@@ -109,6 +109,9 @@ def evaluate_rules(cfg: EvaluateConfig, p: Problems) -> None:
     p.one_of(cfg.device.split(":")[0], DEVICES, "device")
     p.positive(cfg.inference_batch_size, "inference_batch_size")
     p.positive(cfg.accuracy_top_k, "accuracy_top_k", allow_none=True)
+    from sequifier.infer.backtest import backtest_rules  # the backtest's options live with it
+
+    backtest_rules(cfg, p)
 
 
 def evaluate_metadata_rules(cfg: EvaluateConfig, metadata: Metadata, p: Problems) -> None:
