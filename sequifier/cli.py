@@ -27,6 +27,7 @@ commands:
                (positions=scored: every item; forecast=true: after each sequence's end)
   evaluate     score models on every item of a split against baselines: accuracy,
                top-k, cross-entropy / MAE, RMSE, written to outputs/evaluation/
+               (forecast_horizon=48: a rolling-origin backtest with a skill score)
   make NAME    create a project folder NAME with commented config templates
   plot [RUN]   PNG of a run's loss and metric curves (logs/RUN-curves.png; RUN: a model
                name, default the latest run) or of a sweep's jobs side by side (RUN: the
