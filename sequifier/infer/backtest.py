@@ -400,3 +400,27 @@ def markdown_lines(backtest: dict, model: str) -> list[str]:
 def _row(target: str, predictor: str, values: dict, names, skill: str) -> str:
     cells = ["-" if values.get(n) is None else f"{values[n]:.4f}" for n in names]
     return f"| {target} | {predictor} | " + " | ".join(cells) + f" | {skill} |"
+
+
+# ---------------------------------------------------------------- infer's intervals
+
+# infer calibrates on at most about this many origins of the validation split (evenly
+# spaced): enough for the 5% and 95% quantiles of every step, and a bounded cost
+CALIBRATION_ORIGINS = 4000
+
+
+def calibration_offsets(job, metadata: Metadata, calibration: Series, horizon: int, quantiles: list[float],
+                        batch_size: int, period: int | None = None) -> dict[str, np.ndarray]:
+    """{real target: [Q, H] offsets}: the quantiles of the model's backtest errors on the
+    calibration series (see the module docstring), for infer's `output_quantiles`."""
+    every = origins(calibration, horizon, 1, min_history(period, horizon))
+    stride = max(1, len(every) // CALIBRATION_ORIGINS)
+    chosen = every[::stride]
+    if len(chosen) == 0:
+        raise SequifierError(
+            f"output_quantiles: the validation split has no sequence with {horizon} items after "
+            "an item, so the forecast errors that set the intervals cannot be measured; use a "
+            "shorter forecast_horizon or preprocess with a larger validation share")
+    found = forecast(job, metadata, calibration, chosen, horizon, batch_size)
+    return {t: residual_quantiles(found, calibration, t, quantiles)
+            for t in job.info.target_columns if job.info.target_column_types[t] == "real"}

@@ -237,3 +237,22 @@ def test_quantiles_of_a_model_without_real_targets_are_refused(tmp_path):
     _, _, models = make_project(tmp_path, columns=("colour",), targets=("colour",))
     with pytest.raises(SequifierError, match="output_quantiles: the model 'm' has only categorical targets"):
         run_evaluate(evaluate_config(tmp_path, models["onnx"], forecast_horizon=2, output_quantiles=[0.1, 0.9]))
+
+
+def test_calibration_offsets_are_the_error_quantiles_of_the_validation_backtest(project):
+    root, _, metadata, models = project
+    from sequifier.infer.model_runner import load_runner
+    from sequifier.infer.run import ModelJob
+
+    runner = load_runner(models["onnx"], "cpu", "", "generative", metadata, False, 0, every_position=True)
+    job = ModelJob(models["onnx"], "m", runner, runner.info)
+    columns = ["colour", "value"]
+    read = [read_input("parquet", metadata, str(root / p), columns, SEQ_LENGTH, METADATA)
+            for p in metadata.split_paths[:2]]
+    calibration = series_from_windows(read[1], columns, read[0])
+    offsets = backtest.calibration_offsets(job, metadata, calibration, 2, [0.1, 0.5, 0.9], 3)
+    assert list(offsets) == ["value"] and offsets["value"].shape == (3, 2)
+    assert (np.diff(offsets["value"], axis=0) >= 0).all()
+    found = backtest.forecast(job, metadata, calibration, backtest.origins(calibration, 2, 1, 1), 2, 3)
+    errors = calibration.values["value"][found.index] - found.values["value"]
+    np.testing.assert_allclose(offsets["value"][1], np.median(errors, axis=0), rtol=1e-5)
