@@ -10,9 +10,10 @@ whole real sequence.
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sequifier.config.metadata import Metadata
@@ -250,10 +251,13 @@ class SequifierModel(nn.Module):
             x = block(x)
         return self.final_norm(x).float()
 
-    def decode(self, hidden: Tensor) -> Dict[str, Tensor]:
-        """Per target: categorical logits [..., n_classes]; real values [...] (float32)."""
+    def decode(self, hidden: Tensor, skip: Sequence[str] = ()) -> Dict[str, Tensor]:
+        """Per target (but those in `skip`): categorical logits [..., n_classes]; real
+        values [...] (float32)."""
         outputs = {}
         for column, head in self.heads.items():
+            if column in skip:
+                continue
             if column in self.tied_columns:
                 out = head(hidden, self.embedding.tables[column]).float()
             else:
@@ -261,8 +265,46 @@ class SequifierModel(nn.Module):
             outputs[column] = out if self.layout.target_column_types[column] == "categorical" else out.squeeze(-1)
         return outputs
 
-    def forward(self, inputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        return self.decode(self.hidden_states(inputs))
+    def query(self, hidden: Tensor, column: str) -> Tensor:
+        """[..., width] what the categorical head of `column` scores against its class
+        vectors: the hidden state, or its projection to the tied table's width."""
+        head = self.heads[column]
+        if column in self.tied_columns and head.project is not None:
+            return head.project(hidden).float()
+        return hidden
+
+    def class_vectors(self, column: str) -> Tuple[Tensor, Tensor]:
+        """(weight [n_classes, width], bias [n_classes]) of the categorical head of `column`:
+        its logits are query @ weight.T + bias (`scores`)."""
+        head = self.heads[column]
+        if column in self.tied_columns:
+            table = self.embedding.tables[column]
+            return table.compute_weight(table.weight), head.compute_weight(head.bias)
+        return head.compute_weight(head.weight), head.compute_weight(head.bias)
+
+    def scores(self, query: Tensor, column: str) -> Tensor:
+        """float32 logits [..., n_classes] of `column` for query vectors (see `query`); the
+        same values as `decode`, for any subset of rows (whole-catalogue scoring in chunks)."""
+        weight, bias = self.class_vectors(column)
+        return F.linear(query.to(weight.dtype), weight, bias.to(weight.dtype)).float()
+
+    def forward(self, inputs: Dict[str, Tensor], query_columns: Sequence[str] = ()) -> Dict[str, Tensor]:
+        """Per target its outputs (`decode`); for the categorical targets in `query_columns`
+        their query vectors [B, L, width] instead of logits [B, L, n_classes], under
+        `query_key(column)` (training and validation of large catalogues score them in
+        chunks or against sampled classes)."""
+        hidden = self.hidden_states(inputs)
+        if not query_columns:
+            return self.decode(hidden)
+        outputs = self.decode(hidden, skip=query_columns)
+        for column in query_columns:
+            outputs[query_key(column)] = self.query(hidden, column)
+        return outputs
+
+
+def query_key(column: str) -> str:
+    """Key of a target's query vectors in the model's outputs (see SequifierModel.forward)."""
+    return f"{column}:query"
 
 
 def tied_parameter_saving(model: SequifierModel) -> int:

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from sequifier.catalog import row_chunks
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
+from sequifier.model.transformer import query_key
 from sequifier.train import distributed
 from sequifier.train.batch import Batch
 from sequifier.train.checkpoint import checkpoint_file, prune_checkpoints, save_checkpoint
@@ -155,17 +157,32 @@ class Trainer:
         self.scored_targets = scored_targets
         self.baselines = baselines  # target -> baseline -> metrics, on the validation split
         self.last_checkpoint: str | None = None
+        # targets trained with SampledSoftmax; validation scores every categorical target
+        # from its query vectors, a bounded chunk of rows at a time (sequifier/catalog.py)
+        self.sampled_columns = [t.column for t in losses if t.sampled is not None]
+        self.categorical_columns = [t.column for t in losses if t.column_type == "categorical"]
 
     # ---- one batch -------------------------------------------------------------------
 
     def batch_loss(self, batch: Batch, model, training: bool = True) -> tuple:
         """(total loss, {target: (loss sum, weight sum)}, outputs) of one batch.
 
-        `training=False` uses each target's validation criterion (no label smoothing)."""
+        `training=False` uses each target's validation criterion (no label smoothing).
+        A SampledSoftmax target is scored from its query vectors against sampled classes
+        (its logits over the whole catalogue are never built)."""
         with autocast_context(self.device, self.autocast_dtype):
-            outputs = model(batch.inputs)
-        sums = {t.column: t.sums(outputs[t.column], batch.targets[t.column], batch.target_mask, training)
-                for t in self.losses}
+            outputs = model(batch.inputs, query_columns=self.sampled_columns) if self.sampled_columns \
+                else model(batch.inputs)
+        sums = {}
+        for t in self.losses:
+            if t.sampled is not None:
+                mask = batch.target_mask
+                weight, bias = self.model.class_vectors(t.column)
+                loss_sum = t.sampled.sums(outputs[query_key(t.column)][mask], batch.targets[t.column][mask],
+                                          weight, bias)
+                sums[t.column] = (loss_sum, mask.sum().float())
+            else:
+                sums[t.column] = t.sums(outputs[t.column], batch.targets[t.column], batch.target_mask, training)
         total = sum(t.loss_weight * sums[t.column][0] / sums[t.column][1].clamp_min(1e-12)
                     for t in self.losses)
         return total, sums, outputs
@@ -303,15 +320,32 @@ class Trainer:
         metric_sums = {t.column: t.empty_sums(self.device) for t in self.scored_targets}
         counts = {c: torch.zeros(self.model.layout.n_classes[c], dtype=torch.int64, device=self.device)
                   for c in self.class_share_columns}
+        losses = {t.column: t for t in self.losses}
+        scored = {t.column: t for t in self.scored_targets}
         for batch in self.val_batches:
-            _, sums, outputs = self.batch_loss(batch, self.forward_model, training=False)
-            for column, (loss_sum, weight_sum) in sums.items():
+            with autocast_context(self.device, self.autocast_dtype):
+                outputs = self.forward_model(batch.inputs, query_columns=self.categorical_columns)
+            mask = batch.target_mask
+            for column, target in losses.items():
+                if target.column_type == "categorical":
+                    continue
+                loss_sum, weight_sum = target.sums(outputs[column], batch.targets[column], mask, False)
                 totals[column] += torch.stack([loss_sum.float(), weight_sum.float()])
-            for target in self.scored_targets:
-                metric_sums[target.column] += target.sums(outputs[target.column], batch)
-            for column, count in counts.items():
-                predicted = outputs[column].argmax(dim=-1).reshape(-1)
-                count.index_add_(0, predicted, batch.target_mask.reshape(-1).to(torch.int64))
+                metric_sums[column] += scored[column].sums(outputs[column], batch)
+            for column in self.categorical_columns:
+                # the scored slots' query vectors against the whole catalogue, chunk by chunk
+                query, truth = outputs[query_key(column)][mask], batch.targets[column][mask]
+                ones = torch.ones_like(truth, dtype=torch.bool)
+                seen = scored[column].seen_rows(batch)
+                for start, end in row_chunks(len(truth), self.model.layout.n_classes[column]):
+                    logits = self.model.scores(query[start:end], column)
+                    rows = truth[start:end]
+                    loss_sum, weight_sum = losses[column].sums(logits, rows, ones[start:end], False)
+                    totals[column] += torch.stack([loss_sum.float(), weight_sum.float()])
+                    metric_sums[column] += scored[column].row_sums(
+                        logits, rows, None if seen is None else seen[start:end])
+                    if column in counts:
+                        counts[column] += torch.bincount(logits.argmax(dim=-1), minlength=len(counts[column]))
         losses = {}
         for t in self.losses:
             loss_sum, weight_sum = distributed.sum_across_ranks(totals[t.column]).tolist()

@@ -95,7 +95,7 @@ def train_metadata_rules(cfg: TrainConfig, metadata: Metadata, p: Problems) -> N
                 f"'{col}' is not a column of the preprocessed data {sorted(available)}")
     p.check(len(inputs) > 0, "input_columns", "needs at least one column")
     p.extend(known_ahead_target_problems(metadata.known_ahead_columns, cfg.target_columns))
-    criterion_rules(cfg.training_spec, list(cfg.target_columns), available, p)
+    criterion_rules(cfg.training_spec, list(cfg.target_columns), available, p, metadata.n_classes)
     model_column_rules(cfg.model_spec, inputs, list(cfg.target_columns), metadata, p)
 
 

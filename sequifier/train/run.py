@@ -48,7 +48,7 @@ from sequifier.train.resume import (
     config_record,
 )
 from sequifier.train.schedulers import CUSTOM_SCHEDULERS, build_scheduler, total_scheduler_steps
-from sequifier.train.scoring import measure_baselines, scored_targets
+from sequifier.train.scoring import measure_baselines, scored_targets, training_statistics
 from sequifier.train.summary import build_summary, summary_lines, summary_path, write_summary
 
 
@@ -118,7 +118,11 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     targets = scored_targets(layout.target_columns, layout.target_column_types, metadata, spec.accuracy_top_k,
                              spec.ranking_k, spec.exclude_seen)
     # before the first file of the run: a split without scored slots is refused here
-    baselines = measure_baselines(targets, train_batches, val_batches, device)
+    statistics = training_statistics(targets, train_batches, device)
+    baselines = measure_baselines(targets, train_batches, val_batches, device, statistics)
+    for loss in losses:
+        if loss.sampled is not None:  # negatives are drawn by the training targets' popularity
+            loss.sampled.set_proposal(statistics[0][loss.column])
 
     seed_everything(spec.seed)  # weights, dropout; shuffling is seeded per epoch
     model = build_model(cfg, metadata).to(device)

@@ -43,6 +43,22 @@ class ScoredTarget:
     def empty_sums(self, device) -> torch.Tensor:
         return metrics.empty_sums(self.column_type, device, self.ranking_k)
 
+    def seen_rows(self, batch: Batch) -> torch.Tensor | None:
+        """[N, L] the context ids of each scored slot (exclude_seen), in `row_sums` order."""
+        if not (self.exclude_seen and self.ranking_k):
+            return None
+        return ranking.seen_per_slot(batch.previous[self.column])[batch.target_mask]
+
+    def row_sums(self, logits: torch.Tensor, targets: torch.Tensor,
+                 seen: torch.Tensor | None = None) -> torch.Tensor:
+        """What `sums` gives for scored rows scored a chunk at a time: logits [N,
+        n_classes], target ids [N], `seen` [N, S] (`seen_rows`) with exclude_seen."""
+        sums = metrics.categorical_sums(logits, targets, self.top_k)
+        if not self.ranking_k:
+            return sums
+        ranks = ranking.target_ranks(logits, targets, seen if self.exclude_seen else None)
+        return torch.cat([sums, ranking.ranking_sums(ranks, self.ranking_k).to(sums.dtype)])
+
     def metrics(self, sums: torch.Tensor) -> dict[str, float]:
         return metrics.metrics_from_sums(self.column_type, sums, self.top_k, self.ranking_k,
                                          self.n_classes or None)
@@ -132,10 +148,12 @@ def _fit_markov(parts: list[torch.Tensor], n_classes: int, counts: torch.Tensor)
     return metrics.MarkovBaseline.fit(every[0], n_classes, counts.cpu(), weights=every[1])
 
 
-def measure_baselines(targets: list[ScoredTarget], train_batches, val_batches,
-                      device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
-    """{target: {baseline: metrics}} on the validation split's scored slots."""
-    stats, transitions = training_statistics(targets, train_batches, device)
+def measure_baselines(targets: list[ScoredTarget], train_batches, val_batches, device: torch.device,
+                      statistics: tuple | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """{target: {baseline: metrics}} on the validation split's scored slots; `statistics`:
+    `training_statistics` when the caller has them already (one pass less)."""
+    stats, transitions = statistics if statistics is not None else training_statistics(
+        targets, train_batches, device)
     stats = {c: s.to(device) for c, s in stats.items()}
     means = {t.column: metrics.mean_from_value_sums(stats[t.column])
              for t in targets if t.column_type == "real"}

@@ -196,9 +196,9 @@ def test_layer_type_dtypes_and_autocast(root, monkeypatch):
     seen = []
     original = SequifierModel.forward
 
-    def spy(self, inputs):
+    def spy(self, inputs, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
-        return original(self, inputs)
+        return original(self, inputs, **kwargs)
 
     monkeypatch.setattr(SequifierModel, "forward", spy)
     bf16 = {"training_spec.epochs": 1, "training_spec.layer_type_dtypes": {"linear": "bfloat16"}}
