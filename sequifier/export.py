@@ -10,14 +10,21 @@ I/O contract of every export (also in docs/model.md):
   of the last position on the standardised scale. Then one more per target,
   `positions_output_name(target)` ("<target>_positions"): the same for every position,
   [batch, seq_length, n_classes] / [batch, seq_length] (every-position inference: the
-  model is causal, so one pass gives the prediction after each input slot). A runner
-  keeps only the set it needs (see infer/model_runner.py), so neither costs the other.
+  model is causal, so one pass gives the prediction after each input slot). Then, per
+  categorical target, what scores a large catalogue in chunks instead (sequifier/
+  catalog.py): `query_output_name(target)` [batch, width] and
+  `query_positions_output_name(target)` [batch, seq_length, width], the query vectors
+  of the last / every position, and `class_vector_names(target)`, the head's class
+  vectors [n_classes, width] and biases [n_classes] (graph weights: read from the file,
+  not computed); logits = query @ class_vectors.T + class_bias. A runner keeps only the
+  set it needs (see infer/model_runner.py), so none costs the others.
 - embedding output "embedding": [batch, dim_model] hidden state of the last position.
 - metadata (ONNX metadata_props, JSON-encoded strings; .pt: the saved dict's "info"):
   sequifier_format, model_type, input_columns, target_columns, target_column_types,
   column_types, seq_length, known_ahead_columns (inputs that hold the value at the
   predicted position, i.e. one slot later: data/known_ahead.py), with_dropout,
-  output_names, position_output_names, plus the
+  output_names, position_output_names, query_output_names, query_position_output_names,
+  class_vector_names, plus the
   caller's extra entries (train adds model_name, tag, epoch, best_epoch, best_val_loss).
 
 Exports always compute in float32: weights trained in float16/bfloat16 are upcast
@@ -42,11 +49,14 @@ from sequifier.export_format import (
     FORMAT_VERSION,
     TAGS,
     check_model_type,
+    class_vector_names,
     model_file_name,
     model_not_found,
     output_keys,
     output_name,
     positions_output_name,
+    query_output_name,
+    query_positions_output_name,
 )
 from sequifier.io_utils import atomic_path, output_set
 from sequifier.model.dtypes import bake_weight_quantization, layer_type_dtype_names
@@ -59,8 +69,16 @@ def output_names(layout: ColumnLayout, model_type: str) -> List[str]:
     """Every output of an export, in graph order."""
     if model_type == "embedding":
         return [EMBEDDING_OUTPUT]
+    categorical = _categorical_targets(layout)
     return ([output_name(t) for t in layout.target_columns]
-            + [positions_output_name(t) for t in layout.target_columns])
+            + [positions_output_name(t) for t in layout.target_columns]
+            + [query_output_name(t) for t in categorical]
+            + [query_positions_output_name(t) for t in categorical]
+            + [name for t in categorical for name in class_vector_names(t)])
+
+
+def _categorical_targets(layout: ColumnLayout) -> List[str]:
+    return [t for t in layout.target_columns if layout.target_column_types[t] == "categorical"]
 
 
 class _LastPositionHead(nn.Module):
@@ -104,7 +122,35 @@ class GenerativeHead(_LastPositionHead):
         if self.positions in ("both", "every"):
             every = self.model.decode(hidden)
             out += tuple(every[t] for t in self.target_columns)
+        if self.positions == "both":  # the export: what scores the catalogue in chunks
+            categorical = _categorical_targets(self.model.layout)
+            out += tuple(self.model.query(hidden[:, -1, :], t) for t in categorical)
+            out += tuple(self.model.query(hidden, t) for t in categorical)
+            for t in categorical:
+                out += self.model.class_vectors(t)
         return out
+
+
+class QueryHead(_LastPositionHead):
+    """Positional inputs -> per target: a categorical target's query vectors (see
+    `SequifierModel.query`), a real target's values; at the last position or every
+    position. What a .pt runner computes to score a catalogue in chunks."""
+
+    model_type = "generative"
+
+    def __init__(self, model: SequifierModel, every_position: bool):
+        super().__init__(model)
+        self.every_position = every_position
+        self.target_columns = list(model.layout.target_columns)
+        self.categorical = _categorical_targets(model.layout)
+
+    def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+        hidden = self.model.hidden_states(dict(zip(self.input_columns, inputs)))
+        if not self.every_position:
+            hidden = hidden[:, -1, :]
+        values = self.model.decode(hidden, skip=self.categorical)
+        return tuple(self.model.query(hidden, t) if t in self.categorical else values[t]
+                     for t in self.target_columns)
 
 
 class EmbeddingHead(_LastPositionHead):
@@ -179,6 +225,10 @@ def export_info(
     )
     if model_type == "generative":
         info["position_output_names"] = {t: positions_output_name(t) for t in layout.target_columns}
+        categorical = _categorical_targets(layout)
+        info["query_output_names"] = {t: query_output_name(t) for t in categorical}
+        info["query_position_output_names"] = {t: query_positions_output_name(t) for t in categorical}
+        info["class_vector_names"] = {t: class_vector_names(t) for t in categorical}
     return info
 
 

@@ -34,6 +34,23 @@ def positions_output_name(target: str) -> str:
     return f"{target}_positions"
 
 
+def query_output_name(target: str) -> str:
+    """A generative export's output of a categorical `target`'s query vector at the last
+    position, [batch, width]: its logits are query @ class_vectors.T + class_bias."""
+    return f"{target}_query"
+
+
+def query_positions_output_name(target: str) -> str:
+    """The same at every position: [batch, seq_length, width]."""
+    return f"{target}_query_positions"
+
+
+def class_vector_names(target: str) -> list[str]:
+    """The outputs holding a categorical `target`'s class vectors [n_classes, width] and
+    class biases [n_classes] (weights of the graph, read without running it)."""
+    return [f"{target}_class_vectors", f"{target}_class_bias"]
+
+
 def output_keys(model_type: str, target_columns: list[str]) -> list[str]:
     """What a runner's outputs are keyed by: each target, or "embedding"."""
     return [EMBEDDING_OUTPUT] if model_type == "embedding" else list(target_columns)

@@ -125,6 +125,11 @@ def embedding_path(project_root: str, model: str, write_format: str) -> str:
     return os.path.join(project_root, EMBEDDINGS, f"{model}-embeddings.{write_format}")
 
 
+def recommendation_path(project_root: str, model: str, target: str, k: int, write_format: str) -> str:
+    """outputs/recommendations/MODEL-TARGET-topK.EXT: the top-k lists of infer's output_top_k."""
+    return os.path.join(project_root, "outputs", "recommendations", f"{model}-{target}-top{k}.{write_format}")
+
+
 def evaluation_path(project_root: str, model: str, split: str, kind: str, extension: str) -> str:
     """outputs/evaluation/MODEL-SPLIT-KIND.EXT (kind: metrics or predictions)."""
     return os.path.join(project_root, EVALUATION, f"{model}-{split}-{kind}.{extension}")

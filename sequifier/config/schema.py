@@ -248,6 +248,16 @@ class InferConfig:
     temperature: Optional[Dict[str, float]] = None
     top_k: Optional[Dict[str, int]] = None
     top_p: Optional[Dict[str, float]] = None
+    # Not in the original field list: per categorical target, the k most likely items of
+    # every predicted row with their probabilities (outputs/recommendations/), in the
+    # user's own ids; `long`: one row per item and rank, `wide`: k item and k probability
+    # columns per row. exclude_seen leaves out the items the model's input window already
+    # holds. A probability table of more than infer/recommend.py's DENSE_PROBABILITY_LIMIT
+    # classes needs allow_dense_probabilities: true.
+    output_top_k: Optional[int] = None
+    top_k_format: str = "long"
+    exclude_seen: bool = False
+    allow_dense_probabilities: bool = False
 
 
 @dataclass

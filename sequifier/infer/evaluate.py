@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sequifier import metrics, project
+from sequifier import metrics, project, ranking
+from sequifier.catalog import logit_chunks
 from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig
 from sequifier.data.windows import Windows, first_predicted_slot
@@ -286,16 +287,22 @@ def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, wind
     seen = _seen_previous(windows, ranking_k) if exclude_seen else {}
 
     def score(raw, mask, start, end):
-        mask = torch.from_numpy(mask)
+        picked = torch.from_numpy(mask)
         for t in info.target_columns:
-            out, target = tensor(raw[t]), truth[t][start:end]
+            target = truth[t][start:end]
             if info.target_column_types[t] == "categorical":
-                previous = seen[t][start:end] if t in seen else None
-                sums[t] += metrics.ranked_categorical_sums(out, target, top_k, mask, ranking_k[t], previous)
+                # the scored rows against the whole catalogue, a bounded chunk at a time
+                rows, targets = raw[t][mask], target[picked]
+                context = ranking.seen_per_slot(seen[t][start:end])[picked] if t in seen else None
+                vectors = getattr(job.runner, "class_vectors", {}).get(t)
+                for first, last, logits in logit_chunks(rows, vectors):
+                    part = None if context is None else context[first:last]
+                    sums[t] += metrics.ranked_row_sums(torch.from_numpy(logits), targets[first:last], top_k,
+                                                       ranking_k.get(t, ()), part)
             else:
-                sums[t] += metrics.real_sums(out, target, _std(metadata, t), mask)
+                sums[t] += metrics.real_sums(tensor(raw[t]), target, _std(metadata, t), picked)
 
-    rows, slots, predictions, _ = predict_every_position(job, metadata, inputs, first_slot,
+    rows, slots, predictions, _, _ = predict_every_position(job, metadata, inputs, first_slot,
                                                          cfg.inference_batch_size, Chooser.argmax(),
                                                          with_probabilities=False, on_batch=score)
     seconds = time.perf_counter() - start_time

@@ -33,6 +33,11 @@ class ModelInfo:
     position_output_names: dict[str, str] | None = None
     # inputs given at the predicted position (data/known_ahead.py; older exports: none)
     known_ahead_columns: list[str] = field(default_factory=list)
+    # per categorical target: its query outputs (last / every position) and the names of
+    # its class vectors and biases (exports that score catalogues in chunks have them)
+    query_output_names: dict[str, str] | None = None
+    query_position_output_names: dict[str, str] | None = None
+    class_vector_names: dict[str, list[str]] | None = None
 
 
 def _decode(value: str):
@@ -63,6 +68,10 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
     dropout = bool(_decode(dropout) if isinstance(dropout, str) else dropout)
     names = props.get("output_names")
     position_names = props.get("position_output_names")
+
+    def optional(key: str):
+        value = props.get(key)
+        return dict(_decode(value)) if isinstance(value, str) else value
     info = ModelInfo(
         model_type=str(values["model_type"]),
         input_columns=list(values["input_columns"]),
@@ -77,6 +86,9 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
             dict(_decode(position_names)) if isinstance(position_names, str) else position_names
         ),
         known_ahead_columns=list(_decode(props.get("known_ahead_columns", "[]")) or []),
+        query_output_names=optional("query_output_names"),
+        query_position_output_names=optional("query_position_output_names"),
+        class_vector_names=optional("class_vector_names"),
     )
     if info.model_type not in MODEL_TYPES:
         raise SequifierError(

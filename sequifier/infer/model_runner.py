@@ -6,10 +6,15 @@ one `[batch, seq_length]` array per input column and returns the export's output
 numpy arrays (`{target: logits [batch, n_classes] | values [batch]}` for generative
 models, `{"embedding": [batch, dim]}` for embedding models). A runner opened with
 `every_position=True` returns every position instead (`[batch, seq_length, n_classes]`
-| `[batch, seq_length]`), from the same single forward pass. Everything above this
-module is format-agnostic. What an export says about itself is read in `model_info`;
-the `.pt` runner lives in `torch_runner` (imported only when a `.pt` file is opened, so
-ONNX inference does not import torch).
+| `[batch, seq_length]`), from the same single forward pass. A runner opened with
+`queries=True` returns, for each categorical target, its query vectors (`[batch, width]`,
+or `[batch, seq_length, width]`) instead of logits, and holds the class vectors to score
+them with in `class_vectors` ({target: (weights [n_classes, width], biases [n_classes])}):
+a large catalogue is then scored a bounded chunk of rows at a time (sequifier/catalog.py),
+never as one dense logits table (load_runner opens every export that has query outputs
+so). Everything above this module is format-agnostic. What an export says about itself
+is read in `model_info`; the `.pt` runner lives in `torch_runner` (imported only when a
+`.pt` file is opened, so ONNX inference does not import torch).
 """
 
 import os
@@ -31,13 +36,17 @@ def _usable_cores() -> int:
 class OnnxRunner:
     """An ONNX export run with onnxruntime, pruned to the outputs this run needs."""
 
-    def __init__(self, path: str, device: str, seed: int, every_position: bool = False):
+    def __init__(self, path: str, device: str, seed: int, every_position: bool = False,
+                 queries: bool | None = False):
         import onnxruntime as ort
 
         proto = _read_onnx(path)
         self.info = info_from_props({p.key: p.value for p in proto.metadata_props}, path)
         self.every_position = every_position
         self._keys, self._output_names = self._choose_outputs(proto, path)
+        self.class_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if queries or (queries is None and supports_queries(self.info)):
+            self._use_queries(proto, path)
         proto = _keep_outputs(proto, self._output_names)
         providers = _onnx_providers(device, ort.get_available_providers(), path)
         options = ort.SessionOptions()
@@ -89,12 +98,49 @@ class OnnxRunner:
             )
         return keys, [recorded[k] for k in keys]
 
+    def _use_queries(self, proto, path: str) -> None:
+        """Categorical targets: query outputs instead of logits, class vectors read from
+        the graph's weights (sequifier/catalog.py scores them in chunks)."""
+        from onnx import numpy_helper
+
+        info = self.info
+        categorical = [t for t in info.target_columns if info.target_column_types.get(t) == "categorical"]
+        recorded = (info.query_position_output_names if self.every_position else info.query_output_names) or {}
+        vector_names = info.class_vector_names or {}
+        outputs = {o.name for o in proto.graph.output}
+        if any(recorded.get(t) not in outputs or t not in vector_names for t in categorical):
+            raise supports_no_queries(path)
+        weights = {i.name: i for i in proto.graph.initializer if i.name in
+                   {n for t in categorical for n in vector_names[t]}}
+        for t in categorical:
+            if any(n not in weights for n in vector_names[t]):
+                raise supports_no_queries(path)
+            vectors, bias = (numpy_helper.to_array(weights[n]).astype(np.float32, copy=False)
+                             for n in vector_names[t])
+            self.class_vectors[t] = (vectors, bias)
+        self._output_names = [recorded[k] if k in categorical else name
+                              for k, name in zip(self._keys, self._output_names)]
+
     def reseed(self, seed: int) -> None:
         """Nothing to do: random ops were seeded when the session was created."""
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self._output_names, inputs)
         return dict(zip(self._keys, results))
+
+
+def supports_queries(info) -> bool:
+    """Whether an export records what scoring its catalogues in chunks needs."""
+    categorical = [t for t in info.target_columns if info.target_column_types.get(t) == "categorical"]
+    return info.model_type == "generative" and all(
+        t in (names or {}) for t in categorical
+        for names in (info.query_output_names, info.query_position_output_names, info.class_vector_names))
+
+
+def supports_no_queries(path: str) -> SequifierError:
+    return SequifierError(
+        f"model_path: '{path}' has no query outputs to score its catalogue in chunks (exported "
+        "by an older sequifier); re-export it with `sequifier train` (overwrite: true)")
 
 
 def _unloadable(path: str, error: Exception) -> SequifierError:
@@ -161,16 +207,19 @@ def _onnx_providers(device: str, available: list[str], path: str) -> list:
 
 
 def load_runner(path: str, device: str, training_config_path: str, model_type: str,
-                metadata, infer_with_dropout: bool, seed: int, every_position: bool = False):
-    """Open `path` with the runner its extension calls for."""
+                metadata, infer_with_dropout: bool, seed: int, every_position: bool = False,
+                queries: bool | None = None):
+    """Open `path` with the runner its extension calls for; `queries`: score categorical
+    targets in chunks (True), from dense logits (False), or in chunks where the export
+    allows it (None; older ONNX exports have no query outputs)."""
     if not os.path.isfile(path):
         raise model_not_found(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
-        return OnnxRunner(path, device, seed, every_position)
+        return OnnxRunner(path, device, seed, every_position, queries)
     if ext == ".pt":
         from sequifier.infer.torch_runner import TorchRunner
 
         return TorchRunner(path, device, training_config_path, model_type, metadata,
-                           infer_with_dropout, every_position)
+                           infer_with_dropout, every_position, queries is not False)
     raise SequifierError(f"model_path: '{path}' is neither an .onnx nor a .pt export")

@@ -15,6 +15,7 @@ from sequifier.config.schema import DEVICES, EvaluateConfig, InferConfig
 from sequifier.data.rules import read_format_rule
 from sequifier.data.windows import WINDOW_FORMATS
 from sequifier.export_format import MODEL_TYPES
+from sequifier.infer import recommend
 from sequifier.infer.forecasting import horizon_limit_problems, horizon_problems
 from sequifier.infer.outputs import WRITE_FORMATS
 from sequifier.infer.values import SAMPLING_FIELDS, sampling_problems
@@ -86,6 +87,7 @@ def option_rules(cfg: InferConfig, p: Problems) -> None:
                               cfg.autoregression_extra_steps))
     sampled = list(cfg.sample_from_distribution_columns or [])
     p.extend(sampling_problems(sampled, {name: getattr(cfg, name) for name in SAMPLING_FIELDS}))
+    p.extend(recommend.option_problems(cfg))
 
 
 def resolve(cfg: InferConfig, metadata: Metadata) -> None:

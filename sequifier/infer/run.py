@@ -33,8 +33,8 @@ from sequifier.data import future_rows
 from sequifier.data.windows import Windows, first_predicted_slot
 from sequifier.errors import SequifierError
 from sequifier.gate import validate
-from sequifier.infer import outputs
-from sequifier.infer.engines import Chooser, embed, predict_every_position, predict_last, sampling_settings
+from sequifier.infer import outputs, recommend
+from sequifier.infer.engines import Chooser, TopK, embed, predict_every_position, predict_last, sampling_settings
 from sequifier.infer.models import (
     ModelJob,
     check_config_matches_model,
@@ -53,7 +53,13 @@ from sequifier.infer.reading import (
     read_model_windows,
     typed_inputs,
 )
-from sequifier.infer.tables import embedding_table, prediction_table, probability_table
+from sequifier.infer.tables import (
+    embedding_table,
+    prediction_table,
+    probability_table,
+    recommendation_table,
+    to_user_values,
+)
 from sequifier.project import resolve_path
 
 logger = logging.getLogger(__name__)
@@ -147,6 +153,9 @@ def _open(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
                      every_position=cfg.positions == "scored")
     check_config_matches_model(cfg, job.info, path)
     check_metadata_matches_model(metadata, job.info, path)
+    problems = recommend.model_problems(cfg, job.info, metadata.n_classes, path)
+    if problems:
+        raise SequifierError("\n".join(problems))
     job.output_paths = _output_paths(cfg, job)
     return job
 
@@ -156,9 +165,11 @@ def _output_paths(cfg: InferConfig, job: ModelJob) -> list[str]:
     if info.model_type == "embedding":
         return [project.embedding_path(root, job.name, fmt)]
     paths = [project.prediction_path(root, job.name, fmt)]
+    categorical = [c for c in info.target_columns if info.target_column_types[c] == "categorical"]
     if cfg.output_probabilities:
-        paths += [project.probability_path(root, job.name, c, fmt) for c in info.target_columns
-                  if info.target_column_types[c] == "categorical"]
+        paths += [project.probability_path(root, job.name, c, fmt) for c in categorical]
+    if cfg.output_top_k:
+        paths += [project.recommendation_path(root, job.name, c, cfg.output_top_k, fmt) for c in categorical]
     return paths
 
 
@@ -177,11 +188,12 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
                                    windows.item_position[:, first_slot + info.seq_length - 1])
         return {project.embedding_path(root, job.name, fmt): embedding_table(keys, embeddings)}
     chooser = Chooser.from_options(cfg.seed, cfg.sample_from_distribution_columns, sampling_settings(cfg))
+    top_k = TopK(cfg.output_top_k, cfg.exclude_seen) if cfg.output_top_k else None
     if cfg.positions == "scored":
         inputs = model_inputs(metadata, info, windows, first_slot)
-        rows, slots, predictions, probabilities = predict_every_position(
+        rows, slots, predictions, probabilities, top = predict_every_position(
             job, metadata, inputs, first_predicted_slot(windows), cfg.inference_batch_size, chooser,
-            cfg.output_probabilities)
+            cfg.output_probabilities, top_k=top_k)
         keys = outputs.key_columns(metadata, windows.sequence_id[rows], windows.item_position[rows, slots])
     else:
         steps = prediction_steps(cfg)
@@ -195,8 +207,9 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         else:
             future_known = typed_inputs(metadata, {c: windows.values[c][:, first_slot + length:]
                                                    for c in info.known_ahead_columns})
-        predictions, probabilities = predict_last(job, metadata, history, future_known, steps,
-                                                  cfg.inference_batch_size, chooser, cfg.output_probabilities)
+        predictions, probabilities, top = predict_last(job, metadata, history, future_known, steps,
+                                                       cfg.inference_batch_size, chooser, cfg.output_probabilities,
+                                                       top_k)
         if cfg.forecast:
             positions = forecast_positions(windows, steps, cfg.forecast_position_step)
         else:
@@ -204,9 +217,14 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         keys = outputs.key_columns(metadata, np.repeat(windows.sequence_id, steps), positions.reshape(-1))
         predictions = {c: v.reshape(-1) for c, v in predictions.items()}
         probabilities = {c: p.reshape(-1, p.shape[2]) for c, p in probabilities.items()}
+        top = {c: tuple(a.reshape(-1, a.shape[2]) for a in pair) for c, pair in top.items()}
     tables = {project.prediction_path(root, job.name, fmt):
               prediction_table(metadata, info, keys, predictions, cfg.map_to_id)}
     for column, probs in probabilities.items():
         tables[project.probability_path(root, job.name, column, fmt)] = probability_table(
             metadata, column, keys, probs, cfg.map_to_id)
+    for column, (ids, probs) in top.items():
+        tables[project.recommendation_path(root, job.name, column, ids.shape[1], fmt)] = recommendation_table(
+            keys, column, ids, probs, lambda v, c=column: to_user_values(metadata, info, c, v, cfg.map_to_id),
+            cfg.top_k_format)
     return tables

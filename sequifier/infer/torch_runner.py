@@ -33,8 +33,9 @@ def torch_device(device: str):
 
 class TorchRunner:
     def __init__(self, path: str, device: str, training_config_path: str, model_type: str,
-                 metadata: Metadata, infer_with_dropout: bool, every_position: bool = False):
-        from sequifier.export import make_head, set_dropout_active
+                 metadata: Metadata, infer_with_dropout: bool, every_position: bool = False,
+                 queries: bool = False):
+        from sequifier.export import QueryHead, make_head, set_dropout_active
 
         self.device = torch_device(device)
         model, info = _load(path, training_config_path, model_type, metadata)
@@ -44,7 +45,14 @@ class TorchRunner:
                 f"model_path: '{path}' is an embedding model; only generative models predict "
                 "every position"
             )
-        head = make_head(model, info.model_type, "every" if every_position else "last")
+        self.class_vectors = {}
+        if queries and info.model_type == "generative":
+            head = QueryHead(model, every_position)
+            for column in head.categorical:
+                self.class_vectors[column] = tuple(v.detach().float().cpu().numpy()
+                                                   for v in model.class_vectors(column))
+        else:
+            head = make_head(model, info.model_type, "every" if every_position else "last")
         # MC dropout: eval mode (no batch-norm-like state here) with dropout layers sampling
         set_dropout_active(head, infer_with_dropout and info.can_sample_dropout)
         self.head = head.to(self.device)

@@ -53,11 +53,8 @@ class ScoredTarget:
                  seen: torch.Tensor | None = None) -> torch.Tensor:
         """What `sums` gives for scored rows scored a chunk at a time: logits [N,
         n_classes], target ids [N], `seen` [N, S] (`seen_rows`) with exclude_seen."""
-        sums = metrics.categorical_sums(logits, targets, self.top_k)
-        if not self.ranking_k:
-            return sums
-        ranks = ranking.target_ranks(logits, targets, seen if self.exclude_seen else None)
-        return torch.cat([sums, ranking.ranking_sums(ranks, self.ranking_k).to(sums.dtype)])
+        return metrics.ranked_row_sums(logits, targets, self.top_k, self.ranking_k,
+                                       seen if self.exclude_seen else None)
 
     def metrics(self, sums: torch.Tensor) -> dict[str, float]:
         return metrics.metrics_from_sums(self.column_type, sums, self.top_k, self.ranking_k,

@@ -7,8 +7,8 @@ import torch
 from helpers.train_data import N_CLASSES, make_config, make_project
 
 from sequifier import catalog
-from sequifier.gate import validate
 from sequifier.errors import SequifierError
+from sequifier.gate import validate
 from sequifier.model.transformer import SequifierModel
 from sequifier.train.losses import SampledSoftmax
 from sequifier.train.run import run_train

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -93,14 +94,24 @@ def test_onnx_export_files_and_metadata(tmp_path):
     assert [(i.name, i.type) for i in session.get_inputs()] == [
         ("a", "tensor(int64)"), ("b", "tensor(int64)"), ("x", "tensor(float)")]
     assert [o.name for o in session.get_outputs()] == [
-        output_name("a"), output_name("x"), "a_positions", "x_positions"]
+        output_name("a"), output_name("x"), "a_positions", "x_positions", "a_query", "a_query_positions",
+        "a_class_vectors", "a_class_bias"]
+    assert props["query_output_names"] == {"a": "a_query"}
+    assert props["query_position_output_names"] == {"a": "a_query_positions"}
+    assert props["class_vector_names"] == {"a": ["a_class_vectors", "a_class_bias"]}
+    # the class vectors are weights of the file: logits = query @ vectors.T + bias
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert weights["a_class_vectors"].shape[0] == weights["a_class_bias"].shape[0] == model.layout.n_classes["a"]
     # .pt and .onnx of one export give the same outputs
     loaded, _, _ = load_pt_model(str(tmp_path / "sequifier-m-last.pt"))
     inputs = make_inputs(batch=4, seed=9)
     with torch.no_grad():
         expected = make_head(loaded, "generative")(*inputs.values())
-    for got, want in zip(onnx_outputs(path, inputs), expected):
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+    got_outputs = onnx_outputs(path, inputs)
+    for got, want in zip(got_outputs, expected):
+        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4, rtol=1e-4)
+    scored = got_outputs[4] @ weights["a_class_vectors"].T + weights["a_class_bias"]
+    np.testing.assert_allclose(scored, got_outputs[0], atol=1e-4, rtol=1e-4)
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path):
