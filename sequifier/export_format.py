@@ -105,3 +105,20 @@ def model_not_found(path: str, field: str = "model_path") -> SequifierError:
         hint = f"no models in {folder}/; run `sequifier train` first"
     what = "is a folder, not a model file" if is_folder else "not found"
     return SequifierError(f"{field}: file '{path}' {what}; {hint}")
+
+
+# protobuf's limit for one message: an ONNX file with its weights inside (external_data
+# off) must stay below it; the graph itself needs a little room too
+ONNX_FILE_LIMIT_BYTES = 2**31 - 1
+ONNX_GRAPH_ROOM_BYTES = 64 * 2**20
+
+
+def onnx_size_problem(n_weights: int) -> str | None:
+    """Why a model of `n_weights` weights cannot be one ONNX file, or None: an export is
+    float32, and weights and graph must fit protobuf's 2 GiB."""
+    size = 4 * n_weights + ONNX_GRAPH_ROOM_BYTES
+    if size <= ONNX_FILE_LIMIT_BYTES:
+        return None
+    return (f"the model has {n_weights:,} weights ({size / 2**30:.2f} GiB as float32), above the 2 GiB that "
+            "one ONNX file can hold; shrink the largest embedding tables (tie_embeddings: true, smaller "
+            "dim_model or feature_embedding_dims) or set export_onnx: false and export_pt: true")

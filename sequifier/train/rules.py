@@ -14,6 +14,8 @@ from sequifier.config.schema import DEVICES, TrainConfig
 from sequifier.data.known_ahead import target_problems as known_ahead_target_problems
 from sequifier.data.rules import read_format_rule
 from sequifier.data.windows import WINDOW_FORMATS
+from sequifier.errors import SequifierError
+from sequifier.export_format import onnx_size_problem
 from sequifier.model.dtypes import DTYPES, LAYER_TYPES
 from sequifier.model.rules import model_column_rules, model_spec_rules
 from sequifier.project import name_problem
@@ -97,6 +99,24 @@ def train_metadata_rules(cfg: TrainConfig, metadata: Metadata, p: Problems) -> N
     p.extend(known_ahead_target_problems(metadata.known_ahead_columns, cfg.target_columns))
     criterion_rules(cfg.training_spec, list(cfg.target_columns), available, p, metadata.n_classes)
     model_column_rules(cfg.model_spec, inputs, list(cfg.target_columns), metadata, p)
+    if cfg.export_onnx and not p.lines:
+        onnx_size_rule(cfg, metadata, p)
+
+
+def onnx_size_rule(cfg: TrainConfig, metadata: Metadata, p: Problems) -> None:
+    """A model too large for one ONNX file is refused before training, not at its export
+    (the limit is the export format's; the weights are counted on the meta device)."""
+    import torch
+
+    from sequifier.model.transformer import build_model
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory for the weights
+            model = build_model(cfg, metadata)
+    except SequifierError:
+        return  # the model's own rules report it
+    n_weights = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    p.problem("export_onnx", onnx_size_problem(n_weights))
 
 
 def class_share_rule(cfg: TrainConfig, p: Problems) -> None:

@@ -110,3 +110,45 @@ def test_sampled_softmax_on_a_real_target_is_refused(root):
     cfg = make_config(root, **{"training_spec.criterion.itemValue": SAMPLED})
     with pytest.raises(SequifierError, match="criterion.itemValue: SampledSoftmax samples classes"):
         validate_train(cfg)
+
+
+def test_a_model_too_large_for_one_onnx_file_is_refused_before_training(root, monkeypatch):
+    from sequifier import export_format
+
+    monkeypatch.setattr(export_format, "ONNX_FILE_LIMIT_BYTES", export_format.ONNX_GRAPH_ROOM_BYTES + 1000)
+    with pytest.raises(SequifierError, match="export_onnx: the model has [0-9,]+ weights .* above the 2 GiB"):
+        validate_train(make_config(root))
+    validate_train(make_config(root, export_onnx=False, export_pt=True))  # .pt has no such limit
+
+
+def test_a_large_item_table_exports_to_onnx_and_ranks_in_chunks(tmp_path, monkeypatch):
+    """100,002 classes x 8 dims: the export's class vectors score the whole catalogue in
+    chunks of rows and give the same top items as the dense logits output."""
+    import numpy as np
+
+    from sequifier.config.schema import ModelSpec
+    from sequifier.export import export_onnx
+    from sequifier.infer.model_runner import OnnxRunner
+    from sequifier.model.transformer import ColumnLayout
+
+    n_classes = 100_002
+    layout = ColumnLayout(["item"], {"item": "categorical"}, {"item": n_classes}, ["item"],
+                          {"item": "categorical"}, 4)
+    torch.manual_seed(0)
+    model = SequifierModel(ModelSpec(dim_model=8, n_head=2, num_layers=1, dim_feedforward=8), layout)
+    path = str(tmp_path / "big.onnx")
+    export_onnx(model, path, "generative", 2, with_dropout=False)
+    inputs = {"item": np.random.default_rng(0).integers(2, n_classes, (5, 4))}
+    dense = OnnxRunner(path, "cpu", 0, queries=False).run(inputs)["item"]
+    runner = OnnxRunner(path, "cpu", 0, queries=True)
+    vectors, bias = runner.class_vectors["item"]
+    assert vectors.shape == (n_classes, 8) and bias.shape == (n_classes,)
+    monkeypatch.setattr(catalog, "SCORE_CHUNK_ELEMENTS", 2 * n_classes)  # 2 rows per pass
+    queries = runner.run(inputs)["item"]
+    assert queries.shape == (5, 8)
+    chunks = list(catalog.logit_chunks(queries, (vectors, bias)))
+    assert [end - start for start, end, _ in chunks] == [2, 2, 1]
+    scored = np.concatenate([logits for _, _, logits in chunks])
+    np.testing.assert_allclose(scored, dense, atol=1e-4)
+    ids, _ = catalog.top_k(scored, 10, [0, 1])
+    assert (ids == np.argsort(-dense[:, 2:], axis=1, kind="stable")[:, :10] + 2).mean() > 0.9
