@@ -4,9 +4,9 @@ Data (per size V, made in bench/out/catalog/ when missing): next-item sequences 
 bench/gen_nextitem.py (Zipf popularity, topics, successors; 1,500 users of 20..700
 items) over a catalogue of V items, plus "catalogue" users of 500 items each that
 together hold every item the simulated users did not reach, so that the data has
-exactly V distinct items. Preprocessed with the template's seq_length (48) and the
-leave-last-out split when this sequifier has it (each user's last item is the test
-target, the one before it validation), else `within_sequence` [0.8, 0.1, 0.1].
+exactly V distinct items. Preprocessed with the template's seq_length (48), the
+leave-last-out split (each user's last item is the test target, the one before it
+validation) and a training-split stride of `--stride` (96; `--compare-stride` 16).
 
 Model: the `sequifier make` template's (dim_model 64, 2 layers, its optimizer,
 schedule and clipping), itemId in and out; criterion `SampledSoftmax` with
@@ -21,12 +21,12 @@ tree, sampled every 50 ms):
   peak memory.
 
 `--compare` instead trains the 10^4-item case with the exact and the sampled loss
-(`--compare-epochs`, default 6) and reports evaluate's NDCG@10 / HR@10 of both (goal:
-the sampled loss loses <= 0.005 NDCG@10). Goals: 10^6 items train and evaluate on 2
+(`--compare-epochs`, default 6) and reports evaluate's NDCG@10 of both, with and
+without seen items (goal: the sampled loss loses <= 0.005 NDCG@10). Goals: 10^6 items train and evaluate on 2
 cores within 6 GiB peak.
 
-usage: python bench/bench_catalog.py [--sizes 10000 100000 1000000] [--cores 2]
-       [--negatives 2048] [--epochs 1] [--exact] [--compare] [--repeat 1]
+usage: python bench/bench_catalog.py [--sizes 10000 100000 1000000] [--negatives 2048]
+       [--epochs 1] [--stride 96] [--exact] [--compare] [--compare-epochs 6] [--repeat 1]
 """
 
 import argparse
@@ -48,11 +48,11 @@ NDCG_GOAL = 0.005
 
 # ---- steps (each in its own process) ---------------------------------------------------
 
-def data_name(items: int) -> str:
-    return f"cat{items}"
+def data_name(items: int, stride: int) -> str:
+    return f"cat{items}-s{stride}"
 
 
-def step_data(items: int) -> None:
+def step_data(items: int, stride: int) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -60,10 +60,9 @@ def step_data(items: int) -> None:
 
     from sequifier.config.schema import PreprocessConfig
     from sequifier.data.preprocess import run_preprocess
-    from sequifier.data.splits import SPLIT_METHODS
 
-    name = data_name(items)
-    path = os.path.join(OUT, f"{name}.parquet")
+    name = data_name(items, stride)
+    path = os.path.join(OUT, f"cat{items}.parquet")
     if not os.path.isfile(path):
         data = generate(n_seq=1500, n_items=items, n_topics=max(60, items // 200), seed=7)
         users, positions, item_ids = data["sequenceId"], data["itemPosition"], data["itemId"]
@@ -80,16 +79,15 @@ def step_data(items: int) -> None:
         os.makedirs(OUT, exist_ok=True)
         pq.write_table(table, path + ".tmp")
         os.replace(path + ".tmp", path)
-    split = ({"split_method": "leave_last_out", "split_ratios": [0.8, 0.1, 0.1]}
-             if "leave_last_out" in SPLIT_METHODS else {"split_ratios": [0.8, 0.1, 0.1]})
+    split = {"split_method": "leave_last_out", "split_ratios": [0.8, 0.1, 0.1]}
     metadata = run_preprocess(PreprocessConfig(
         project_root=OUT, data_path=path, read_format="parquet", write_format="parquet",
-        seq_length=SEQ_LENGTH, n_cores=2, overwrite=True, dataset_name=name, **split))
-    print(json.dumps({"items": int(metadata.n_classes["itemId"]) - 2, "split": split.get("split_method",
-                                                                                       "within_sequence")}))
+        seq_length=SEQ_LENGTH, stride_by_split=[stride, SEQ_LENGTH, SEQ_LENGTH], n_cores=2, overwrite=True,
+        dataset_name=name, **split))
+    print(json.dumps({"items": int(metadata.n_classes["itemId"]) - 2, "split": split["split_method"]}))
 
 
-def step_train(items: int, model_name: str, criterion, epochs: int) -> None:
+def step_train(data: str, model_name: str, criterion, epochs: int) -> None:
     from bench_infer import pin_cores
     from bench_train import template_quality_settings
 
@@ -100,7 +98,7 @@ def step_train(items: int, model_name: str, criterion, epochs: int) -> None:
     model, training = template_quality_settings()
     training["criterion"] = {"itemId": criterion}
     cfg = TrainConfig(
-        project_root=OUT, metadata_config_path=f"configs/metadata_configs/{data_name(items)}.json",
+        project_root=OUT, metadata_config_path=f"configs/metadata_configs/{data}.json",
         model_name=model_name, read_format="parquet", target_columns=["itemId"],
         input_columns=["itemId"], export_generative_model=True, export_embedding_model=False,
         inference_batch_size=256, overwrite=True,
@@ -115,7 +113,7 @@ def step_train(items: int, model_name: str, criterion, epochs: int) -> None:
                       "best": result.best_metrics.get("itemId", {})}))
 
 
-def step_evaluate(items: int, model_name: str) -> None:
+def step_evaluate(data: str, model_name: str, exclude_seen: str = "false") -> None:
     from bench_infer import pin_cores
 
     from sequifier.config.schema import EvaluateConfig
@@ -123,11 +121,9 @@ def step_evaluate(items: int, model_name: str) -> None:
 
     pin_cores(2)
     cfg = EvaluateConfig(project_root=OUT, model_path=f"models/sequifier-{model_name}-best.onnx",
-                         metadata_config_path=f"configs/metadata_configs/{data_name(items)}.json",
-                         inference_batch_size=256, overwrite=True, write_format="parquet")
-    fields = set(EvaluateConfig.__dataclass_fields__)
-    if "ranking_k" in fields:
-        cfg.ranking_k = [10]
+                         metadata_config_path=f"configs/metadata_configs/{data}.json",
+                         inference_batch_size=256, overwrite=True, write_format="parquet",
+                         ranking_k=[10], exclude_seen=exclude_seen == "true")
     paths = run_evaluate(cfg)
     with open(next(p for p in paths if p.endswith("metrics.json"))) as f:
         report = json.load(f)
@@ -154,12 +150,13 @@ def run_sizes(a) -> None:
     criterion = "CrossEntropyLoss" if a.exact else {"name": "SampledSoftmax", "num_negatives": a.negatives}
     rows = []
     for items in a.sizes:
-        _, _, info = child("data", items)
-        name = f"{data_name(items)}-{'exact' if a.exact else 'sampled'}"
+        _, _, info = child("data", items, a.stride)
+        data = data_name(items, a.stride)
+        name = f"{data}-{'exact' if a.exact else 'sampled'}"
         runs = []
         for _ in range(a.repeat):
-            train_wall, train_peak, trained = child("train", items, name, json.dumps(criterion), a.epochs)
-            eval_wall, eval_peak, evaluated = child("evaluate", items, name)
+            train_wall, train_peak, trained = child("train", data, name, json.dumps(criterion), a.epochs)
+            eval_wall, eval_peak, evaluated = child("evaluate", data, name)
             runs.append((statistics.median(trained["samples_per_s"]), train_peak, train_wall,
                          evaluated["items_per_s"], eval_peak, eval_wall, evaluated["count"]))
         med = [statistics.median(r[i] for r in runs) for i in range(7)]
@@ -182,34 +179,34 @@ def run_sizes(a) -> None:
 
 def run_compare(a) -> None:
     items = 10_000
-    child("data", items)
+    child("data", items, a.compare_stride)
+    data = data_name(items, a.compare_stride)
     results = {}
     for label, criterion in (("exact", "CrossEntropyLoss"),
                              ("sampled", {"name": "SampledSoftmax", "num_negatives": a.negatives})):
-        name = f"{data_name(items)}-cmp-{label}"
-        _, _, trained = child("train", items, name, json.dumps(criterion), a.compare_epochs)
-        _, _, evaluated = child("evaluate", items, name)
-        results[label] = evaluated["model"]
+        name = f"{data}-cmp-{label}"
+        _, _, trained = child("train", data, name, json.dumps(criterion), a.compare_epochs)
+        for seen in ("false", "true"):
+            _, _, evaluated = child("evaluate", data, name, seen)
+            results[label, seen] = evaluated["model"]
         print(f"{label}: train {statistics.median(trained['samples_per_s']):.0f} samples/s; evaluate "
-              f"{json.dumps({k: v for k, v in evaluated['model'].items() if '@' in k or k == 'mrr'})}",
-              flush=True)
-    keys = [k for k in results["exact"] if k.startswith("ndcg@10")]
-    if not keys:
-        raise SystemExit("evaluate reports no ndcg@10 here (ranking metrics not in this sequifier)")
-    for key in keys:
-        loss = results["exact"][key] - results["sampled"][key]
-        print(f"{key}: exact {results['exact'][key]:.4f}, sampled {results['sampled'][key]:.4f}, "
-              f"sampled loses {loss:+.4f} (goal <= {NDCG_GOAL}: {'met' if loss <= NDCG_GOAL else 'NOT met'})")
+              f"{json.dumps({k: round(v, 4) for k, v in evaluated['model'].items() if '@' in k or k == 'mrr'})}"
+              " (seen items removed)", flush=True)
+    for seen in ("false", "true"):
+        exact, sampled = results["exact", seen]["ndcg@10"], results["sampled", seen]["ndcg@10"]
+        loss = exact - sampled
+        print(f"ndcg@10 (exclude_seen {seen}): exact {exact:.4f}, sampled {sampled:.4f}, sampled loses "
+              f"{loss:+.4f} (goal <= {NDCG_GOAL}: {'met' if loss <= NDCG_GOAL else 'NOT met'})")
 
 
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--step":
         step, *args = sys.argv[2:]
         if step == "data":
-            return STEPS[step](int(args[0]))
+            return STEPS[step](int(args[0]), int(args[1]))
         if step == "train":
-            return STEPS[step](int(args[0]), args[1], json.loads(args[2]), int(args[3]))
-        return STEPS[step](int(args[0]), args[1])
+            return STEPS[step](args[0], args[1], json.loads(args[2]), int(args[3]))
+        return STEPS[step](*args)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--negatives", type=int, default=2048)
@@ -217,6 +214,8 @@ def main():
     p.add_argument("--exact", action="store_true", help="train with CrossEntropyLoss instead")
     p.add_argument("--compare", action="store_true", help="NDCG@10 of sampled vs exact loss at 10^4 items")
     p.add_argument("--compare-epochs", type=int, default=6)
+    p.add_argument("--stride", type=int, default=96, help="training-split window step")
+    p.add_argument("--compare-stride", type=int, default=16)
     p.add_argument("--repeat", type=int, default=1)
     a = p.parse_args()
     run_compare(a) if a.compare else run_sizes(a)
