@@ -240,8 +240,8 @@ def ranked_categorical_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: 
 def ranked_row_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: int, ranking_k: Sequence[int] = (),
                     seen: torch.Tensor | None = None) -> torch.Tensor:
     """`ranked_categorical_sums` of scored rows already picked out: logits [N, C], target
-    ids [N], `seen` [N, S] each row's context ids (exclude_seen; `ranking.seen_per_slot`
-    picked at the same slots). For rows scored a bounded chunk at a time
+    ids [N], `seen` [N, S] each row's context ids (exclude_seen; `ranking.seen_for_rows`
+    of the same slots). For rows scored a bounded chunk at a time
     (`sequifier.catalog`): the sums of the chunks add up to those of the whole."""
     sums = categorical_sums(logits, targets, top_k)
     if not ranking_k:

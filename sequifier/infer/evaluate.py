@@ -293,7 +293,8 @@ def _evaluate_model(cfg: EvaluateConfig, metadata: Metadata, job: ModelJob, wind
             if info.target_column_types[t] == "categorical":
                 # the scored rows against the whole catalogue, a bounded chunk at a time
                 rows, targets = raw[t][mask], target[picked]
-                context = ranking.seen_per_slot(seen[t][start:end])[picked] if t in seen else None
+                context = (ranking.seen_for_rows(seen[t][start:end], torch.nonzero(picked.reshape(-1)).squeeze(1))
+                           if t in seen else None)
                 vectors = getattr(job.runner, "class_vectors", {}).get(t)
                 for first, last, logits in logit_chunks(rows, vectors):
                     part = None if context is None else context[first:last]

@@ -47,7 +47,8 @@ class ScoredTarget:
         """[N, L] the context ids of each scored slot (exclude_seen), in `row_sums` order."""
         if not (self.exclude_seen and self.ranking_k):
             return None
-        return ranking.seen_per_slot(batch.previous[self.column])[batch.target_mask]
+        rows = torch.nonzero(batch.target_mask.reshape(-1)).squeeze(1)
+        return ranking.seen_for_rows(batch.previous[self.column], rows)
 
     def row_sums(self, logits: torch.Tensor, targets: torch.Tensor,
                  seen: torch.Tensor | None = None) -> torch.Tensor:
