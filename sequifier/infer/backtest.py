@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sequifier.catalog import logit_chunks
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID
 from sequifier.errors import SequifierError
@@ -183,6 +184,9 @@ def forecast(job, metadata: Metadata, series: Series, origin_index: np.ndarray, 
                 out = np.asarray(raw[t])
                 if t in categorical:
                     out = out[:, -1, :] if out.ndim == 3 else out
+                    vectors = getattr(job.runner, "class_vectors", {}).get(t)
+                    if vectors is not None:  # the runner gives query vectors: score them (catalog.py)
+                        out = np.concatenate([logits for _, _, logits in logit_chunks(out, vectors)])
                     shifted = out - out.max(axis=1, keepdims=True)
                     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
                     chosen = out.argmax(axis=1)

@@ -208,10 +208,11 @@ def _onnx_providers(device: str, available: list[str], path: str) -> list:
 
 def load_runner(path: str, device: str, training_config_path: str, model_type: str,
                 metadata, infer_with_dropout: bool, seed: int, every_position: bool = False,
-                queries: bool | None = None):
-    """Open `path` with the runner its extension calls for; `queries`: score categorical
-    targets in chunks (True), from dense logits (False), or in chunks where the export
-    allows it (None; older ONNX exports have no query outputs)."""
+                queries: bool | None = False):
+    """Open `path` with the runner its extension calls for; `queries`: categorical targets
+    as query vectors to score in chunks (True), as dense logits (False, the default), or
+    query vectors where the export has them (None: what infer and evaluate open with;
+    older ONNX exports have no query outputs)."""
     if not os.path.isfile(path):
         raise model_not_found(path)
     ext = os.path.splitext(path)[1].lower()

@@ -43,7 +43,7 @@ def open_model(path: str, metadata: Metadata, *, device: str, training_config_pa
     `check_metadata_matches_model`). `training_config_path` and `model_type` describe a
     `.pt` file that holds weights only."""
     runner = load_runner(path, device, training_config_path, model_type, metadata, infer_with_dropout, seed,
-                         every_position=every_position)
+                         every_position=every_position, queries=None)  # large catalogues: scored in chunks
     return ModelJob(path, os.path.splitext(os.path.basename(path))[0], runner, runner.info)
 
 
