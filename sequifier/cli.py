@@ -58,7 +58,8 @@ def _run_preprocess(cfg):
 def _run_train(cfg):
     from sequifier.train.run import run_train
 
-    return run_train(cfg).best_val_loss
+    # a sweep (Optuna minimises it) optimises what picks the best epoch: select_on
+    return run_train(cfg).objective
 
 
 def _run_infer(cfg):

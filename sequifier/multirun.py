@@ -150,15 +150,19 @@ class SweepSummary(Callback):
         model_name = config.get("model_name")
         if isinstance(model_name, str):
             model_name = tagged_model_name(model_name, sweep_dir, config.hydra.job.num)
+        job_summary = {} if failed else _job_summary(config.get("project_root"), model_name)
         result = {
             "sweep": sweep_number(sweep_dir),
             "job": int(config.hydra.job.num),
             "status": "failed" if failed else "completed",
-            "best_val_loss": None if failed else _number(job_return._return_value),
+            # the objective the job returned is the loss unless select_on names a metric:
+            # the column reads the loss from the job's summary
+            "best_val_loss": None if failed else _number(job_summary.get("best_val_loss",
+                                                                         job_return._return_value)),
             "model_name": model_name,
             "overrides": " ".join(config.hydra.overrides.task),
             "error": str(job_return._return_value).splitlines()[0] if failed else None,
-            "metrics": None if failed else _job_metrics(config.get("project_root"), model_name),
+            "metrics": None if failed else job_summary.get("metrics"),
             # where the job's logs/ are, for `sequifier plot SWEEP_FOLDER`
             "project_root": os.path.abspath(config.project_root) if isinstance(config.get("project_root"), str)
             else None,
@@ -190,14 +194,13 @@ def _plot_sweep(sweep_dir: str, project_root: str) -> None:
         logger.warning("no sweep curves: %s", e)
 
 
-def _job_metrics(project_root: Any, model_name: Any) -> Optional[Dict[str, Dict[str, float]]]:
-    """The best epoch's metrics from the summary the job's training wrote, if any."""
+def _job_summary(project_root: Any, model_name: Any) -> Dict[str, Any]:
+    """The summary the job's training wrote (best epoch's loss and metrics), or {}."""
     from sequifier.train.summary import read_summary, summary_path
 
     if not isinstance(project_root, str) or not isinstance(model_name, str):
-        return None
-    summary = read_summary(summary_path(folder(project_root, LOGS), model_name))
-    return summary.get("metrics") if summary else None
+        return {}
+    return read_summary(summary_path(folder(project_root, LOGS), model_name)) or {}
 
 
 def write_summary(sweep_dir: str) -> Optional[str]:

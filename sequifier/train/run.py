@@ -7,6 +7,7 @@ run's summary (log block + logs/NAME-summary.json).
 """
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,9 @@ class TrainResult:
     resumed_from: str | None = None
     log_path: str | None = None
     history: list[EpochRecord] = field(default_factory=list)
+    # the best epoch's `select_on` score, lower is better (the validation loss, or a
+    # higher-is-better metric negated): a sweep's objective
+    objective: float = math.inf
     # target -> baseline -> metrics on the validation split (sequifier.metrics)
     baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     summary_path: str | None = None  # logs/NAME-summary.json (rank 0 of a run writes it)
@@ -185,7 +189,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             model_name=cfg.model_name, best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
             last_epoch=state.epoch,
             checkpoint_path=trainer.last_checkpoint, resumed_from=resume_path, log_path=logger.path,
-            history=list(state.history), baselines=baselines,
+            history=list(state.history), baselines=baselines, objective=state.best_score,
         )
         # a resumed run that trained nothing leaves its models as they are, unless asked
         nothing_new = (resume is not None and state.epoch == start_epoch and not cfg.overwrite

@@ -239,8 +239,11 @@ def test_select_on_a_ranking_metric_picks_the_best_epoch_and_stops_early(root):
     for epoch in range(1, len(mrr)):
         assert mrr[epoch] > max(mrr[:epoch]) or epoch == len(mrr) - 1
     assert "select_on: mrr" in log_text(result) or len(mrr) == 4
+    # a sweep minimises the selection score: the best MRR negated, not the loss
+    assert result.objective == pytest.approx(-max(mrr))
     # exclude_seen reaches the baselines too: popularity ranks better without the seen items
     plain = run_train(make_config(root, model_name="plain", **{"training_spec.epochs": 1}), export=False)
+    assert plain.objective == plain.best_val_loss
     assert result.baselines["itemId"]["unigram"]["mrr"] > plain.baselines["itemId"]["unigram"]["mrr"]
     assert result.baselines["itemId"]["unigram"]["accuracy"] == plain.baselines["itemId"]["unigram"]["accuracy"]
 
