@@ -4,7 +4,7 @@ seasonal-naive and persistence baselines, interval coverage, and backtest speed.
 Data: bench/gen_demand.py (4 regions, 420 days of half-hours, 80,574 rows with outages,
 missing cells and absent rows; data seed 7), in a `sequifier make` project under
 bench/out/forecast/, preprocessed with the recipe of docs/forecasting.md (seq_length 96,
-split_ratios [0.8, 0.1, 0.1], training stride 4, the known-ahead columns and calendar
+split_ratios [0.8, 0.1, 0.1], training stride 8, the known-ahead columns and calendar
 features when this version has them).
 
 Models, trained per seed with the train template's settings (only the columns, the
@@ -68,9 +68,9 @@ def make_project(known: bool) -> None:
     write_csv(os.path.join(OUT, "data", "demand.csv"), generate(4, 420, 7))
     args = ["preprocess", "data_path=data/demand.csv", "sequence_id_column=region",
             "position_column=timestamp", f"seq_length={SEQ_LENGTH}", "split_ratios=[0.8,0.1,0.1]",
-            "stride_by_split=[4,48,48]", "column_types={is_workday: categorical}"]
+            "stride_by_split=[8,48,48]", "column_types={is_workday: categorical}"]
     if known:
-        args += ["missing_values={demand_gw: interpolate, temperature_c: interpolate, '*': error}",
+        args += ["missing_values={demand_gw: interpolate, temperature_c: interpolate}",
                  "known_ahead_columns=[temperature_c,is_workday]",
                  "time_features=[half_hour,day_of_week]"]
     else:

@@ -245,6 +245,10 @@ class InferConfig:
     # known-ahead columns, in the user's terms) for a forecast with known-ahead inputs; its
     # rows replace those preprocess kept from the table at the same positions.
     future_data_path: Optional[str] = None
+    # Not in the original field list: quantiles of each real target's forecast (e.g.
+    # [0.1, 0.5, 0.9]), from the model's backtest errors on the validation split per
+    # horizon step (sequifier/infer/backtest.py); forecast: true only.
+    output_quantiles: Optional[List[float]] = None
     temperature: Optional[Dict[str, float]] = None
     top_k: Optional[Dict[str, int]] = None
     top_p: Optional[Dict[str, float]] = None

@@ -39,6 +39,7 @@ from sequifier.catalog import logit_chunks
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import PAD_ID
 from sequifier.errors import SequifierError
+from sequifier.infer import forecasting
 from sequifier.infer.baselines import Series, seasonal_index
 from sequifier.infer.values import clamp_unknown_ids
 
@@ -142,24 +143,25 @@ def min_history(period: int | None, horizon: int) -> int:
 
 def forecast(job, metadata: Metadata, series: Series, origin_index: np.ndarray, horizon: int,
              batch_size: int) -> Forecasts:
-    """Autoregressive forecasts of H items from every origin (see the module docstring)."""
+    """Forecasts of H items from every origin by the multi-step engine
+    (`sequifier.infer.forecasting.forecast`): the history before each origin and the
+    known-ahead columns' true values after it."""
     info = job.info
-    length = info.seq_length
-    known = set(getattr(metadata, "known_ahead_columns", None) or [])
-    unforecastable = [c for c in info.input_columns if c not in info.target_columns and c not in known]
+    model = forecasting.ForecastModel.of(info)
+    length = model.seq_length
+    unforecastable = forecasting.unforecastable_inputs(model)
     if unforecastable:
         raise SequifierError(
             f"forecast_horizon: the model's input columns {unforecastable} are neither targets nor "
             "known ahead, so their values after an origin are unknown; train with them as targets "
             "or as known_ahead_columns, or evaluate one step ahead (remove forecast_horizon)")
     start_time = time.perf_counter()
-    offsets = np.arange(-length, horizon)
-    index = origin_index[:, None] + offsets[None, :]
+    index = origin_index[:, None] + np.arange(-length, horizon)[None, :]
     valid = index >= series.start[origin_index][:, None]
     safe = np.where(valid, index, 0)
-    columns = list(dict.fromkeys(info.input_columns + info.target_columns))
+    columns = list(dict.fromkeys(list(model.input_columns) + list(model.target_columns)))
     windows = {}
-    for c in columns:
+    for c in columns:  # left-padded like a window at a sequence's start
         values = series.values[c][safe]
         if metadata.column_types[c] == "categorical":
             values = clamp_unknown_ids(c, np.where(valid, values, PAD_ID).astype(np.int64),
@@ -167,35 +169,31 @@ def forecast(job, metadata: Metadata, series: Series, origin_index: np.ndarray, 
         else:
             values = np.where(valid, values, 0.0).astype(np.float32)
         windows[c] = values
-    categorical = [t for t in info.target_columns if info.target_column_types[t] == "categorical"]
-    truth = {t: windows[t][:, length:].copy() for t in categorical}
-    predictions = {t: np.empty((len(origin_index), horizon), dtype=windows[t].dtype)
-                   for t in info.target_columns}
+    categorical = [t for t in model.target_columns if model.target_column_types[t] == "categorical"]
     log_prob = {t: np.empty((len(origin_index), horizon), dtype=np.float64) for t in categorical}
-    for begin in range(0, len(origin_index), batch_size):
-        end = min(begin + batch_size, len(origin_index))
-        window = {c: v[begin:end] for c, v in windows.items()}
-        for step in range(horizon):
-            # known-ahead columns: the model at slot j sees their value of slot j + 1
-            batch = {c: np.ascontiguousarray(window[c][:, step + (c in known):step + (c in known) + length])
-                     for c in info.input_columns}
-            raw = job.runner.run(batch)
-            for t in info.target_columns:
-                out = np.asarray(raw[t])
-                if t in categorical:
-                    out = out[:, -1, :] if out.ndim == 3 else out
-                    vectors = getattr(job.runner, "class_vectors", {}).get(t)
-                    if vectors is not None:  # the runner gives query vectors: score them (catalog.py)
-                        out = np.concatenate([logits for _, _, logits in logit_chunks(out, vectors)])
-                    shifted = out - out.max(axis=1, keepdims=True)
-                    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-                    chosen = out.argmax(axis=1)
-                    log_prob[t][begin:end, step] = logp[np.arange(end - begin), truth[t][begin:end, step]]
-                else:
-                    chosen = (out[:, -1] if out.ndim == 2 else out.reshape(-1)).astype(np.float32)
-                predictions[t][begin:end, step] = chosen
-                if t in window:  # the forecast replaces the truth as the next step's input
-                    window[t][:, length + step] = chosen
+
+    def run(inputs):  # evaluate's runners give every position ([b, L, ...]): the engine wants the last
+        out = {}
+        for k, v in job.runner.run(inputs).items():
+            v = np.asarray(v)
+            v = v[:, -1] if v.ndim == (3 if k in categorical else 2) else v
+            vectors = getattr(job.runner, "class_vectors", {}).get(k) if k in categorical else None
+            if vectors is not None:  # the runner gives query vectors: score them (catalog.py)
+                v = np.concatenate([logits for _, _, logits in logit_chunks(v, vectors)])
+            out[k] = v
+        return out
+
+    def on_step(begin, end, step, raw):  # the model's log-probability of each truth
+        for t in categorical:
+            logits = raw[t] - raw[t].max(axis=1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            truth = windows[t][begin:end, length + step]
+            log_prob[t][begin:end, step] = logp[np.arange(end - begin), truth]
+
+    predictions = forecasting.forecast(
+        run, model, {c: windows[c][:, :length] for c in model.input_columns},
+        {c: windows[c][:, length:] for c in model.known_ahead_columns if c in model.input_columns},
+        horizon, on_step=on_step if categorical else None, batch_size=batch_size)
     return Forecasts(origin_index, index[:, length:], predictions, log_prob,
                      time.perf_counter() - start_time)
 

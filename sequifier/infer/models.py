@@ -28,6 +28,8 @@ class ModelJob:
     output_paths: list[str] = field(default_factory=list)
     # forecast: the known-ahead inputs' values at the forecast positions, [N, H] each
     future_known: dict = field(default_factory=dict)
+    # output_quantiles: per real target [Q, H] offsets added to the forecast (infer/backtest.py)
+    interval_offsets: dict = field(default_factory=dict)
 
 
 def model_paths(model_path) -> list[str]:

@@ -85,6 +85,13 @@ def option_rules(cfg: InferConfig, p: Problems) -> None:
               "future_data_path")
     p.extend(horizon_problems(cfg.forecast_horizon, cfg.forecast, cfg.autoregression,
                               cfg.autoregression_extra_steps))
+    if cfg.output_quantiles is not None:
+        from sequifier.infer.backtest import quantile_problems
+
+        if not cfg.forecast:
+            p.add("output_quantiles", "intervals are of forecasts; set forecast: true (with "
+                  "forecast_horizon) or remove output_quantiles")
+        p.extend(quantile_problems(cfg.output_quantiles))
     sampled = list(cfg.sample_from_distribution_columns or [])
     p.extend(sampling_problems(sampled, {name: getattr(cfg, name) for name in SAMPLING_FIELDS}))
     p.extend(recommend.option_problems(cfg))

@@ -89,6 +89,8 @@ def run_infer(cfg: InferConfig) -> list[str]:
         for windows in windows_by_columns.values():
             check_forecast_input(data_path, windows, cfg.seq_length)
         _gather_future_values(cfg, metadata, jobs, windows_by_columns)
+    if cfg.output_quantiles is not None:
+        _calibrate_intervals(cfg, metadata, jobs)
     written: list[str] = []
     for job in jobs:
         tables = _infer_model(cfg, metadata, job, windows_by_columns[tuple(job.info.input_columns)])
@@ -97,6 +99,34 @@ def run_infer(cfg: InferConfig) -> list[str]:
             logger.info(f"wrote {path}")
             written.append(path)
     return written
+
+
+def _calibrate_intervals(cfg: InferConfig, metadata: Metadata, jobs: list[ModelJob]) -> None:
+    """Each model's interval offsets for `output_quantiles`: the quantiles of its forecast
+    errors per horizon step in a backtest of the validation split (infer/backtest.py)."""
+    from sequifier.infer import backtest
+    from sequifier.infer.baselines import series_from_windows
+
+    for job in jobs:
+        types = job.info.target_column_types
+        if "real" not in types.values():
+            raise SequifierError(
+                f"output_quantiles: the model '{job.name}' has only categorical targets "
+                f"({', '.join(types)}); quantiles are intervals of real targets (use "
+                "output_probabilities for a categorical forecast); remove output_quantiles")
+    if len(metadata.split_paths) < 2:
+        raise SequifierError(
+            "output_quantiles: the metadata records no validation split (split 1) to measure the "
+            "forecast errors on; preprocess with split_ratios of at least two splits")
+    root, horizon = cfg.project_root, prediction_steps(cfg)
+    for job in jobs:
+        columns = list(dict.fromkeys(job.info.input_columns + job.info.target_columns))
+        history, split = (read_model_windows(cfg.read_format, metadata, resolve_path(root, p), columns,
+                                             cfg.seq_length, cfg.metadata_config_path)
+                          for p in metadata.split_paths[:2])
+        job.interval_offsets = backtest.calibration_offsets(
+            job, metadata, series_from_windows(split, columns, history), horizon,
+            list(cfg.output_quantiles), cfg.inference_batch_size)
 
 
 def _gather_future_values(cfg: InferConfig, metadata: Metadata, jobs: list[ModelJob],
@@ -219,7 +249,8 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         probabilities = {c: p.reshape(-1, p.shape[2]) for c, p in probabilities.items()}
         top = {c: tuple(a.reshape(-1, a.shape[2]) for a in pair) for c, pair in top.items()}
     tables = {project.prediction_path(root, job.name, fmt):
-              prediction_table(metadata, info, keys, predictions, cfg.map_to_id)}
+              prediction_table(metadata, info, keys, predictions, cfg.map_to_id,
+                               _quantile_columns(cfg, metadata, job, predictions))}
     for column, probs in probabilities.items():
         tables[project.probability_path(root, job.name, column, fmt)] = probability_table(
             metadata, column, keys, probs, cfg.map_to_id)
@@ -228,3 +259,18 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
             keys, column, ids, probs, lambda v, c=column: to_user_values(metadata, info, c, v, cfg.map_to_id),
             cfg.top_k_format)
     return tables
+
+
+def _quantile_columns(cfg: InferConfig, metadata: Metadata, job: ModelJob,
+                      predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`TARGET_qQ` columns: each forecast plus its step's calibrated offset, in user units."""
+    columns = {}
+    if not job.interval_offsets:
+        return columns
+    steps = prediction_steps(cfg)
+    for target, offsets in job.interval_offsets.items():
+        forecast = predictions[target].reshape(-1, steps)
+        for q, offset in zip(cfg.output_quantiles, offsets):
+            values = (forecast + offset[None, :]).reshape(-1)
+            columns[f"{target}_q{q:g}"] = to_user_values(metadata, job.info, target, values, cfg.map_to_id)
+    return columns

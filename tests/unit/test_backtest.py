@@ -256,3 +256,139 @@ def test_calibration_offsets_are_the_error_quantiles_of_the_validation_backtest(
     found = backtest.forecast(job, metadata, calibration, backtest.origins(calibration, 2, 1, 1), 2, 3)
     errors = calibration.values["value"][found.index] - found.values["value"]
     np.testing.assert_allclose(offsets["value"][1], np.median(errors, axis=0), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def known_ahead_project(tmp_path_factory):
+    """Half-hourly demand of two text-id regions with a temperature known ahead and
+    calendar features, a model over them (untrained: consistency, not skill)."""
+    import pandas as pd
+    import torch
+    from helpers.preprocess_data import config, write_input
+
+    from sequifier.config.schema import ModelSpec, TrainConfig, TrainingSpec
+    from sequifier.data.preprocess import run_preprocess
+    from sequifier.export import export_onnx
+    from sequifier.model.transformer import build_model
+
+    root = tmp_path_factory.mktemp("backtest_known")
+    rng = np.random.default_rng(1)
+    parts = []
+    for region in ("nord", "süd"):
+        t = pd.date_range("2024-05-01", periods=4 * 48, freq="30min")
+        parts.append(pd.DataFrame({"ts": t, "region": region,
+                                   "demand": (20 + 3 * np.sin(np.arange(len(t)) / 7.6)
+                                              + rng.normal(0, 0.2, len(t))).round(3),
+                                   "temperature": (10 + rng.normal(0, 2, len(t))).round(2)}))
+    path = write_input(pd.concat(parts), os.path.join(str(root), "data", "d.csv"))
+    run_preprocess(config(root, path, seq_length=8, stride_by_split=[3, 4, 4], sequence_id_column="region",
+                          position_column="ts", known_ahead_columns=["temperature"],
+                          time_features=["half_hour"], overwrite=True))
+    metadata = read_metadata(os.path.join(str(root), "configs/metadata_configs/d.json"))
+    columns = ["demand", "temperature", "half_hour"]
+    cfg = TrainConfig(project_root=str(root), metadata_config_path="configs/metadata_configs/d.json",
+                      model_name="k", target_columns=["demand"], input_columns=columns,
+                      export_generative_model=True, export_embedding_model=False, inference_batch_size=2,
+                      model_spec=ModelSpec(dim_model=16, n_head=2, num_layers=1, dim_feedforward=16),
+                      training_spec=TrainingSpec(device="cpu", epochs=1, batch_size=4, learning_rate=1e-3,
+                                                 criterion={"demand": "MSELoss"}, save_interval_epochs=1))
+    torch.manual_seed(0)
+    model = build_model(cfg, metadata)
+    os.makedirs(os.path.join(str(root), "models"), exist_ok=True)
+    onnx = os.path.join(str(root), "models", "k.onnx")
+    export_onnx(model, onnx, "generative", 2, with_dropout=False)
+    return root, metadata, onnx, columns
+
+
+def test_a_known_ahead_backtest_steps_first_as_one_step_evaluation_and_detects_a_day(known_ahead_project):
+    import pandas as pd
+
+    root, metadata, onnx, columns = known_ahead_project
+    meta_path = "configs/metadata_configs/d.json"
+    cfg = EvaluateConfig(project_root=str(root), model_path=onnx, metadata_config_path=meta_path,
+                         inference_batch_size=5, overwrite=True, forecast_horizon=3)
+    written = run_evaluate(cfg)
+    bt = json.loads(open(written[0]).read())["backtest"]
+    assert bt["seasonal_period"] == 48 and "one day" in bt["seasonal_period_source"]
+    assert set(bt["targets"]["demand"]["baselines"]) == {"persistence", "seasonal_naive", "training_mean"}
+    # step 1 of every origin is the one-step prediction of the origin's item, which
+    # evaluate's every-position pass makes with the same known-ahead inputs
+    from sequifier.infer.model_runner import load_runner
+    from sequifier.infer.models import ModelJob
+
+    runner = load_runner(onnx, "cpu", "", "generative", metadata, False, 0, every_position=True)
+    job = ModelJob(onnx, "k", runner, runner.info)
+    test, before = (read_input("parquet", metadata, str(root / p), columns, 8, meta_path)
+                    for p in metadata.split_paths[2:0:-1])
+    series = series_from_windows(test, columns, before)
+    found = backtest.origins(series, 3, 1, backtest.min_history(48, 3))
+    assert len(found) == bt["origins"] > 0
+    forecasts = backtest.forecast(job, metadata, series, found, 3, 4)
+    one_step = pd.read_csv(root / "outputs/evaluation/k-split2-predictions.csv")
+    stats = metadata.selected_columns_statistics["demand"]
+    first = forecasts.values["demand"][:, 0] * stats["std"] + stats["mean"]
+    from sequifier.data.read_table import positions_to_user
+    times = positions_to_user(series.position[found], metadata.position_type).to_pylist()
+    keyed = dict(zip(zip(one_step["region"], pd.to_datetime(one_step["ts"])), one_step["demand"]))
+    names = np.array(metadata.sequence_ids)[series.sequence[found]]
+    # evaluate predicts a window's last slot from a whole window of context, as the backtest does
+    from sequifier.data.windows import first_predicted_slot
+    full = first_predicted_slot(test) <= 8
+    last_slot = set(zip(test.sequence_id[full], test.item_position[full, 8]))
+    whole = np.array([(s, p) in last_slot for s, p in zip(series.sequence[found], series.position[found])])
+    assert whole.sum() >= 8
+    expected = np.array([keyed[(n, pd.Timestamp(t))] for n, t in zip(names[whole], np.array(times)[whole])])
+    np.testing.assert_allclose(first[whole], expected, atol=1e-4)
+
+
+def test_infer_writes_forecast_quantiles_from_the_validation_backtest(known_ahead_project):
+    import pandas as pd
+
+    from sequifier.config.schema import InferConfig
+    from sequifier.infer import run_infer
+    from sequifier.infer.model_runner import load_runner
+    from sequifier.infer.models import ModelJob
+
+    root, metadata, onnx, columns = known_ahead_project
+    meta_path = "configs/metadata_configs/d.json"
+    # future rows: the known-ahead temperature of the 3 positions after each region's end
+    last = pd.read_csv(root / "data" / "d.csv").groupby("region")["ts"].max()
+    future = pd.DataFrame([{"region": r, "ts": pd.Timestamp(t) + pd.Timedelta(minutes=30 * k), "temperature": 9.5}
+                           for r, t in last.items() for k in (1, 2, 3)])
+    future.to_csv(root / "data" / "future.csv", index=False)
+    cfg = InferConfig(project_root=str(root), model_path=onnx, metadata_config_path=meta_path,
+                      model_type="generative", inference_batch_size=4, forecast=True, forecast_horizon=3,
+                      output_quantiles=[0.1, 0.5, 0.9], overwrite=True, future_data_path="data/future.csv")
+    table = pd.read_csv(run_infer(cfg)[0])
+    assert list(table.columns) == ["region", "ts", "demand", "demand_q0.1", "demand_q0.5", "demand_q0.9"]
+    assert len(table) == 6 and (table["demand_q0.1"] <= table["demand_q0.9"]).all()
+    # the offsets are those of the validation backtest, per horizon step
+    runner = load_runner(onnx, "cpu", "", "generative", metadata, False, 0)
+    job = ModelJob(onnx, "k", runner, runner.info)
+    history, split = (read_input("parquet", metadata, str(root / p), columns, 8, meta_path)
+                      for p in metadata.split_paths[:2])
+    offsets = backtest.calibration_offsets(job, metadata, series_from_windows(split, columns, history), 3,
+                                           [0.1, 0.5, 0.9], 4)["demand"]
+    std = metadata.selected_columns_statistics["demand"]["std"]
+    step = np.tile(np.arange(3), 2)
+    np.testing.assert_allclose(table["demand_q0.9"] - table["demand"], offsets[2][step] * std, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, line", [
+    ({"output_quantiles": [0.1, 1.5]}, "output_quantiles: [1.5] outside (0, 1)"),
+    ({"output_quantiles": [0.5], "forecast": False, "forecast_horizon": None},
+     "output_quantiles: intervals are of forecasts; set forecast: true"),
+])
+def test_bad_infer_quantiles_are_one_line(known_ahead_project, overrides, line):
+    from sequifier.config.schema import InferConfig
+    from sequifier.infer import run_infer
+
+    root, _, onnx, _ = known_ahead_project
+    cfg = InferConfig(project_root=str(root), model_path=onnx, metadata_config_path="configs/metadata_configs/d.json",
+                      model_type="generative", inference_batch_size=4, forecast=True, forecast_horizon=3,
+                      overwrite=True)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    with pytest.raises(SequifierError) as error:
+        run_infer(cfg)
+    assert line in str(error.value) and len(str(error.value).splitlines()) == 1
