@@ -104,32 +104,27 @@ def generate(n_regions=4, days=420, seed=7):
 
 
 def _ar1(rng, n, phi, sd):
-    """An AR(1) series of stationary standard deviation `sd` (vectorised in blocks)."""
+    """An AR(1) series of stationary standard deviation `sd`."""
     shocks = rng.normal(0.0, sd * np.sqrt(1 - phi ** 2), n)
-    out = np.empty(n)
-    # the recursion x_t = phi x_{t-1} + e_t as a scaled cumulative sum, in blocks that
-    # keep phi**-k within float range
-    value, block = rng.normal(0.0, sd), 2000
-    for start in range(0, n, block):
-        e = shocks[start:start + block]
-        k = np.arange(len(e))
-        powers = phi ** k
-        out[start:start + len(e)] = powers * (value * phi + np.cumsum(e / powers))
-        value = out[start + len(e) - 1]
-    return out
+    return _recursion(shocks, phi, rng.normal(0.0, sd))
 
 
 def _smooth(values, halflife):
-    """Exponential smoothing with this half-life in steps (the same block recursion)."""
+    """Exponential smoothing with this half-life in steps."""
     phi = 0.5 ** (1 / halflife)
-    out = np.empty(len(values))
-    value, block = values[0], 2000
-    for start in range(0, len(values), block):
-        x = (1 - phi) * values[start:start + block]
-        k = np.arange(len(x))
-        powers = phi ** k
-        out[start:start + len(x)] = powers * (value * phi + np.cumsum(x / powers))
-        value = out[start + len(x) - 1]
+    return _recursion((1 - phi) * values, phi, values[0])
+
+
+def _recursion(x, phi, initial):
+    """y_t = phi y_{t-1} + x_t from y_{-1} = initial, vectorised as a scaled cumulative
+    sum in blocks that keep phi**-k within float range."""
+    out = np.empty(len(x))
+    value, block = initial, 2000
+    for start in range(0, len(x), block):
+        chunk = x[start:start + block]
+        powers = phi ** np.arange(len(chunk))
+        out[start:start + len(chunk)] = powers * (value * phi + np.cumsum(chunk / powers))
+        value = out[start + len(chunk) - 1]
     return out
 
 
