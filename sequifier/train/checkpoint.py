@@ -81,7 +81,22 @@ def set_rng_states(states: dict[str, Any]) -> None:
     p = states["python"]
     random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        restore_cuda_rng_states(states["cuda"], torch.cuda.device_count())
+
+
+def restore_cuda_rng_states(saved: list, device_count: int, set_state=None) -> int:
+    """Give GPU i the state saved for GPU i, for the GPUs both machines have; the number set.
+
+    A checkpoint written where more GPUs were visible holds more states than this machine
+    has GPUs (torch's set_rng_state_all would fail on the first missing one); with fewer,
+    the extra GPUs keep their seeded state. Each process trains on one GPU, so only
+    GPUs 0..n-1 of the same numbering matter.
+    """
+    set_state = set_state or torch.cuda.set_rng_state
+    n = min(len(saved), device_count)
+    for index in range(n):
+        set_state(saved[index], index)
+    return n
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:

@@ -124,14 +124,39 @@ def check_supported(spec: TrainingSpec) -> None:
     world_size = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else spec.world_size
     if world_size < 1:
         raise SequifierError(f"training_spec.world_size must be >= 1, got {world_size}")
-    if spec.device.startswith("cuda") and world_size > torch.cuda.device_count():
+    device_problem = distributed_device_problem(spec.device)
+    if device_problem:
+        raise SequifierError(device_problem)
+    local = processes_on_this_node(spec.world_size)
+    if spec.device.startswith("cuda") and local > torch.cuda.device_count():
         raise SequifierError(
-            f"training_spec.world_size: {world_size} processes need {world_size} CUDA devices, "
-            f"{torch.cuda.device_count()} found; lower world_size or use device: cpu with gloo")
+            f"training_spec.world_size: {local} processes on this machine need {local} CUDA devices, "
+            f"{torch.cuda.device_count()} found; lower world_size (or torchrun's --nproc-per-node) "
+            "or use device: cpu with gloo")
+
+
+def distributed_device_problem(device: str) -> str | None:
+    """A distributed run drives one GPU per process (cuda:LOCAL_RANK), so a device that
+    names one GPU would put every rank on it."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index:
+        return (f"training_spec.device: '{device}' names one GPU, but a distributed run uses one GPU "
+                "per process; set device: cuda (rank r uses cuda:LOCAL_RANK), and choose the GPUs "
+                "with CUDA_VISIBLE_DEVICES")
+    return None
+
+
+def processes_on_this_node(world_size: int) -> int:
+    """The ranks that share this machine's GPUs: torchrun's LOCAL_WORLD_SIZE (its
+    WORLD_SIZE counts every node), or all `world_size` ranks that `launch` spawns here."""
+    if launched_by_torchrun():
+        return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    return world_size
 
 
 def rank_device(device: str) -> str:
-    """Each rank drives its own GPU: `cuda` means cuda:LOCAL_RANK under DDP."""
+    """Each rank drives its own GPU: `cuda` means cuda:LOCAL_RANK under DDP (a device
+    naming one GPU is refused for distributed runs by `check_supported`)."""
     if _context.enabled and device == "cuda":
         return f"cuda:{_context.local_rank}"
     return device

@@ -20,6 +20,7 @@ from sequifier.model.dtypes import DTYPES, LAYER_TYPES
 from sequifier.model.rules import model_column_rules, model_spec_rules
 from sequifier.project import name_problem
 from sequifier.train import distributed, schedulers
+from sequifier.train.device import precision_problems
 from sequifier.train.loop import select_on_problems
 from sequifier.train.losses import criterion_rules, loss_rules
 from sequifier.train.optimizers import optimizer_rules
@@ -62,6 +63,7 @@ def training_spec_rules(cfg: TrainConfig, p: Problems) -> None:
     for layer, dtype in (t.layer_type_dtypes or {}).items():
         p.one_of(layer, LAYER_TYPES, f"training_spec.layer_type_dtypes.{layer}")
         p.one_of(dtype, list(DTYPES), f"training_spec.layer_type_dtypes.{layer}")
+    p.extend(precision_problems(t.device, t.layer_type_dtypes))
 
 
 def resolve(cfg: TrainConfig, metadata: Metadata) -> None:

@@ -32,9 +32,11 @@ from sequifier.train.checkpoint import (
 from sequifier.train.data import check_rank_division, make_batch_sources
 from sequifier.train.device import (
     autocast_dtype,
+    configure_matmul,
     determinism,
     resolve_device,
     seed_everything,
+    uses_grad_scaler,
 )
 from sequifier.train.logs import TrainLogger, baseline_lines
 from sequifier.train.loop import EpochRecord, Trainer, TrainState
@@ -140,7 +142,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     total_steps = total_scheduler_steps(spec.epochs, len(train_batches), spec.scheduler_step_on)
     scheduler = build_scheduler(optimizer, spec.scheduler, spec.scheduler_step_on, total_steps)
     amp_dtype = autocast_dtype(device, spec.layer_autocast, spec.layer_type_dtypes)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 and device.type == "cuda" else None
+    scaler = torch.amp.GradScaler(device.type) if uses_grad_scaler(device, amp_dtype) else None
+    matmul_precision = configure_matmul(device, spec.enforce_determinism)
 
     state = TrainState()
     resume_path = resume.path if resume is not None else None
@@ -165,6 +168,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             f"training {cfg.model_name}: {n_params:,} parameters{tied}, {train_batches.n_samples} training "
             f"and {val_batches.n_samples} validation windows, device {device}"
             + (f", autocast {amp_dtype}" if amp_dtype else "")
+            + (", loss scaling" if scaler is not None else "")
+            + (f", float32 matmul precision {matmul_precision}" if device.type == "cuda" else "")
         )
         logger.info(describe_decay(model, optimizer, spec.weight_decay_on))
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):

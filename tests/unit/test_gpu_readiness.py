@@ -1,0 +1,114 @@
+"""GPU-facing decisions as plain functions, checked on a CPU machine (issue 23).
+
+Nothing here needs a GPU: each test feeds the function the values a GPU machine would
+(device names, torchrun's environment, saved RNG states, available providers)."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from sequifier.config.schema import TrainingSpec
+from sequifier.errors import SequifierError
+from sequifier.train import distributed
+from sequifier.train.checkpoint import restore_cuda_rng_states
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(**kw) -> TrainingSpec:
+    base = dict(device="cpu", epochs=1, batch_size=4, learning_rate=0.1, criterion={},
+                save_interval_epochs=1, distributed=True, world_size=2, backend="gloo")
+    base.update(kw)
+    return TrainingSpec(**base)
+
+
+# ---- device of each rank ---------------------------------------------------------------
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda:1"])
+def test_a_device_naming_one_gpu_is_refused_for_distributed_runs(device):
+    problem = distributed.distributed_device_problem(device)
+    assert problem.startswith(f"training_spec.device: '{device}' names one GPU") and "set device: cuda" in problem
+    with pytest.raises(SequifierError, match="names one GPU"):
+        distributed.check_supported(spec(device=device))
+    assert distributed.distributed_device_problem("cuda") is None
+    assert distributed.distributed_device_problem("cpu") is None
+    distributed.check_supported(spec(device=device, distributed=False))  # one process: its GPU
+
+
+def test_the_gpu_count_is_compared_with_the_ranks_of_this_node(monkeypatch):
+    assert distributed.processes_on_this_node(3) == 3  # launch spawns all ranks here
+    for k, v in dict(RANK="5", WORLD_SIZE="16", LOCAL_RANK="1", LOCAL_WORLD_SIZE="8").items():
+        monkeypatch.setenv(k, v)
+    assert distributed.processes_on_this_node(3) == 8  # 2 nodes x 8 GPUs: 8 here, not 16
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    distributed.check_supported(spec(device="cuda", backend="gloo"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "9")
+    with pytest.raises(SequifierError, match="9 processes on this machine need 9 CUDA devices, 8 found"):
+        distributed.check_supported(spec(device="cuda", backend="gloo"))
+
+
+# ---- checkpoints -----------------------------------------------------------------------
+
+def test_cuda_rng_states_from_a_machine_with_more_gpus_restore_the_ones_present():
+    saved = [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]
+    restored = {}
+    assert restore_cuda_rng_states(saved, 2, lambda state, i: restored.__setitem__(i, state)) == 2
+    assert sorted(restored) == [0, 1] and all(int(restored[i][0]) == i for i in restored)
+    restored.clear()
+    assert restore_cuda_rng_states(saved[:1], 4, lambda state, i: restored.__setitem__(i, state)) == 1
+    assert sorted(restored) == [0]
+
+
+# ---- packaging -------------------------------------------------------------------------
+
+def test_the_torch_range_admits_only_versions_with_fully_shard_and_the_norm_helpers():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(Requirement(d) for d in deps if Requirement(d).name == "torch")
+    assert not torch_req.specifier.contains("2.5.1")  # no fully_shard export, no get_total_norm
+    assert torch_req.specifier.contains("2.6.0")
+    # the pinned wheel of the set-up satisfies it, so pip never fetches another torch
+    pin = re.search(r"TORCH_PIN \?= torch==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)
+    assert torch_req.specifier.contains(pin)
+    assert torch_req.specifier.contains(Version(torch.__version__.split("+")[0]))
+    from torch.distributed.fsdp import fully_shard  # noqa: F401
+    assert hasattr(torch.nn.utils, "get_total_norm") and hasattr(torch.nn.utils, "clip_grads_with_norm_")
+
+
+# ---- mixed precision -------------------------------------------------------------------
+
+def test_cuda_autocast_follows_the_layers_dtype_and_native_bf16():
+    from sequifier.train.device import autocast_dtype, uses_grad_scaler
+
+    cuda = torch.device("cuda")
+    # a GPU with emulated bf16 only (V100, T4): float16 with loss scaling
+    assert autocast_dtype(cuda, True, None, bf16_native=False) == torch.float16
+    assert uses_grad_scaler(cuda, torch.float16)
+    assert autocast_dtype(cuda, True, None, bf16_native=True) == torch.bfloat16
+    assert not uses_grad_scaler(cuda, torch.bfloat16)
+    # layers stored in bfloat16: autocast to their dtype, not to float16 beside them
+    assert autocast_dtype(cuda, True, {"linear": "bfloat16", "norm": "float32"},
+                          bf16_native=False) == torch.bfloat16
+    assert autocast_dtype(cuda, False, {"linear": "bfloat16"}) is None
+    # the CPU keeps its behaviour: no autocast of a float32 model, no scaler
+    assert autocast_dtype(torch.device("cpu"), True, {"linear": "float16"}) == torch.float16
+    assert not uses_grad_scaler(torch.device("cpu"), torch.float16)
+
+
+def test_the_bf16_check_does_not_count_emulation(monkeypatch):
+    from sequifier.train.device import native_bf16
+
+    seen = {}
+
+    def supported(including_emulation=True):
+        seen["including_emulation"] = including_emulation
+        return including_emulation  # a T4: bf16 only by emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert native_bf16(torch.device("cuda")) is False and seen == {"including_emulation": False}
+    assert native_bf16(torch.device("cpu")) is False
+
