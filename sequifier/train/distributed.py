@@ -335,30 +335,86 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
 
 # ---- what the loop calls ---------------------------------------------------------------
 
-def wrap_model(model: torch.nn.Module, spec: TrainingSpec) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, spec: TrainingSpec,
+               device: torch.device | None = None) -> torch.nn.Module:
     """The module to run forward/backward through: DDP-wrapped, or (fsdp) `model` itself
-    sharded in place. Build the optimizer after this: FSDP replaces the parameters."""
+    sharded in place. Build the optimizer after this: FSDP replaces the parameters.
+
+    `device` is where the model and the batches are (default: cpu); FSDP's mesh is built
+    for it, so on a GPU machine a `device: cpu` run keeps its shards on the CPU (FSDP's
+    own default is the machine's accelerator)."""
     if not _context.enabled:
         return model
+    device = device or torch.device("cpu")
     if spec.data_parallelism == "fsdp":
         import warnings
 
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
 
         # The loop never changes model outputs in place, which is what this warns about.
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        mesh = init_device_mesh(device.type, (_context.world_size,))
         # One unit per repeated block (the children of every ModuleList), then the rest:
         # only one block's full weights exist at a time in forward and backward.
         for module in list(model.modules()):
             if isinstance(module, torch.nn.ModuleList):
                 for block in module:
-                    fully_shard(block)
-        fully_shard(model)
+                    shard_by_dtype(block, mesh)
+        shard_by_dtype(model, mesh, root=True)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [_context.local_rank] if _context.backend == "nccl" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    device_ids = [device.index if device.index is not None else _context.local_rank] \
+        if device.type == "cuda" else None
+    # The model's only buffers are the RoPE tables: constants every rank computes alike
+    # (non-persistent, rebuilt from rope_theta). Broadcasting them from rank 0 before
+    # every forward (DDP's default) would only cost a collective per step.
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def dtype_groups(module: torch.nn.Module) -> dict[torch.dtype, list[torch.nn.Module]]:
+    """The modules owning `module`'s not yet sharded parameters, by parameter dtype.
+
+    FSDP2 needs one dtype per communication group, and `layer_type_dtypes` can mix them
+    in one block (bfloat16 linears beside float32 norms)."""
+    from torch.distributed.tensor import DTensor
+
+    def own(m: torch.nn.Module) -> list[torch.nn.Parameter]:  # sharded ones are DTensors
+        return [p for p in m.parameters(recurse=False) if p.requires_grad and not isinstance(p, DTensor)]
+
+    groups: dict[torch.dtype, list[torch.nn.Module]] = {}
+    for m in module.modules():
+        dtypes = {p.dtype for p in own(m)}
+        if len(dtypes) > 1:
+            raise SequifierError(
+                f"training_spec.layer_type_dtypes: {type(m).__name__} holds parameters of several "
+                f"dtypes ({', '.join(sorted(map(str, dtypes)))}), which FSDP cannot shard; use "
+                "data_parallelism: ddp")
+        if dtypes:
+            groups.setdefault(dtypes.pop(), []).append(m)
+    return groups
+
+
+def shard_by_dtype(module: torch.nn.Module, mesh, root: bool = False) -> None:
+    """`fully_shard` `module` as one unit; with parameters of several dtypes, those of
+    every dtype but one first become units of their own (one all-gather per dtype).
+
+    The root keeps the output heads' dtype in its own group, and its other units stay
+    gathered after forward as the root's group does: the loop reads the heads' class
+    vectors (and a tied embedding table) outside the forward pass, in validation and for
+    sampled softmax, where a resharded parameter would still be a shard."""
+    from torch.distributed.fsdp import fully_shard
+
+    groups = dtype_groups(module)
+    if len(groups) > 1:
+        heads = getattr(module, "heads", None) if root else None
+        head_dtypes = {p.dtype for p in heads.parameters()} if heads is not None else set()
+        keep = next(iter(head_dtypes)) if len(head_dtypes) == 1 and next(iter(head_dtypes)) in groups \
+            else max(groups, key=lambda d: sum(p.numel() for m in groups[d] for p in m.parameters(recurse=False)))
+        for dtype, owners in groups.items():
+            if dtype != keep:
+                fully_shard(owners, mesh=mesh, reshard_after_forward=False if root else None)
+    fully_shard(module, mesh=mesh)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -134,7 +134,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     model = build_model(cfg, metadata).to(device)
     if resume is not None:  # the full weights, before FSDP shards them
         _restore_weights(resume, model)
-    forward_model = distributed.wrap_model(model, spec)
+    forward_model = distributed.wrap_model(model, spec, device)
     # after wrapping: under FSDP the optimizer must hold the sharded parameters
     optimizer = build_optimizer(parameter_groups(model, spec.optimizer, spec.weight_decay_on),
                                 spec.optimizer, spec.learning_rate)

@@ -318,3 +318,51 @@ def test_fsdp_trains_to_the_ddp_weights_and_resumes_from_a_full_checkpoint(tmp_p
     np.testing.assert_allclose([h.val_loss for h in resumed.history],
                                [h.val_loss for h in ddp.history], rtol=1e-4)
     assert resumed.best_model_paths and all(os.path.isfile(p) for p in resumed.best_model_paths)
+
+
+def test_fsdp_shards_mixed_layer_dtypes_one_group_per_dtype(tmp_path):
+    # bfloat16 linears beside float32 norms in one block: FSDP2 takes one parameter dtype
+    # per group ("FSDP expects uniform original parameter dtype"), so each dtype is a unit
+    root = make_project(tmp_path, n_train=32, n_val=16, write_format="parquet")
+    result = run_train(make_config(root, **{
+        "read_format": "parquet", "training_spec.distributed": True, "training_spec.world_size": 2,
+        "training_spec.batch_size": 8, "training_spec.epochs": 1, "training_spec.max_grad_norm": 1.0,
+        "training_spec.data_parallelism": "fsdp",
+        "training_spec.layer_type_dtypes": {"linear": "bfloat16", "norm": "float32"}}), export=False)
+    assert np.isfinite(result.history[-1].val_loss)
+    weights = _weights(root, "tiny")
+    assert weights["blocks.0.attention.qkv.weight"].dtype == torch.bfloat16
+    assert weights["blocks.0.norm_attention.weight"].dtype == torch.float32
+
+
+def _mesh_of_wrapped(device_type):
+    from torch.distributed.tensor import DTensor
+
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(4, 4)]), torch.nn.Linear(4, 2))
+    distributed.wrap_model(model, spec(data_parallelism="fsdp", world_size=1), torch.device(device_type))
+    return {p.device_mesh.device_type for p in model.parameters() if isinstance(p, DTensor)}
+
+
+def test_fsdp_builds_its_mesh_for_the_training_device(monkeypatch):
+    # FSDP's default mesh is the machine's accelerator: on a GPU machine a device: cpu run
+    # would get CUDA shards beside CPU batches. The mesh follows the training device.
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(distributed._free_port())).items():
+        monkeypatch.setenv(k, v)
+    import torch.distributed.device_mesh as device_mesh
+
+    asked = []
+    real = device_mesh.init_device_mesh
+    monkeypatch.setattr(device_mesh, "init_device_mesh",
+                        lambda device_type, *a, **kw: asked.append(device_type) or real(device_type, *a, **kw))
+    assert distributed.launch(_mesh_of_wrapped, ("cpu",), spec(world_size=1)) == {"cpu"}
+    assert asked == ["cpu"]
+
+
+def test_ddp_does_not_broadcast_the_constant_rope_tables():
+    from sequifier.config.metadata import read_metadata  # noqa: F401
+    from sequifier.model.layers import RotaryEmbedding
+
+    rope = RotaryEmbedding(8, 16, 10000.0)
+    # every buffer of the model is a non-persistent constant (nothing for DDP to sync)
+    assert set(dict(rope.named_buffers())) == rope._non_persistent_buffers_set == {"cos", "sin"}
