@@ -17,6 +17,7 @@ is read in `model_info`; the `.pt` runner lives in `torch_runner` (imported only
 `.pt` file is opened, so ONNX inference does not import torch).
 """
 
+import logging
 import os
 
 import numpy as np
@@ -24,6 +25,8 @@ import numpy as np
 from sequifier.errors import SequifierError
 from sequifier.export_format import model_not_found, output_keys
 from sequifier.infer.model_info import info_from_props
+
+logger = logging.getLogger(__name__)
 
 
 def _usable_cores() -> int:
@@ -65,6 +68,8 @@ class OnnxRunner:
             )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises assorted types for bad files
             raise _unloadable(path, e) from None
+        self.provider = session_provider(device, self.session.get_providers(), path)
+        logger.info(f"{os.path.basename(path)}: onnxruntime {ort.__version__} on {self.provider}")
 
     def _choose_outputs(self, proto, path: str) -> tuple[list[str], list[str]]:
         """(keys of `run`'s result, graph outputs to compute), after checking the graph's
@@ -188,6 +193,10 @@ def _match_outputs(wanted: list[str], outputs: list[str], recorded: dict[str, st
     )
 
 
+GPU_INSTALL_HINT = ("install onnxruntime-gpu alone (`make install-gpu`, or pip uninstall -y onnxruntime "
+                    "onnxruntime-gpu && pip install onnxruntime-gpu; see docs/gpu.md)")
+
+
 def _onnx_providers(device: str, available: list[str], path: str) -> list:
     kind, _, index = device.partition(":")
     if kind == "cpu":
@@ -196,14 +205,30 @@ def _onnx_providers(device: str, available: list[str], path: str) -> list:
         if "CUDAExecutionProvider" not in available:
             raise SequifierError(
                 f"device: '{device}' asked for, but this onnxruntime has no "
-                f"CUDAExecutionProvider (available: {available}); install onnxruntime-gpu "
+                f"CUDAExecutionProvider (available: {', '.join(available)}); {GPU_INSTALL_HINT}, "
                 "or use device: cpu"
             )
+        # CPU second: onnxruntime places the few nodes without a CUDA kernel there
         return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
     raise SequifierError(
         f"device: '{device}' is not supported for ONNX models ('{path}'); use cpu or cuda, "
         "or a .pt export for mps"
     )
+
+
+def session_provider(device: str, used: list[str], path: str) -> str:
+    """The execution provider a session runs on; refuses a CPU session where a GPU was
+    asked for. onnxruntime lists CUDA as available whenever onnxruntime-gpu is installed,
+    but when the provider cannot load (no CUDA or cuDNN libraries of its version) it only
+    logs a warning and runs on the CPU: that is an error here, not a slow surprise."""
+    if device.partition(":")[0] == "cuda" and "CUDAExecutionProvider" not in used:
+        raise SequifierError(
+            f"device: '{device}' asked for, but onnxruntime could not start its CUDA provider for "
+            f"'{path}' (session providers: {', '.join(used)}): the CUDA and cuDNN libraries "
+            f"onnxruntime-gpu needs are missing or of another version; {GPU_INSTALL_HINT}, or use "
+            "device: cpu"
+        )
+    return used[0]
 
 
 def load_runner(path: str, device: str, training_config_path: str, model_type: str,

@@ -8,6 +8,7 @@ config (`training_config_path`), read and merged over the schema by the same com
 functions; the metadata fills what the config leaves to it.
 """
 
+import logging
 import os
 from types import SimpleNamespace
 
@@ -17,6 +18,8 @@ from sequifier.export_format import output_keys
 from sequifier.infer.model_info import ModelInfo
 from sequifier.tensor_files import load_tensor_file
 
+logger = logging.getLogger(__name__)
+
 
 def torch_device(device: str):
     import torch
@@ -24,6 +27,9 @@ def torch_device(device: str):
     kind = device.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
         raise SequifierError(f"device: '{device}' asked for, but torch sees no CUDA device; use cpu")
+    index = device.partition(":")[2]
+    if kind == "cuda" and index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise SequifierError(f"device: '{device}' does not exist; {torch.cuda.device_count()} GPU(s) found")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise SequifierError(f"device: '{device}' asked for, but MPS is not available here; use cpu")
     if kind not in ("cpu", "cuda", "mps"):
@@ -56,6 +62,9 @@ class TorchRunner:
         # MC dropout: eval mode (no batch-norm-like state here) with dropout layers sampling
         set_dropout_active(head, infer_with_dropout and info.can_sample_dropout)
         self.head = head.to(self.device)
+        import torch
+
+        logger.info(f"{os.path.basename(path)}: torch {torch.__version__} on {self.device}")
         self._keys = output_keys(info.model_type, info.target_columns)
 
     def reseed(self, seed: int) -> None:

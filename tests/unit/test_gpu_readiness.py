@@ -111,3 +111,80 @@ def test_the_bf16_check_does_not_count_emulation(monkeypatch):
     assert native_bf16(torch.device("cuda")) is False and seen == {"including_emulation": False}
     assert native_bf16(torch.device("cpu")) is False
 
+
+
+# ---- inference -------------------------------------------------------------------------
+
+def test_onnx_on_cuda_refuses_a_session_that_fell_back_to_the_cpu():
+    from sequifier.infer.model_runner import _onnx_providers, session_provider
+
+    assert session_provider("cpu", ["CPUExecutionProvider"], "m.onnx") == "CPUExecutionProvider"
+    assert session_provider("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                            "m.onnx") == "CUDAExecutionProvider"
+    # onnxruntime-gpu installed, but its CUDA provider failed to load: a CPU-only session
+    with pytest.raises(SequifierError, match="could not start its CUDA provider") as e:
+        session_provider("cuda", ["CPUExecutionProvider"], "m.onnx")
+    assert "\n" not in str(e.value) and "make install-gpu" in str(e.value)
+    with pytest.raises(SequifierError, match="has no CUDAExecutionProvider"):
+        _onnx_providers("cuda", ["CPUExecutionProvider"], "m.onnx")
+    assert _onnx_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"], "m.onnx")[0] == \
+        ("CUDAExecutionProvider", {"device_id": 1})
+
+
+def test_inference_logs_the_execution_provider(tmp_path, caplog):
+    import logging
+
+    from helpers.infer_stub import export_stub
+
+    from sequifier.infer.model_runner import OnnxRunner
+
+    path = str(tmp_path / "m.onnx")
+    export_stub(path)
+    with caplog.at_level(logging.INFO, logger="sequifier.infer.model_runner"):
+        runner = OnnxRunner(path, "cpu", 0)
+    assert runner.provider == "CPUExecutionProvider"
+    assert "m.onnx: onnxruntime" in caplog.text and "on CPUExecutionProvider" in caplog.text
+
+
+# ---- model -----------------------------------------------------------------------------
+
+def test_a_linear_under_autocast_does_not_cast_its_low_precision_input_up_and_back():
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sequifier.model.layers import Linear
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default:
+                self.seen.append((tuple(args[0].shape), args[0].dtype, kwargs.get("dtype")))
+            return func(*args, **kwargs)
+
+    torch.manual_seed(0)
+    linear, x = Linear(8, 4), torch.randn(3, 8).to(torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16), Casts() as casts:
+        y = linear(x)
+    assert [c for c in casts.seen if c[0] == (3, 8)] == []  # only weight and bias are cast
+    with torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(y, F.linear(x.float(), linear.weight, linear.bias))  # the same values
+    # without autocast the input still follows the weight's dtype
+    assert linear(x).dtype == torch.float32
+
+
+# ---- batches ---------------------------------------------------------------------------
+
+def test_a_column_that_is_input_and_target_goes_to_the_device_once():
+    from sequifier.train.batch import make_batch
+
+    rows = {"item": torch.arange(12).view(2, 6), "price": torch.randn(2, 6)}
+    # "meta" stands in for a GPU: a real copy per .to(), no data
+    batch = make_batch(rows, torch.tensor([1, 3]), ["item", "price"], ["item"], torch.device("meta"))
+    copied = batch.inputs["item"]._base
+    assert copied is not None and copied.shape == (2, 6)  # the whole window, once
+    assert batch.targets["item"]._base is copied and batch.previous["item"] is batch.inputs["item"]
+    assert batch.inputs["item"].device.type == "meta" and batch.target_mask.device.type == "meta"
