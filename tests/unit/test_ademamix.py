@@ -99,3 +99,24 @@ def test_state_dict_round_trip_continues_identically():
 def test_rejects_bad_betas():
     with pytest.raises(ValueError):
         AdEMAMix([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 0.999))
+
+
+def test_foreach_step_equals_the_per_parameter_loop():
+    # the _foreach path (default) does the same arithmetic as the loop, bit for bit, over
+    # parameters of several shapes and dtypes, one of them without a gradient at first
+    torch.manual_seed(0)
+    shapes = [(4, 3), (7,), (2, 5), (1,)]
+    base = [torch.randn(s) for s in shapes] + [torch.randn(3, 3).to(torch.bfloat16)]
+    results = []
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in base]
+        opt = AdEMAMix(params, lr=0.01, alpha=3.0, weight_decay=0.1, alpha_warmup=3, beta3_warmup=4,
+                       foreach=foreach)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(6):
+            for i, p in enumerate(params):
+                p.grad = None if (i == 1 and step < 2) else torch.randn(p.shape, generator=gen).to(p.dtype)
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        assert torch.equal(a, b), (a, b)
