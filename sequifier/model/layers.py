@@ -15,13 +15,27 @@ from sequifier.errors import SequifierError
 from sequifier.model.dtypes import DtypeAwareLayer
 
 
+def linear_input(x: Tensor, weight: Tensor) -> Tensor:
+    """`x` in the dtype `weight` computes in, for F.linear.
+
+    Under autocast, F.linear casts a float32 weight and its input to the autocast dtype
+    itself: an input already in that dtype (the bfloat16 output of attention or of the
+    feed-forward activation) is passed as it is, since casting it up to float32 first
+    would only be undone (two extra memory passes per layer, and the same result)."""
+    if (weight.dtype == torch.float32 and x.dtype != torch.float32
+            and torch.is_autocast_enabled(x.device.type)
+            and x.dtype == torch.get_autocast_dtype(x.device.type)):
+        return x
+    return x.to(weight.dtype)
+
+
 class Linear(DtypeAwareLayer, nn.Linear):
     layer_type = "linear"
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.compute_weight(self.weight)
         bias = self.compute_weight(self.bias)
-        return F.linear(x.to(weight.dtype), weight, bias)
+        return F.linear(linear_input(x, weight), weight, bias)
 
 
 class DecoderLinear(Linear):
@@ -57,7 +71,7 @@ class TiedDecoder(DtypeAwareLayer, nn.Module):
         if self.project is not None:
             hidden = self.project(hidden)
         weight = table.compute_weight(table.weight)
-        return F.linear(hidden.to(weight.dtype), weight, self.compute_weight(self.bias).to(weight.dtype))
+        return F.linear(linear_input(hidden, weight), weight, self.compute_weight(self.bias).to(weight.dtype))
 
 
 class RMSNorm(DtypeAwareLayer, nn.RMSNorm):
