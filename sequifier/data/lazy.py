@@ -246,7 +246,7 @@ class LazyWindowLoader:
     def __init__(self, path: str, columns: Sequence[str], batch_size: int, *,
                  read_format: str = "pt", column_types: Optional[Dict[str, str]] = None,
                  shuffle: bool = True, seed: int = 0, max_ram_gb: float = 16.0,
-                 num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                  to_batch: Callable[[Windows], object] = windows_to_tensors):
         if batch_size < 1:
             raise SequifierError(f"training_spec.batch_size must be >= 1, got {batch_size}")
@@ -262,6 +262,9 @@ class LazyWindowLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.num_workers = num_workers
+        # with workers: batches arrive in page-locked memory (DataLoader's pinning thread),
+        # for asynchronous copies to a GPU
+        self.pin_memory = pin_memory
         self.rank = rank
         self.world_size = world_size
         self.to_batch = to_batch
@@ -337,7 +340,7 @@ class LazyWindowLoader:
             plan_only._dataloader = None
             self._dataloader = torch.utils.data.DataLoader(
                 WorkerBatchStream(plan_only), batch_size=None, num_workers=self.num_workers,
-                persistent_workers=True)
+                persistent_workers=True, pin_memory=self.pin_memory)
         return iter(self._dataloader)
 
 

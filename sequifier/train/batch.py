@@ -33,21 +33,38 @@ def make_batch(rows: dict[str, torch.Tensor], target_start: torch.Tensor, input_
                target_columns: list[str], device: torch.device,
                known_ahead: Sequence[str] = ()) -> Batch:
     """The `Batch` of whole windows `rows` (column -> [B, L+1]) on `device`; the
-    `known_ahead` inputs are taken one slot later (data/known_ahead.py)."""
+    `known_ahead` inputs are taken one slot later (data/known_ahead.py).
+
+    Each column's windows go to the device once; its inputs, targets and previous values
+    are views of that copy (a column that is both input and target is not sent twice)."""
     seq_length = rows[target_columns[0]].shape[1] - 1
     # target position j (0-based) is slot j + 1; it is scored once j + 1 >= target_start
     slots = torch.arange(1, seq_length + 1)
     mask = slots.unsqueeze(0) >= target_start.unsqueeze(1)
-    inputs = {c: rows[c][:, input_slots(c, known_ahead, 0, seq_length)].to(device, non_blocking=True)
-              for c in input_columns}
+    windows = {c: to_device(rows[c], device) for c in dict.fromkeys([*input_columns, *target_columns])}
+    inputs = {c: windows[c][:, input_slots(c, known_ahead, 0, seq_length)] for c in input_columns}
     return Batch(
         inputs=inputs,
-        targets={c: rows[c][:, 1:].to(device, non_blocking=True) for c in target_columns},
-        target_mask=mask.to(device, non_blocking=True),
-        previous={c: inputs[c] if c in inputs and c not in known_ahead
-                  else rows[c][:, :-1].to(device, non_blocking=True)
+        targets={c: windows[c][:, 1:] for c in target_columns},
+        target_mask=to_device(mask, device),
+        previous={c: inputs[c] if c in inputs and c not in known_ahead else windows[c][:, :-1]
                   for c in target_columns},
     )
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One host-to-device copy, asynchronous where the host tensor is pinned (the batch
+    sources pin on cuda); from pageable memory a copy cannot overlap anyway."""
+    device = torch.device(device)
+    return tensor.to(device, non_blocking=tensor.is_pinned() if device.type == "cuda" else False)
+
+
+def pinned_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[index] gathered straight into page-locked memory (cuda runs), so the copy
+    to the GPU runs asynchronously; torch's pinned-memory cache keeps the buffer until
+    that copy has finished."""
+    out = torch.empty((len(index),) + tuple(values.shape[1:]), dtype=values.dtype, pin_memory=True)
+    return torch.index_select(values, 0, index, out=out)
 
 
 def check_window_length(window_length: int, seq_length: int, path: str) -> None:

@@ -27,7 +27,7 @@ from sequifier.data.window_files import check_fingerprint, read_windows
 from sequifier.errors import SequifierError
 from sequifier.project import resolve_path
 from sequifier.train import distributed
-from sequifier.train.batch import Batch, check_id_range, check_window_length, make_batch
+from sequifier.train.batch import Batch, check_id_range, check_window_length, make_batch, pinned_rows
 from sequifier.train.streamed_batches import StreamedBatches
 
 SPLIT_FIELDS = {0: "training_data_path", 1: "validation_data_path"}
@@ -143,7 +143,12 @@ class InRamBatches:
             yield self.gather(order[start:start + self.batch_size])
 
     def gather(self, index: torch.Tensor) -> Batch:
-        rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
+        # the split stays in host RAM (the GPU's memory is the model's); on cuda the rows
+        # are gathered into pinned memory and copied asynchronously (batch.pinned_rows)
+        if torch.device(self.device).type == "cuda":
+            rows = {c: pinned_rows(v, index) for c, v in self.data.values.items()}
+        else:
+            rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
         return make_batch(rows, self.data.target_start.index_select(0, index), self.input_columns,
                           self.target_columns, self.device, self.known_ahead)
 
@@ -197,7 +202,8 @@ def streamed_loader(cfg: TrainConfig, metadata: Metadata, split: int, path: str,
             path, columns, spec.batch_size, read_format=cfg.read_format,
             column_types=metadata.column_types, shuffle=(split == 0), seed=spec.seed,
             max_ram_gb=math.inf if spec.load_full_data_to_ram else spec.max_ram_gb,
-            num_workers=spec.num_workers, rank=rank, world_size=world_size)
+            num_workers=spec.num_workers, rank=rank, world_size=world_size,
+            pin_memory=spec.device.startswith("cuda"))
     except SequifierError as e:
         raise SequifierError(f"{field}: {e}") from None
     if int(loader.counts.sum()) == 0:
