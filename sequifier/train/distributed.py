@@ -47,6 +47,10 @@ DATA_PARALLELISMS = ("ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # A rank that dies leaves the others blocked in a collective: don't wait torch's 30 min.
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+# How long the other ranks wait at the end for rank 0, which exports the best and last
+# models (ONNX export of a large model can take longer than COLLECTIVE_TIMEOUT) and
+# writes the summary after the last collective.
+FINISH_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -170,12 +174,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_finish_group = None  # a gloo group with FINISH_TIMEOUT, for the barrier at the end
+
+
 def _join_group(ctx: DistContext) -> None:
-    global _context
+    global _context, _finish_group
     torch.distributed.init_process_group(ctx.backend, rank=ctx.rank, world_size=ctx.world_size,
                                          timeout=COLLECTIVE_TIMEOUT)
     if ctx.backend == "nccl":
         torch.cuda.set_device(ctx.local_rank)
+    # gloo whatever the backend: a CPU barrier, outside NCCL's watchdog and its timeout
+    _finish_group = torch.distributed.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
     _context = ctx
 
 
@@ -185,13 +194,17 @@ def _leave_group(finished: bool) -> None:
     Without the barrier a rank that finishes first can destroy its gloo connections
     while a peer still uses them, and the peer aborts in C++ ("terminate called
     without an active exception"). After an error there is no barrier: the peers may
-    never arrive.
+    never arrive. The barrier runs on its own gloo group with FINISH_TIMEOUT, since
+    rank 0 may still be exporting the models.
     """
-    global _context
+    global _context, _finish_group
     _context = _SINGLE
+    group, _finish_group = _finish_group, None
     if torch.distributed.is_initialized():
         if finished:
-            torch.distributed.barrier()
+            # the other ranks wait here while rank 0 exports: FINISH_TIMEOUT, not the
+            # collectives' COLLECTIVE_TIMEOUT
+            torch.distributed.barrier(group=group)
         torch.distributed.destroy_process_group()
 
 

@@ -366,3 +366,25 @@ def test_ddp_does_not_broadcast_the_constant_rope_tables():
     rope = RotaryEmbedding(8, 16, 10000.0)
     # every buffer of the model is a non-persistent constant (nothing for DDP to sync)
     assert set(dict(rope.named_buffers())) == rope._non_persistent_buffers_set == {"cos", "sin"}
+
+
+def test_the_final_barrier_waits_for_rank_0s_export_longer_than_a_collective(monkeypatch):
+    # the other ranks wait in the last barrier while rank 0 exports; that wait runs on a
+    # gloo group of its own with FINISH_TIMEOUT, not under the 5-minute collective timeout
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(distributed._free_port())).items():
+        monkeypatch.setenv(k, v)
+    groups, barriers = [], []
+    new_group, barrier = torch.distributed.new_group, torch.distributed.barrier
+
+    def spy_group(*a, **kw):
+        groups.append((kw.get("backend"), kw.get("timeout"), new_group(*a, **kw)))
+        return groups[-1][2]
+
+    monkeypatch.setattr(torch.distributed, "new_group", spy_group)
+    monkeypatch.setattr(torch.distributed, "barrier",
+                        lambda *a, **kw: barriers.append(kw.get("group")) or barrier(*a, **kw))
+    distributed.launch(_report_context, (1,), spec(world_size=1))
+    assert distributed.FINISH_TIMEOUT > distributed.COLLECTIVE_TIMEOUT
+    assert [(b, t) for b, t, _ in groups] == [("gloo", distributed.FINISH_TIMEOUT)]
+    assert barriers == [groups[0][2]]
