@@ -171,6 +171,17 @@ class RotaryEmbedding(nn.Module):
         return x * cos + rotated * sin
 
 
+def expand_kv_heads(q: Tensor) -> bool:
+    """Whether GQA/MQA should repeat its key/value heads instead of `enable_gqa`.
+
+    On CUDA only the flash kernel takes `enable_gqa`, and flash computes in float16/
+    bfloat16 only: a float32 GQA/MQA model (no autocast) would fall back to the math
+    kernel, which builds the whole [L, L] score matrix per head. Repeated heads (the same
+    arithmetic) let the memory-efficient kernel run instead. Elsewhere (CPU, ONNX export)
+    `enable_gqa` stays."""
+    return q.is_cuda and q.dtype not in (torch.float16, torch.bfloat16)
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention with n_kv_heads <= n_head key/value heads.
 
@@ -208,9 +219,12 @@ class CausalSelfAttention(nn.Module):
         v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope is not None:
             q, k = self.rope(q), self.rope(k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_head
-        )
+        grouped = self.n_kv_heads != self.n_head
+        if grouped and expand_kv_heads(q):
+            groups = self.n_head // self.n_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            grouped = False
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
         y = y.transpose(1, 2).reshape(batch, length, q_size)
         return self.out(y)
 

@@ -188,3 +188,32 @@ def test_a_column_that_is_input_and_target_goes_to_the_device_once():
     assert copied is not None and copied.shape == (2, 6)  # the whole window, once
     assert batch.targets["item"]._base is copied and batch.previous["item"] is batch.inputs["item"]
     assert batch.inputs["item"].device.type == "meta" and batch.target_mask.device.type == "meta"
+
+
+# ---- the smoke test --------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-CUDA path")
+def test_the_gpu_smoke_test_exits_at_once_with_one_line_without_cuda():
+    import subprocess
+    import sys
+
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_smoke.sh")], capture_output=True, text=True,
+                          env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode == 2 and done.stderr == ""
+    assert done.stdout.count("\n") == 1 and done.stdout.startswith("gpu_smoke: not run: no CUDA device")
+
+
+def test_float32_gqa_on_cuda_repeats_its_kv_heads_with_the_same_result(monkeypatch):
+    from sequifier.model import layers
+
+    q = torch.randn(2, 4, 6, 8)
+    assert not layers.expand_kv_heads(q)  # CPU and ONNX export keep enable_gqa
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert layers.expand_kv_heads(q) and not layers.expand_kv_heads(q.to(torch.bfloat16))
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    attention = layers.CausalSelfAttention(16, 4, 1, layers.RotaryEmbedding(4, 8, 10000.0))
+    x = torch.randn(2, 6, 16)
+    with_gqa = attention(x)
+    monkeypatch.setattr(layers, "expand_kv_heads", lambda q: True)
+    torch.testing.assert_close(attention(x), with_gqa, rtol=1e-6, atol=1e-6)
