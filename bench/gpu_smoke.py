@@ -16,7 +16,6 @@ usage: bench/gpu_smoke.sh [--folder DIR]      python bench/gpu_smoke.py --cpu
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -117,7 +116,8 @@ def versions() -> dict:
             "gpus": torch.cuda.device_count()}
     if DEVICE == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info["gpu0"] = f"{props.name}, compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB"
+        memory = props.total_memory / 2**30
+        info["gpu0"] = f"{props.name}, compute capability {props.major}.{props.minor}, {memory:.0f} GiB"
     info["native_bf16"] = DEVICE == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         import onnxruntime as ort
