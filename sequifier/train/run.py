@@ -97,6 +97,8 @@ def _run_train(cfg: TrainConfig, export: bool) -> TrainResult:
             check_rank_division(cfg, metadata, spec.world_size)
         return distributed.launch(run_train, (cfg, export), spec)
     device = resolve_device(distributed.rank_device(spec.device))
+    if device.type == "cuda":  # the current device is what FSDP's mesh, compile and kernels use
+        torch.cuda.set_device(device)
     folders = {name: folder(cfg.project_root, name) for name in (CHECKPOINTS, MODELS, LOGS)}
     resume, stale = _resume_or_stale(cfg, folders)
     with determinism(spec.enforce_determinism):

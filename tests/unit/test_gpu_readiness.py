@@ -217,3 +217,15 @@ def test_float32_gqa_on_cuda_repeats_its_kv_heads_with_the_same_result(monkeypat
     with_gqa = attention(x)
     monkeypatch.setattr(layers, "expand_kv_heads", lambda q: True)
     torch.testing.assert_close(attention(x), with_gqa, rtol=1e-6, atol=1e-6)
+
+
+def test_tf32_matmuls_on_cuda_unless_determinism_is_asked_for(monkeypatch):
+    from sequifier.train.device import configure_matmul
+
+    asked = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", asked.append)
+    configure_matmul(torch.device("cpu"), False)
+    configure_matmul(torch.device("cuda"), True)
+    assert asked == []
+    configure_matmul(torch.device("cuda", 1), False)
+    assert asked == ["high"]
