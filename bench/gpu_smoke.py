@@ -261,8 +261,8 @@ def infer_checks(folder: str) -> None:
     models = os.path.join(folder, "models")
     provider = "CUDAExecutionProvider" if DEVICE == "cuda" else "CPUExecutionProvider"
     for ext, expect in (("pt", rf"torch \S+ on {DEVICE}\S*"), ("onnx", rf"onnxruntime \S+ on {provider}")):
-        path = f"models/smoke-best.{ext}"
-        if not os.path.exists(os.path.join(models, f"smoke-best.{ext}")):
+        path = f"models/sequifier-smoke-best.{ext}"
+        if not os.path.exists(os.path.join(models, f"sequifier-smoke-best.{ext}")):
             record(f"infer .{ext} on {DEVICE}", False, f"{path} was not exported")
             continue
         for command in ("infer", "evaluate"):
