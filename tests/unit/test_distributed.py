@@ -360,7 +360,6 @@ def test_fsdp_builds_its_mesh_for_the_training_device(monkeypatch):
 
 
 def test_ddp_does_not_broadcast_the_constant_rope_tables():
-    from sequifier.config.metadata import read_metadata  # noqa: F401
     from sequifier.model.layers import RotaryEmbedding
 
     rope = RotaryEmbedding(8, 16, 10000.0)
