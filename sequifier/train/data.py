@@ -14,6 +14,7 @@ under DDP. Every read format works with both.
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +152,18 @@ class InRamBatches:
             rows = {c: v.index_select(0, index) for c, v in self.data.values.items()}
         return make_batch(rows, self.data.target_start.index_select(0, index), self.input_columns,
                           self.target_columns, self.device, self.known_ahead)
+
+
+@contextmanager
+def host_batches(source):
+    """`source` (either batch source) yielding batches on the CPU for the duration: for
+    passes that only count (the baselines' training statistics), which would otherwise
+    copy the whole split to the GPU and read results back batch by batch."""
+    device, source.device = source.device, torch.device("cpu")
+    try:
+        yield source
+    finally:
+        source.device = device
 
 
 def make_batch_sources(cfg: TrainConfig, metadata: Metadata, input_columns: list[str],

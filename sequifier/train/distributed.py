@@ -479,6 +479,10 @@ def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     if not _context.enabled:
         return values
     total = values.detach().clone()
+    if _context.backend == "nccl" and total.device.type != "cuda":  # NCCL reduces GPU tensors only
+        on_gpu = total.to(torch.device("cuda", torch.cuda.current_device()))
+        torch.distributed.all_reduce(on_gpu, op=torch.distributed.ReduceOp.SUM)
+        return on_gpu.to(values.device)
     torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
     return total
 

@@ -29,7 +29,7 @@ from sequifier.train.checkpoint import (
     load_checkpoint,
     set_rng_states,
 )
-from sequifier.train.data import check_rank_division, make_batch_sources
+from sequifier.train.data import check_rank_division, host_batches, make_batch_sources
 from sequifier.train.device import (
     autocast_dtype,
     configure_matmul,
@@ -126,7 +126,11 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     targets = scored_targets(layout.target_columns, layout.target_column_types, metadata, spec.accuracy_top_k,
                              spec.ranking_k, spec.exclude_seen)
     # before the first file of the run: a split without scored slots is refused here
-    statistics = training_statistics(targets, train_batches, device)
+    if device.type == "cuda":  # counted on the host: one pass of the split, no model
+        with host_batches(train_batches):
+            statistics = training_statistics(targets, train_batches, torch.device("cpu"))
+    else:
+        statistics = training_statistics(targets, train_batches, device)
     baselines = measure_baselines(targets, train_batches, val_batches, device, statistics)
     for loss in losses:
         if loss.sampled is not None:  # negatives are drawn by the training targets' popularity

@@ -229,3 +229,15 @@ def test_tf32_matmuls_on_cuda_unless_determinism_is_asked_for(monkeypatch):
     assert asked == []
     configure_matmul(torch.device("cuda", 1), False)
     assert asked == ["high"]
+
+
+def test_the_baselines_training_counts_read_batches_on_the_host():
+    from sequifier.train.data import InRamBatches, WindowTensors, host_batches
+
+    data = WindowTensors({"item": torch.arange(30).view(5, 6) % 7}, torch.tensor([1, 1, 2, 3, 1]))
+    source = InRamBatches(data, ["item"], ["item"], 2, shuffle=False, seed=0, device=torch.device("meta"))
+    assert next(iter(source)).inputs["item"].device.type == "meta"  # "meta" stands in for a GPU
+    with host_batches(source) as host:
+        batches = list(host)
+    assert len(batches) == 3 and all(b.targets["item"].device.type == "cpu" for b in batches)
+    assert source.device == torch.device("meta")
