@@ -111,10 +111,11 @@ def configure_matmul(device: torch.device, enforce_determinism: bool) -> str:
     """Let float32 matmuls on cuda use TF32 tensor cores; the precision in effect.
 
     TF32 keeps float32's range with a 10-bit mantissa: a few times faster on Ampere and
-    later, and the usual choice for training. With enforce_determinism, and on CPU (where
-    "high" could pick a bf16-based path on some CPUs), the setting is left as it is."""
-    if device.type == "cuda" and not enforce_determinism:
-        torch.set_float32_matmul_precision("high")
+    later, and the usual choice for training. With enforce_determinism, cuda runs keep
+    full float32 ("highest", also after an earlier run in this process chose "high"). On
+    CPU (where "high" could pick a bf16-based path on some CPUs) the setting is left as it is."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("highest" if enforce_determinism else "high")
     return torch.get_float32_matmul_precision()
 
 
