@@ -381,8 +381,13 @@ def wrap_model(model: torch.nn.Module, spec: TrainingSpec,
         if device.type == "cuda" else None
     # The model's only buffers are the RoPE tables: constants every rank computes alike
     # (non-persistent, rebuilt from rope_theta). Broadcasting them from rank 0 before
-    # every forward (DDP's default) would only cost a collective per step.
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    # every forward (DDP's default) would only cost a collective per step. The flag is
+    # `forward_sync_buffers` from torch 2.13 on (`broadcast_buffers` before, now deprecated).
+    import inspect
+
+    name = "forward_sync_buffers" if "forward_sync_buffers" in \
+        inspect.signature(DistributedDataParallel.__init__).parameters else "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=device_ids, **{name: False})
 
 
 def dtype_groups(module: torch.nn.Module) -> dict[torch.dtype, list[torch.nn.Module]]:

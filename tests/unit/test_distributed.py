@@ -359,12 +359,23 @@ def test_fsdp_builds_its_mesh_for_the_training_device(monkeypatch):
     assert asked == ["cpu"]
 
 
-def test_ddp_does_not_broadcast_the_constant_rope_tables():
+def _ddp_broadcasts_buffers():
     from sequifier.model.layers import RotaryEmbedding
 
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), RotaryEmbedding(8, 16, 10000.0))
+    return distributed.wrap_model(model, spec(world_size=1)).broadcast_buffers
+
+
+def test_ddp_does_not_broadcast_the_constant_rope_tables(monkeypatch):
+    from sequifier.model.layers import RotaryEmbedding
+
+    # the model's only buffers are the RoPE tables: non-persistent constants (nothing to sync)
     rope = RotaryEmbedding(8, 16, 10000.0)
-    # every buffer of the model is a non-persistent constant (nothing for DDP to sync)
     assert set(dict(rope.named_buffers())) == rope._non_persistent_buffers_set == {"cos", "sin"}
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(distributed._free_port())).items():
+        monkeypatch.setenv(k, v)
+    assert distributed.launch(_ddp_broadcasts_buffers, (), spec(world_size=1)) is False
 
 
 def test_the_final_barrier_waits_for_rank_0s_export_longer_than_a_collective(monkeypatch):
