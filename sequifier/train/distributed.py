@@ -382,7 +382,7 @@ def wrap_model(model: torch.nn.Module, spec: TrainingSpec,
     # The model's only buffers are the RoPE tables: constants every rank computes alike
     # (non-persistent, rebuilt from rope_theta). Broadcasting them from rank 0 before
     # every forward (DDP's default) would only cost a collective per step. The flag is
-    # `forward_sync_buffers` from torch 2.13 on (`broadcast_buffers` before, now deprecated).
+    # `forward_sync_buffers` in newer torch (2.13 here; `broadcast_buffers` is deprecated there).
     import inspect
 
     name = "forward_sync_buffers" if "forward_sync_buffers" in \
