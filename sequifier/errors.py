@@ -7,11 +7,35 @@ failures (a full disk, a read-only folder) into one.
 """
 
 import errno
-from typing import Optional
+from typing import Any, Optional
 
 
 class SequifierError(Exception):
     """A user-facing error: one line naming the field or file and the fix."""
+
+
+def shown(value: Any) -> str:
+    """`value` in a message as the user wrote it: numpy scalars as plain numbers (`2`, not
+    `np.int64(2)`), text quoted ('u01', control characters escaped so a message stays
+    one line), None/true/false as in YAML, lists and maps element by element."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
+        value = value.item()
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # arrays
+        value = value.tolist()
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bytes):
+        return repr(value.decode("utf-8", "backslashreplace"))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{shown(k) if not isinstance(k, str) else k}: {shown(v)}"
+                               for k, v in value.items()) + "}"
+    return " ".join(str(value).split())  # one line whatever the object prints
 
 
 _FIXES = {

@@ -20,6 +20,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from sequifier.errors import shown
+
 CONFIGS = "configs"
 METADATA_CONFIGS = os.path.join(CONFIGS, "metadata_configs")
 DATA = "data"
@@ -212,7 +214,7 @@ def name_problem(value, folder: str) -> Optional[str]:
     if not isinstance(value, str) or not value:
         return "must be a non-empty name"
     if "\0" in value or any(ord(ch) < 32 for ch in value):
-        return f"{value!r} contains a control character (e.g. NUL); use a plain name"
+        return f"{shown(value)} contains a control character (e.g. NUL); use a plain name"
     if "/" in value or "\\" in value or value in (".", "..") or value.startswith("."):
         return (f"'{value}' must be a plain name, not a path (no '/', '\\', leading '.' or '..'), "
                 "so that outputs stay inside project_root")

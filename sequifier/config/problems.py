@@ -12,6 +12,12 @@ from typing import Iterable, List, Optional
 from sequifier.errors import SequifierError
 
 
+def one_line(message: str) -> str:
+    """A problem is one line whatever it quotes (an exception's text, a value with a
+    newline): the CLI prints each line as its own `sequifier: error:`."""
+    return " ".join(message.split()) if "\n" in message or "\r" in message else message
+
+
 class Problems:
     """Collects one line per problem; `raise_if_any` raises them as one error."""
 
@@ -19,11 +25,11 @@ class Problems:
         self.lines: List[str] = []
 
     def add(self, field: str, message: str) -> None:
-        self.lines.append(f"{field}: {message}")
+        self.lines.append(one_line(f"{field}: {message}"))
 
     def extend(self, lines: Iterable[str]) -> None:
         """Lines already in the `field: message` form."""
-        self.lines.extend(lines)
+        self.lines.extend(one_line(line) for line in lines)
 
     def check(self, ok: bool, field: str, message: str) -> None:
         if not ok:

@@ -29,7 +29,7 @@ from sequifier.config.schema import PAD_ID, UNKNOWN_ID
 from sequifier.data.missing import MISSING_CATEGORY, MissingReport
 from sequifier.data.read_table import KEY_COLUMNS, SEQUENCE_COLUMN, LongTable, feature_kind
 from sequifier.data.splits import split_bounds
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 
 FIRST_ID = max(PAD_ID, UNKNOWN_ID) + 1
 
@@ -175,7 +175,7 @@ def _check_disjoint_sequences(summaries: List[FileSummary]) -> None:
     if len(clash):
         i = clash[0]
         raise SequifierError(
-            f"data_path: sequence id {ids[i]!r} appears in both "
+            f"data_path: sequence id {shown(ids[i])} appears in both "
             f"'{summaries[owner[i]].path}' and '{summaries[owner[i + 1]].path}'; keep each "
             "sequence in one file"
         )

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 
 
 @dataclass
@@ -110,7 +110,7 @@ def read_future_rows(path: str, metadata, columns: Sequence[str], field: str) ->
     header = read_header(path, read_format)
     lacking = [c for c in [ids, position] + given if c not in header]
     if lacking:
-        raise SequifierError(f"{field}: '{path}' has no column {lacking[0]!r} (its columns: "
+        raise SequifierError(f"{field}: '{path}' has no column {shown(lacking[0])} (its columns: "
                              f"{header[:12]}); future rows need {[ids, position] + given}")
     try:
         if read_format == "csv":

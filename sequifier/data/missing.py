@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sequifier.config.metadata import MISSING_CATEGORY
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 
 ERROR, DROP_ROWS, FILL = "error", "drop_rows", "fill"
 INTERPOLATE, CARRY_FORWARD = "interpolate", "carry_forward"
@@ -81,7 +81,7 @@ def _parse_policy(raw: Any, where: str, problems: List[str]) -> Optional[Policy]
     if isinstance(raw, dict) and list(raw) == [FILL]:
         value = raw[FILL]
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            problems.append(f"{where}: the fill value must be a number or text, got {value!r}")
+            problems.append(f"{where}: the fill value must be a number or text, got {shown(value)}")
             return None
         return Policy(FILL, value)
     problems.append(f"{where}: '{raw}' is not one of error, drop_rows, fill, {{fill: VALUE}}, "
@@ -142,7 +142,7 @@ def _fill_value(path: str, name: str, column: pa.ChunkedArray, value: Any) -> pa
         wanted = "a number" if pa.types.is_floating(kind) else \
             "an integer" if pa.types.is_integer(kind) else "text"
         raise SequifierError(
-            f"missing_values.{name}: fill value {value!r} does not suit column '{name}' of input "
+            f"missing_values.{name}: fill value {shown(value)} does not suit column '{name}' of input "
             f"file '{path}', which holds {kind}; give {wanted}"
         )
     return pa.scalar(value, type=kind)
@@ -205,7 +205,7 @@ def apply_missing_values(path: str, table: pa.Table, setting: MissingValues,
         elif policy.action == CARRY_FORWARD:
             done = "cells carried forward"
         elif policy.value is not None:
-            done = f"cells filled with {policy.value!r}"
+            done = f"cells filled with {shown(policy.value)}"
         elif pa.types.is_floating(column.type):
             done = "cells filled with the training mean"
         else:

@@ -72,7 +72,7 @@ from sequifier.data.splits import (
 )
 from sequifier.data.window_spool import Spool
 from sequifier.data.windows import DEFAULT_ROW_GROUP_ROWS, Windows, id_map_fingerprint
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 from sequifier.gate import validate
 from sequifier.io_utils import atomic_path, existing_outputs, output_set
 from sequifier.project import (
@@ -622,7 +622,7 @@ def check_sequences_fit(plan: Plan, chunks: List[Chunk], encoding: ColumnEncodin
         suggest = Budget.needed_gb(need, plan.n_workers)
         raise SequifierError(
             f"max_ram_gb: {plan.budget.max_ram_gb} GB is too small for the windows of sequence "
-            f"{labels[index:index + 1].tolist()[0]!r} ({n_items} items in '{longest.path}'; with "
+            f"{shown(labels[index:index + 1].tolist()[0])} ({n_items} items in '{longest.path}'; with "
             f"seq_length {plan.window_length - 1} and stride_by_split {plan.strides} they need "
             f"about {need / GB:.2f} GB, and each of the run's {n_processes(plan.n_workers)} "
             f"processes may hold {plan.budget.share_bytes / GB:.2f} GB); raise max_ram_gb to at "
@@ -718,7 +718,7 @@ def choose_encoding(plan: Plan, cfg: PreprocessConfig, summaries: List[FileSumma
     encoding, unknown = encoding_from_metadata(read_metadata(source), source, summaries)
     for column, values in unknown.items():
         if len(values):
-            examples = ", ".join(repr(v) for v in values[:3].tolist())
+            examples = ", ".join(shown(v) for v in values[:3].tolist())
             logger.warning(f"{column}: {len(values)} values not in the id map of "
                         f"{cfg.reuse_metadata_path} ({examples}{', ...' if len(values) > 3 else ''}) "
                         "get the unknown id")

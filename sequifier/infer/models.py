@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import InferConfig
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 from sequifier.infer import forecasting
 from sequifier.infer.model_info import ModelInfo
 from sequifier.infer.model_runner import load_runner
@@ -69,7 +69,7 @@ def _mismatch(field_name: str, given, expected, path: str) -> SequifierError:
 def check_config_matches_model(cfg: InferConfig, info: ModelInfo, path: str) -> None:
     """Infer's options against what the export says about itself."""
     if cfg.model_type != info.model_type:
-        raise _mismatch("model_type", repr(cfg.model_type), repr(info.model_type), path)
+        raise _mismatch("model_type", shown(cfg.model_type), shown(info.model_type), path)
     if cfg.seq_length != info.seq_length:
         raise SequifierError(
             f"seq_length: {cfg.seq_length} does not match the model "

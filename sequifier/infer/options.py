@@ -14,6 +14,7 @@ from sequifier.config.problems import Problems
 from sequifier.config.schema import DEVICES, EvaluateConfig, InferConfig
 from sequifier.data.rules import read_format_rule
 from sequifier.data.windows import WINDOW_FORMATS
+from sequifier.errors import shown
 from sequifier.export_format import MODEL_TYPES
 from sequifier.infer import recommend
 from sequifier.infer.forecasting import horizon_limit_problems, horizon_problems
@@ -42,7 +43,7 @@ def model_path_rule(cfg, p: Problems, model_type: str = "generative") -> None:
     model_path = cfg.model_path
     paths = model_path if isinstance(model_path, list) else [model_path]
     p.check(len(paths) > 0 and all(isinstance(x, str) and x for x in paths), "model_path",
-            f"must be a model file path or a list of them, got {model_path!r}")
+            f"must be a model file path or a list of them, got {shown(model_path)}")
 
 
 def infer_rules(cfg: InferConfig, p: Problems) -> None:

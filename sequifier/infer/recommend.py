@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+from sequifier.errors import shown
 
 TOP_K_FORMATS = ("long", "wide")
 # classes above which a dense probability table (one column per class) needs an opt-in:
@@ -37,7 +38,7 @@ def option_problems(cfg) -> list[str]:
     problems = []
     k = cfg.output_top_k
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        problems.append(f"output_top_k: must be a whole number >= 1 (items per predicted row), got {k!r}")
+        problems.append(f"output_top_k: must be a whole number >= 1 (items per predicted row), got {shown(k)}")
     if cfg.top_k_format not in TOP_K_FORMATS:
         problems.append(f"top_k_format: '{cfg.top_k_format}' is not one of {', '.join(TOP_K_FORMATS)}")
     elif k is None and cfg.top_k_format != "long":

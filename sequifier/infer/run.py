@@ -31,7 +31,7 @@ from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import InferConfig
 from sequifier.data import future_rows
 from sequifier.data.windows import Windows, first_predicted_slot
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 from sequifier.gate import validate
 from sequifier.infer import outputs, recommend
 from sequifier.infer.engines import Chooser, TopK, embed, predict_every_position, predict_last, sampling_settings
@@ -150,7 +150,7 @@ def _gather_future_values(cfg: InferConfig, metadata: Metadata, jobs: list[Model
         if given:
             def label(i: int, j: int, windows=windows, positions=positions) -> str:
                 keys = outputs.key_columns(metadata, windows.sequence_id[i:i + 1], positions[i, j:j + 1])
-                return (f"{metadata.sequence_id_column} {keys[metadata.sequence_id_column][0]!r} at "
+                return (f"{metadata.sequence_id_column} {shown(keys[metadata.sequence_id_column][0])} at "
                         f"{metadata.position_column} {keys[metadata.position_column][0].as_py()}")
 
             values.update(rows.values_at(windows.sequence_id, positions, given, label))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import ModelSpec, TrainConfig
 from sequifier.data.known_ahead import known_ahead_inputs
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 from sequifier.model import embedding_sizes
 from sequifier.model.dtypes import apply_layer_type_dtypes
 from sequifier.model.layers import (
@@ -112,7 +112,7 @@ def tie_embeddings_problems(setting, input_columns: List[str], target_columns: L
                 f"(targets {list(target_columns)}); set it to false"]
     if isinstance(setting, str) or not isinstance(setting, Sequence) \
             or not all(isinstance(c, str) for c in setting):
-        return [f"{field}: must be true, false or a list of column names, got {setting!r}"]
+        return [f"{field}: must be true, false or a list of column names, got {shown(setting)}"]
     problems = []
     for column in setting:
         if column_types.get(column) == "real":

@@ -9,6 +9,8 @@ validation gate, before any file is touched.
 import inspect
 from typing import Any
 
+from sequifier.errors import shown
+
 # constructor parameters a block never sets: the object itself and what sequifier passes
 PASSED_BY_SEQUIFIER = ("self", "params", "optimizer", "lr", "total_steps")
 
@@ -46,10 +48,10 @@ def _kind_problem(value: Any, param: inspect.Parameter) -> str | None:
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     if name in _KINDS:
         check, wanted = _KINDS[name]
-        return None if check(value) else f"must be {wanted}, got {value!r}"
+        return None if check(value) else f"must be {wanted}, got {shown(value)}"
     default = param.default
     if isinstance(default, tuple) and not (isinstance(value, (list, tuple)) and len(value) == len(default)):
-        return f"must be a list of {len(default)} values like {list(default)}, got {value!r}"
+        return f"must be a list of {len(default)} values like {list(default)}, got {shown(value)}"
     return None
 
 

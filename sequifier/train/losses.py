@@ -26,7 +26,7 @@ from torch import nn
 from sequifier.config.metadata import Metadata
 from sequifier.config.problems import Problems
 from sequifier.config.schema import PAD_ID, TrainingSpec
-from sequifier.errors import SequifierError
+from sequifier.errors import SequifierError, shown
 from sequifier.train.class_blocks import argument_problems
 
 # Losses that take class ids as targets; NLLLoss expects log-probabilities.
@@ -107,7 +107,7 @@ def sampled_softmax_problems(kwargs: dict[str, Any], column: str, column_type: s
         problems.append(f"{field}.num_negatives: missing; give how many classes each batch samples "
                         "(e.g. {name: SampledSoftmax, num_negatives: 2048})")
     elif isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
-        problems.append(f"{field}.num_negatives: must be a whole number >= 1, got {negatives!r}")
+        problems.append(f"{field}.num_negatives: must be a whole number >= 1, got {shown(negatives)}")
     elif n_classes is not None and negatives >= n_classes - 1:
         problems.append(
             f"{field}.num_negatives: {negatives} is not below the catalogue of '{column}' "
@@ -115,7 +115,7 @@ def sampled_softmax_problems(kwargs: dict[str, Any], column: str, column_type: s
             "costs more than the exact loss; use CrossEntropyLoss, or fewer negatives")
     share = kwargs.get("uniform_share", 0.5)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-        problems.append(f"{field}.uniform_share: must be a number in [0, 1], got {share!r}")
+        problems.append(f"{field}.uniform_share: must be a number in [0, 1], got {shown(share)}")
     return problems
 
 
@@ -183,7 +183,7 @@ class CriterionSpec:
             return CriterionSpec(str(entry["name"]), kwargs)
         raise SequifierError(
             f"training_spec.criterion.{column}: give a loss name or {{name: LossName, argument: value}}, "
-            f"got {entry!r}"
+            f"got {shown(entry)}"
         )
 
 
@@ -227,7 +227,7 @@ def _check_arguments(cls: type, kwargs: dict[str, Any], column: str) -> None:
     smoothing = kwargs.get("label_smoothing", 0.0)
     # torch checks only the upper end; 1 would make every target uniform.
     if not 0.0 <= smoothing < 1.0:
-        raise SequifierError(f"{field}.label_smoothing: must be in [0, 1), got {smoothing!r}")
+        raise SequifierError(f"{field}.label_smoothing: must be in [0, 1), got {shown(smoothing)}")
 
 
 def make_criterion(entry: Any, column: str, column_type: str,

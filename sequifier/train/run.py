@@ -246,6 +246,15 @@ def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | N
             "true: batches are gathered in this process from tensors already in RAM; loader "
             "workers apply to lazy loading (load_full_data_to_ram: false) and distributed runs"
         )
+    if spec.max_ram_gb != TrainingSpec.max_ram_gb and spec.load_full_data_to_ram:
+        # the cache bound belongs to lazy loading; in RAM (or streamed with every piece kept,
+        # as a distributed run does with load_full_data_to_ram: true) nothing is evicted
+        where = ("each rank keeps every piece of its shard it reads" if spec.distributed
+                 else "the splits are loaded into RAM whole")
+        notes.append(
+            f"training_spec.max_ram_gb ({spec.max_ram_gb:g}) is not used with load_full_data_to_ram: true: "
+            f"{where}; set load_full_data_to_ram: false to bound the cache by max_ram_gb"
+        )
     if spec.scheduler.get("name") in CUSTOM_SCHEDULERS and spec.scheduler_step_on == "epoch":
         notes.append(
             f"training_spec.scheduler_step_on: epoch: {spec.scheduler['name']} moves once per epoch, so its "

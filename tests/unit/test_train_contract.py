@@ -206,11 +206,29 @@ def test_unused_num_workers_world_size_backend_and_cpu_autocast_are_logged(tmp_p
     noted = log_text(run_train(make_config(root, model_name="a", **one_epoch,
                                            **{"training_spec.num_workers": 2,
                                               "training_spec.world_size": 2,
+                                              "training_spec.max_ram_gb": 3.5,
                                               "training_spec.backend": "mpi"}), export=False))
     assert "training_spec.num_workers (2) is not used with load_full_data_to_ram: true" in noted
+    assert ("training_spec.max_ram_gb (3.5) is not used with load_full_data_to_ram: true: the splits "
+            "are loaded into RAM whole") in noted
     assert "training_spec.world_size (2) is not used: distributed is false" in noted
     assert "training_spec.backend (mpi) is not used: distributed is false" in noted
     assert "training_spec.layer_autocast: no autocast on cpu for a float32 model" in noted
     quiet = log_text(run_train(make_config(root, model_name="b", **one_epoch,
                                            **{"training_spec.layer_autocast": False}), export=False))
     assert "training_spec." not in quiet
+
+
+def test_max_ram_gb_noted_where_it_cannot_bound_the_cache():
+    from sequifier.train.run import _unused_setting_notes
+
+    def notes(**fields):
+        spec = make_config("/x", **{f"training_spec.{k}": v for k, v in fields.items()}).training_spec
+        return [n for n in _unused_setting_notes(spec, torch.device("cpu"), None, {"v": "real"})
+                if n.startswith("training_spec.max_ram_gb")]
+
+    distributed = notes(max_ram_gb=4, distributed=True)
+    assert len(distributed) == 1 and "each rank keeps every piece of its shard" in distributed[0]
+    assert "\n" not in distributed[0]
+    assert notes(max_ram_gb=4, load_full_data_to_ram=False) == []  # lazy loading: it bounds the cache
+    assert notes() == []  # the default is not the user's choice: no line on every run
