@@ -18,6 +18,7 @@ umask), not the 0600 of `tempfile`.
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
 from sequifier.errors import SequifierError, user_os_error
+
+logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-sequifier-"
 JOURNAL_SUFFIX = ".set.json"
@@ -258,6 +261,10 @@ def clean_leftovers(directories: Sequence[str]) -> List[str]:
             if name.startswith(TMP_PREFIX) and _owner_is_dead(name):
                 _remove(path)
                 cleaned.append(path)
+    if cleaned:
+        shown = ", ".join(cleaned[:3]) + (f" and {len(cleaned) - 3} more" if len(cleaned) > 3 else "")
+        logger.info(f"removed {len(cleaned)} leftover(s) of an interrupted earlier run "
+                    f"(temporary files, unfinished output sets rolled back): {shown}")
     return cleaned
 
 

@@ -13,8 +13,9 @@ units of work that fit `max_ram_gb` (budget.py):
    and the windows parked on disk (window_spool.py).
 3. write: each split is read back in input order, a piece at a time, and written to a
    temporary name; all are renamed together with the metadata file at the end, so a
-   failed run leaves no partial split. The work folder is removed after a successful
-   run (and kept after a failed one, for resuming).
+   failed run leaves no partial split. The work folder is removed after the run, whether
+   it succeeded or failed (with `continue_preprocessing: true` a failed run keeps its
+   read caches, to resume from); one left by a killed run is removed by the next.
 
 The output depends neither on `n_cores` nor on the budget: tasks and chunks are cut at
 sequence boundaries, every sequence's windows depend on that sequence alone, and the
@@ -259,8 +260,12 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[Optional[List[st
                     "time_features or the id/position columns); "
                     "set continue_preprocessing: false to start over"
                 )
+        # windows of the unfinished run are rebuilt: only the read caches are reused
+        shutil.rmtree(plan.spool_dir, ignore_errors=True)
         return [cached_chunks(plan, i) for i in range(len(plan.inputs))]
-    if os.path.isdir(plan.work_dir):
+    if os.path.isdir(plan.work_dir):  # left by a killed run (the dataset lock is ours now)
+        logger.info(f"removed the work folder of an unfinished earlier run: "
+                    f"{os.path.relpath(plan.work_dir, plan.project_root)} (continue_preprocessing: false)")
         shutil.rmtree(plan.work_dir)
     os.makedirs(plan.work_dir)
     with atomic_path(marker) as tmp, open(tmp, "w") as f:
@@ -268,10 +273,16 @@ def prepare_work_dir(plan: Plan, cfg: PreprocessConfig) -> List[Optional[List[st
     return [None] * len(plan.inputs)
 
 
-def _remove_work_dir_without_cache(plan: Plan) -> None:
-    """After a failure, keep the work folder only if it holds something to resume from."""
+def _clean_work_dir_after_failure(plan: Plan, cfg: PreprocessConfig) -> None:
+    """After a failure nothing stays behind, unless the user asked to resume: with
+    `continue_preprocessing: true` the read caches stay (the parked windows go)."""
     names = os.listdir(plan.work_dir) if os.path.isdir(plan.work_dir) else []
-    if not any(name.endswith(".arrow") for name in names):
+    cached = sum(name.endswith(".arrow") for name in names)
+    if cfg.continue_preprocessing and cached:
+        shutil.rmtree(plan.spool_dir, ignore_errors=True)
+        logger.info(f"kept {cached} cached input file(s) in {os.path.relpath(plan.work_dir, plan.project_root)} "
+                    "for continue_preprocessing: true (a run with continue_preprocessing: false removes them)")
+    else:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
 
 
@@ -851,7 +862,7 @@ def _preprocess(plan: Plan, cfg: PreprocessConfig) -> Metadata:
         metadata = make_metadata(plan, cfg, encoding, summaries, sequence_ids, future_paths)
         write_outputs(plan, cfg, spool, metadata, future_paths)
     except BaseException:
-        _remove_work_dir_without_cache(plan)
+        _clean_work_dir_after_failure(plan, cfg)
         raise
     shutil.rmtree(plan.work_dir, ignore_errors=True)
     total = ", ".join(f"split{k}: {spool.n_windows(k)}" for k in range(len(plan.split_paths)))

@@ -367,7 +367,7 @@ def _resume_or_stale(cfg: TrainConfig, folders: dict[str, str]) -> tuple[Resume 
     checkpoint, and a run that fails while setting up loses nothing).
     """
     spec = cfg.training_spec
-    clean_leftovers([folders[CHECKPOINTS], folders[MODELS]])
+    clean_leftovers([folders[CHECKPOINTS], folders[MODELS], folders[LOGS]])  # logs: the summary
     if spec.continue_training:
         latest = latest_checkpoint(folders[CHECKPOINTS], cfg.model_name)
         if latest is not None:

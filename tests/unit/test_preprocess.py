@@ -285,9 +285,12 @@ def test_continue_preprocessing_skips_finished_files(tmp_path, monkeypatch):
     broken = good_last.copy()
     broken.loc[0, "value"] = np.nan
     write_input(broken, paths[2])
-    with pytest.raises(SequifierError, match="p2.csv"):
+    with pytest.raises(SequifierError, match="p2.csv"):  # without continue_preprocessing: nothing left
         preprocess.run_preprocess(config(tmp_path, "in"))
     work = tmp_path / "data" / ".in-preprocess-work"
+    assert not work.exists()
+    with pytest.raises(SequifierError, match="p2.csv"):  # asked to resume: the read caches stay
+        preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True))
     assert sorted(os.listdir(work)) == ["p0.csv.arrow", "p1.csv.arrow", "settings.json"]
 
     write_input(good_last, paths[2])  # the user fixes the bad file and resumes
@@ -307,7 +310,7 @@ def test_continue_preprocessing_rereads_changed_files_and_checks_settings(tmp_pa
     a = write_input(frame[frame["sequenceId"] == 0], tmp_path / "in" / "a.csv")
     write_input(frame[frame["sequenceId"] == 1].assign(value=np.nan), tmp_path / "in" / "b.csv")
     with pytest.raises(SequifierError):
-        preprocess.run_preprocess(config(tmp_path, "in"))
+        preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True))
     with pytest.raises(SequifierError, match="continue_preprocessing.*other settings"):
         preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True,
                                          selected_columns=["value"]))

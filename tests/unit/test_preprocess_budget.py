@@ -118,6 +118,7 @@ def test_numbers_as_text_are_found_across_chunks(tmp_path, chunking):
         preprocess.run_preprocess(config(tmp_path, "items.parquet", read_format="parquet"))
     assert chunking and chunking[0] > 1
     assert not glob.glob(str(tmp_path / "data" / "items-split*"))
+    assert not (tmp_path / "data" / ".items-preprocess-work").exists()  # chunks and caches gone
 
 
 def test_resume_reuses_the_chunks_of_a_partitioned_input(tmp_path, chunking, monkeypatch):
@@ -127,7 +128,7 @@ def test_resume_reuses_the_chunks_of_a_partitioned_input(tmp_path, chunking, mon
     bad.loc[bad.index[0], "value"] = np.nan
     write_input(bad, tmp_path / "in" / "b.csv")
     with pytest.raises(SequifierError, match="b.csv"):
-        preprocess.run_preprocess(config(tmp_path, "in"))
+        preprocess.run_preprocess(config(tmp_path, "in", continue_preprocessing=True))
     write_input(frame[frame["sequenceId"] % 2 == 1], tmp_path / "in" / "b.csv")
     partitioned = []
     real = partition.partition_file
