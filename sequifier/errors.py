@@ -47,9 +47,16 @@ _FIXES = {
     errno.ENAMETOOLONG: "the name is too long for the file system; choose a shorter name",
     errno.EFBIG: "the file is too large for the file system",
 }
+# torch's zip writer checks each record's position after writing it: a short write (a
+# full disk or quota) surfaces as "[enforce fail at inline_container.cc:NNN] . unexpected
+# pos 14912 vs 14800", a RuntimeError without errno
+_SHORT_WRITE = -1
+_FIXES[_SHORT_WRITE] = ("it could not be written whole (no space left on the device, or a quota); "
+                        "free some space and run again")
 _MESSAGES = {  # libraries that lose errno (torch's writer, some pyarrow paths)
     "No space left on device": errno.ENOSPC,
     "file write failed": errno.ENOSPC,  # torch: "PytorchStreamWriter failed writing file"
+    "unexpected pos": _SHORT_WRITE,
     "Read-only file system": errno.EROFS,
     "Permission denied": errno.EACCES,
     "File name too long": errno.ENAMETOOLONG,

@@ -20,8 +20,10 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 from sequifier.config.schema import PAD_ID, UNKNOWN_ID
+from sequifier.errors import user_os_error
 from sequifier.metrics import BASELINE_DESCRIPTIONS
 from sequifier.train.resume import flatten
 
@@ -65,7 +67,8 @@ class TrainLogger:
         if not self.enabled:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        self._file.write(line + "\n")
+        with _writing(self.path):
+            self._file.write(line + "\n")
         logger.info(message)
 
     @property
@@ -78,13 +81,16 @@ class TrainLogger:
         if self._writer is None:
             return
         flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(settings).items()}
-        self._writer.add_hparams(flat, {f"hparams/{k}": v for k, v in metrics.items()}, run_name=".")
+        with _writing(self.tensorboard_dir):
+            self._writer.add_hparams(flat, {f"hparams/{k}": v for k, v in metrics.items()}, run_name=".")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._writer is None:
             return
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, step)
+        # TensorBoard writes in a thread of its own and raises its failures on a later call
+        with _writing(self.tensorboard_dir):
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, step)
 
     def progress(self, iterable: Iterable, total: int, description: str):
         """tqdm over `iterable` on a terminal (log lines printed above it), the bare iterable otherwise."""
@@ -100,13 +106,30 @@ class TrainLogger:
         return with_bar()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
-            self._writer = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        writer, self._writer = self._writer, None
+        file, self._file = self._file, None
+        try:
+            if writer is not None:
+                with _writing(self.tensorboard_dir):
+                    writer.flush()
+                    writer.close()
+        finally:
+            if file is not None:
+                with _writing(self.path):
+                    file.close()
+
+
+@contextmanager
+def _writing(path: str):
+    """A full disk or a read-only folder while logging: one line naming the log, not a
+    traceback."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        error = user_os_error(e, path, name_this_path=True)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _continued_paths(continues: dict | None, logs_dir: str) -> tuple[str, str] | None:

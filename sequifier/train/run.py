@@ -6,6 +6,7 @@ checkpoint when asked, trains, exports the best and the last model, and ends wit
 run's summary (log block + logs/NAME-summary.json).
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -224,9 +225,12 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             write_summary(result.summary_path, summary)
             for line in summary_lines(summary, targets, result.summary_path):
                 logger.info(line)
-        return result
-    finally:
-        logger.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the run's own error is the one to report
+            logger.close()
+        raise
+    logger.close()
+    return result
 
 
 def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | None,
