@@ -136,6 +136,11 @@ class TrainingSpec:
     # mid-epoch resume), and how many checkpoints to keep (None: all; the best epoch's is kept).
     save_interval_steps: Optional[int] = None
     keep_last_checkpoints: Optional[int] = None
+    # Not in the original field list: micro-batches of batch_size whose gradients are summed
+    # into one optimizer step (the update of one batch of k x batch_size, on the memory of
+    # one micro-batch); save_interval_steps, log_interval and per-batch schedulers count
+    # optimizer steps.
+    gradient_accumulation_steps: int = 1
     early_stopping_epochs: Optional[int] = None
     log_interval: int = 10
     class_share_log_columns: List[str] = field(default_factory=list)

@@ -31,6 +31,7 @@ import os
 import pickle
 import socket
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, List, Optional
@@ -477,6 +478,31 @@ def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None
     )
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextmanager
+def gradient_sync(forward_model: torch.nn.Module, sync: bool):
+    """Forward and backward of a micro-batch; unless `sync`, without the gradient all-reduce.
+
+    Gradient accumulation sums the gradients of several micro-batches into one optimizer
+    step: only the last one's backward needs to average them over the ranks. DDP skips it
+    under `no_sync`; FSDP2 keeps unsharded gradients and reduce-scatters them once
+    (`set_requires_gradient_sync`).
+    """
+    module = getattr(forward_model, "_orig_mod", forward_model)  # under torch.compile
+    if sync or not _context.enabled:
+        yield
+    elif is_sharded(module):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    elif hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    else:
+        yield
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:

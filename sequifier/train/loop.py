@@ -72,6 +72,18 @@ def selection_score(select_on: str, loss: float, scores: dict[str, dict[str, flo
     return value if metric in LOWER_IS_BETTER else -value
 
 
+def steps_per_epoch(n_batches: int, accumulation_steps: int) -> int:
+    """Optimizer steps of an epoch of `n_batches` micro-batches (the last step may take fewer)."""
+    return -(-n_batches // accumulation_steps)
+
+
+def _groups(batches, k: int):
+    """The micro-batches of each optimizer step: lists of `k` (the last may be shorter)."""
+    iterator = iter(batches)
+    while group := list(itertools.islice(iterator, k)):
+        yield group
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -233,11 +245,18 @@ class Trainer:
         return state
 
     def train_epoch(self, epoch: int, state: TrainState) -> float:
-        """One epoch from batch `state.batch` on (0 unless resumed from a mid-epoch checkpoint)."""
+        """One epoch from batch `state.batch` on (0 unless resumed from a mid-epoch checkpoint).
+
+        Batches are micro-batches: `gradient_accumulation_steps` of them make one optimizer
+        step. Logging, `save_interval_steps` and per-batch schedulers count optimizer steps;
+        a mid-epoch checkpoint is written after a whole step, so a resume starts one.
+        """
         spec = self.spec
+        k = spec.gradient_accumulation_steps
         self.forward_model.train()
         self.train_batches.set_epoch(epoch)
         n_batches = len(self.train_batches)
+        n_steps = steps_per_epoch(n_batches, k)
         done, state.batch = state.batch, 0
         # the order of an epoch's batches depends only on (seed, epoch), and iterating
         # draws no random numbers: skipping the done batches replays the rest exactly
@@ -248,41 +267,64 @@ class Trainer:
         window_count = 0
         batches = self.logger.progress(itertools.islice(self.train_batches, done, None), n_batches - done,
                                        f"epoch {epoch}")
-        for index, batch in enumerate(batches, start=done + 1):
-            loss, _, _ = self.batch_loss(batch, self.forward_model)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
-                grad_norm = self.clip_gradients()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                grad_norm = self.clip_gradients()
-                self.optimizer.step()
+        index = done  # micro-batches of this epoch done
+        for group in _groups(batches, k):
+            loss, grad_norm = self.optimizer_step(group)
+            index += len(group)
+            step = -(-index // k)  # optimizer steps of this epoch done
             if self.scheduler is not None and spec.scheduler_step_on == "batch":
                 self.scheduler.step()
-            detached = loss.detach()
-            epoch_sum += detached
-            window_sum += detached
+            epoch_sum += loss
+            window_sum += loss
             window_norms += grad_norm
             window_count += 1
-            if index % spec.log_interval == 0 or index == n_batches:
+            if step % spec.log_interval == 0 or index == n_batches:
                 mean = distributed.mean_across_ranks(window_sum).item() / window_count
                 self._check_finite(mean, f"training loss at epoch {epoch}, batch {index}")
-                if index % spec.log_interval == 0:
-                    self._log_window(epoch, index, n_batches, mean, window_norms, window_count)
+                if step % spec.log_interval == 0:
+                    self._log_window(epoch, step, n_steps, mean, window_norms, window_count)
                 window_sum.zero_()
                 window_norms.zero_()
                 window_count = 0
-            step = (epoch - 1) * n_batches + index
-            if spec.save_interval_steps and step % spec.save_interval_steps == 0 and index < n_batches:
+            global_step = (epoch - 1) * n_steps + step
+            if spec.save_interval_steps and global_step % spec.save_interval_steps == 0 and index < n_batches:
                 state.batch, state.epoch_loss_sum = index, epoch_sum.item()
                 self.save(state)
                 state.batch = 0
         state.epoch_loss_sum = 0.0
-        return distributed.mean_across_ranks(epoch_sum).item() / max(n_batches, 1)
+        return distributed.mean_across_ranks(epoch_sum).item() / max(n_steps, 1)
+
+    def optimizer_step(self, group: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over the micro-batches of `group`: (its loss, detached; [pre-clip
+        gradient norm, clipped]).
+
+        Each target's loss is divided by its weight over the whole group (the real target
+        slots, by class weight), not per micro-batch: k micro-batches of b windows give the
+        gradient of one batch of their k x b windows, however the padding falls. Under DDP
+        only the last micro-batch's backward all-reduces the summed gradients.
+        """
+        weights = {t.column: sum(t.weight_sum(b.targets[t.column], b.target_mask) for b in group).clamp_min(1e-12)
+                   for t in self.losses}
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(group):
+            with distributed.gradient_sync(self.forward_model, sync=i == len(group) - 1):
+                _, sums, _ = self.batch_loss(batch, self.forward_model)
+                loss = sum(t.loss_weight * sums[t.column][0] / weights[t.column] for t in self.losses)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total += loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            grad_norm = self.clip_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            grad_norm = self.clip_gradients()
+            self.optimizer.step()
+        return total, grad_norm
 
     def clip_gradients(self) -> torch.Tensor:
         """[total gradient norm before clipping, 1 if clipped else 0]; clips to max_grad_norm.
@@ -301,16 +343,19 @@ class Trainer:
         torch.nn.utils.clip_grads_with_norm_(self.trained_parameters, limit, norm)
         return torch.stack([norm, (norm > limit).float()])
 
-    def _log_window(self, epoch: int, index: int, n_batches: int, mean: float,
+    def _log_window(self, epoch: int, step: int, n_steps: int, mean: float,
                     window_norms: torch.Tensor, window_count: int) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
         norm_sum, clipped = window_norms.tolist()
         grad_norm = norm_sum / window_count
         clipping = f" (clipped {int(clipped)}/{window_count})" if self.spec.max_grad_norm is not None else ""
-        self.logger.info(f"epoch {epoch} batch {index}/{n_batches}: train loss {mean:.5f}, lr {lr:.3g}, "
+        # without accumulation an optimizer step is a batch, as the log has always said
+        unit = "batch" if self.spec.gradient_accumulation_steps == 1 else "step"
+        self.logger.info(f"epoch {epoch} {unit} {step}/{n_steps}: train loss {mean:.5f}, lr {lr:.3g}, "
                          f"grad norm {grad_norm:.3g}{clipping}")
-        step = (epoch - 1) * n_batches + index
-        self.logger.scalars({"train/loss": mean, "train/learning_rate": lr, "train/grad_norm": grad_norm}, step)
+        global_step = (epoch - 1) * n_steps + step
+        self.logger.scalars({"train/loss": mean, "train/learning_rate": lr, "train/grad_norm": grad_norm},
+                            global_step)
 
     @torch.no_grad()
     def validate(self) -> ValidationResult:

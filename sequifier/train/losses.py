@@ -132,6 +132,14 @@ class TargetLoss:
     # training scores against sampled classes (validation: `criterion`, the exact loss)
     sampled: SampledSoftmax | None = None
 
+    def weight_sum(self, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What `sums` divides by, from the targets alone (before any forward): the number
+        of real slots, each weighted by its class weight."""
+        weight = mask.reshape(-1).float()
+        if self.column_type == "categorical" and self.class_weights is not None:
+            weight = weight * self.class_weights.index_select(0, target.reshape(-1))
+        return weight.sum()
+
     def sums(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
              training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weighted per-slot losses, sum of their weights) over real slots."""

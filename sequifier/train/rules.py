@@ -44,7 +44,7 @@ def training_spec_rules(cfg: TrainConfig, p: Problems) -> None:
     t = cfg.training_spec
     p.one_of(t.device.split(":")[0], DEVICES, "training_spec.device")
     for name in ("epochs", "batch_size", "save_interval_epochs", "log_interval", "world_size",
-                 "accuracy_top_k"):
+                 "accuracy_top_k", "gradient_accumulation_steps"):
         p.positive(getattr(t, name), f"training_spec.{name}")
     p.positive(t.early_stopping_epochs, "training_spec.early_stopping_epochs", allow_none=True)
     p.positive(t.save_interval_steps, "training_spec.save_interval_steps", allow_none=True)

@@ -40,7 +40,7 @@ from sequifier.train.device import (
     uses_grad_scaler,
 )
 from sequifier.train.logs import TrainLogger, baseline_lines
-from sequifier.train.loop import EpochRecord, Trainer, TrainState
+from sequifier.train.loop import EpochRecord, Trainer, TrainState, steps_per_epoch
 from sequifier.train.losses import build_target_losses
 from sequifier.train.optimizers import build_optimizer, describe_decay, parameter_groups
 from sequifier.train.resume import (
@@ -146,7 +146,9 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     optimizer = build_optimizer(parameter_groups(model, spec.optimizer, spec.weight_decay_on),
                                 spec.optimizer, spec.learning_rate)
     # a warm-up longer than the run is refused here, before any file is touched
-    total_steps = total_scheduler_steps(spec.epochs, len(train_batches), spec.scheduler_step_on)
+    total_steps = total_scheduler_steps(spec.epochs, steps_per_epoch(len(train_batches),
+                                                                     spec.gradient_accumulation_steps),
+                                        spec.scheduler_step_on)
     scheduler = build_scheduler(optimizer, spec.scheduler, spec.scheduler_step_on, total_steps)
     amp_dtype = autocast_dtype(device, spec.layer_autocast, spec.layer_type_dtypes)
     scaler = torch.amp.GradScaler(device.type) if uses_grad_scaler(device, amp_dtype) else None
@@ -177,6 +179,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             + (f", autocast {amp_dtype}" if amp_dtype else "")
             + (", loss scaling" if scaler is not None else "")
             + (f", float32 matmul precision {matmul_precision}" if device.type == "cuda" else "")
+            + (f", {spec.gradient_accumulation_steps} accumulated batches of {spec.batch_size} per optimizer step"
+               if spec.gradient_accumulation_steps > 1 else "")
         )
         logger.info(describe_decay(model, optimizer, spec.weight_decay_on))
         for note in _unused_setting_notes(spec, device, amp_dtype, layout.target_column_types):

@@ -398,3 +398,39 @@ def test_the_final_barrier_waits_for_rank_0s_export_longer_than_a_collective(mon
     assert distributed.FINISH_TIMEOUT > distributed.COLLECTIVE_TIMEOUT
     assert [(b, t) for b, t, _ in groups] == [("gloo", distributed.FINISH_TIMEOUT)]
     assert barriers == [groups[0][2]]
+
+
+def _accumulated_gradients(parallelism):
+    """Two micro-batches per rank (rank-dependent data) through `gradient_sync`: rank 0 returns
+    its gradient after the first (not synced) and after the second (synced) backward."""
+    ctx = distributed.context()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    wrapped = distributed.wrap_model(model, spec(data_parallelism=parallelism), torch.device("cpu"))
+    x = torch.arange(16, dtype=torch.float32).reshape(4, 4) * (ctx.rank + 1)
+    seen = []
+    for i, micro in enumerate((x[:2], x[2:])):
+        with distributed.gradient_sync(wrapped, sync=i == 1):
+            wrapped(micro).sum().backward()
+        grad = model[1].weight.grad  # FSDP keeps an unsynced gradient unsharded, inside
+        grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+        seen.append(None if grad is None else grad.detach().clone())
+    return seen
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_accumulation_micro_batches_skip_the_all_reduce_until_the_last(parallelism):
+    first, last = distributed.launch(_accumulated_gradients, (parallelism,), spec())
+    # the same sums in one process: rank r's data is x * (r + 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    x = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    model(x[:2]).sum().backward()
+    local = model[1].weight.grad.clone()
+    model.zero_grad()
+    for r in (1, 2):  # both ranks, both micro-batches, averaged over the ranks
+        model(x * r).sum().backward()
+    averaged = model[1].weight.grad / 2
+    if parallelism == "ddp":  # rank 0's own gradient until the last micro-batch
+        torch.testing.assert_close(first, local)
+    torch.testing.assert_close(last, averaged)
