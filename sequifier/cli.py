@@ -13,6 +13,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from sequifier.errors import SequifierError
+from sequifier.signals import DEFAULT_STOP_SIGNALS, STOPPED_STATUS, Stopped, StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,13 @@ def _run_preprocess(cfg):
 def _run_train(cfg):
     from sequifier.train.run import run_train
 
+    result = run_train(cfg)
+    if result.stopped:  # a step checkpoint and the summary are written
+        logger.info(f"sequifier train: stopped by {result.stopped}, checkpoint {result.checkpoint_path}; "
+                    f"run the same command again to continue (exit status {STOPPED_STATUS})")
+        sys.exit(STOPPED_STATUS)
     # a sweep (Optuna minimises it) optimises what picks the best epoch: select_on
-    return run_train(cfg).objective
+    return result.objective
 
 
 def _run_infer(cfg):
@@ -130,9 +136,21 @@ def make_task(command: str) -> Callable:
             if command == "train":  # sweep jobs must not share model files (multirun.py)
                 config.model_name = job_model_name(config.model_name)
             logger.info(f"sequifier {command}: started in {os.getcwd()}")
-            result = RUNNERS[command](config)  # each runner validates its config first
+            if command == "train":  # train installs training_spec.stop_signals itself
+                result = RUNNERS[command](config)  # each runner validates its config first
+            else:
+                with StopSignals(DEFAULT_STOP_SIGNALS, graceful=False):
+                    result = RUNNERS[command](config)
             logger.info(f"sequifier {command}: finished in {time.monotonic() - started:.1f} s")
             return result
+        except Stopped as e:
+            kept = ("the last complete checkpoint is kept; run the same command again to continue from it"
+                    if command == "train" else "no partial output was left; run the same command again")
+            error = SequifierError(f"{e} before {command} finished: {kept}")
+            _log_to_run_folder(error)
+            for line in str(error).splitlines():
+                print(f"sequifier: error: {line}", file=sys.stderr)
+            sys.exit(STOPPED_STATUS)
         except (SequifierError, OSError, RuntimeError) as e:
             error = as_user_error(e)
             if error is None:

@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+# the signals that stop a command gracefully (train: training_spec.stop_signals; sequifier/signals.py)
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
 # Reserved categorical ids, shared by preprocess, train and infer.
 PAD_ID = 0
 UNKNOWN_ID = 1
@@ -141,6 +144,10 @@ class TrainingSpec:
     # one micro-batch); save_interval_steps, log_interval and per-batch schedulers count
     # optimizer steps.
     gradient_accumulation_steps: int = 1
+    # Not in the original field list: signals on which training finishes its optimizer step,
+    # writes a step checkpoint and the summary, and exits with status 75 (a second one stops
+    # at once); [] leaves every signal its default action. SIGUSR2 is submitit's.
+    stop_signals: List[str] = field(default_factory=lambda: list(STOP_SIGNALS))
     early_stopping_epochs: Optional[int] = None
     log_interval: int = 10
     class_share_log_columns: List[str] = field(default_factory=list)

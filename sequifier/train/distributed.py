@@ -40,6 +40,7 @@ import torch
 
 from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
+from sequifier.signals import STOPPED_STATUS, Stopped, StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -272,12 +273,16 @@ def _spawned_rank(rank: int, fn: Callable, args: tuple, world_size: int, backend
     except SequifierError as e:
         results.put(("error", str(e)))
         raise
+    except Stopped as e:  # a second signal: this rank stops at once, the launcher says so
+        results.put(("stopped", e.signum))
+        _leave_group(False)
+        _exit_spawned_rank(STOPPED_STATUS)
     finally:
         _leave_group(finished)
     _exit_spawned_rank()
 
 
-def _exit_spawned_rank() -> None:
+def _exit_spawned_rank(status: int = 0) -> None:
     """End a spawned rank without the interpreter's normal shutdown.
 
     After a clean run, gloo's background threads can still be joinable when C++ static
@@ -290,7 +295,7 @@ def _exit_spawned_rank() -> None:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def needs_launch(spec: TrainingSpec) -> bool:
@@ -332,13 +337,24 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
     level = spawn_log.level
     spawn_log.setLevel(logging.ERROR)
     try:
-        mp.spawn(_spawned_rank,
-                 args=(fn, args, spec.world_size, backend, _free_port(), results, _log_targets()),
-                 nprocs=spec.world_size, join=True)
-    except mp.ProcessRaisedException as e:
+        ranks = mp.start_processes(_spawned_rank, args=(fn, args, spec.world_size, backend, _free_port(),
+                                                        results, _log_targets()),
+                                   nprocs=spec.world_size, join=False, start_method="spawn")
+
+        def forward(signum: int) -> None:  # every rank stops after the same step (they agree)
+            for process in ranks.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signum)
+
+        with StopSignals(spec.stop_signals, graceful=True, on_signal=forward):
+            while not ranks.join():
+                pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
         status = None if results.empty() else results.get()
         if status is not None and status[0] == "error":
             raise SequifierError(status[1]) from None
+        if status is not None and status[0] == "stopped":
+            raise Stopped(status[1]) from None
         raise RuntimeError(f"a distributed training process failed:\n{e}") from None
     finally:
         spawn_log.setLevel(level)
@@ -516,6 +532,15 @@ def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
         return on_gpu.to(values.device)
     torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
     return total
+
+
+def max_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (a flag any rank raised)."""
+    if not _context.enabled:
+        return values
+    top = values.detach().clone()
+    torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    return top
 
 
 def concat_across_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -169,6 +169,10 @@ class Trainer:
         self.scored_targets = scored_targets
         self.baselines = baselines  # target -> baseline -> metrics, on the validation split
         self.last_checkpoint: str | None = None
+        self.saved_at: tuple[int, int] | None = None  # (epoch, batch) of the last checkpoint written
+        # the run's stop signals (sequifier/signals.py); `stopped`: the signal it stopped on
+        self.stop = None
+        self.stopped: int | None = None
         # targets trained with SampledSoftmax; validation scores every categorical target
         # from its query vectors, a bounded chunk of rows at a time (sequifier/catalog.py)
         self.sampled_columns = [t.column for t in losses if t.sampled is not None]
@@ -206,6 +210,8 @@ class Trainer:
         for epoch in range(state.epoch + 1, spec.epochs + 1):
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch, state)
+            if train_loss is None:  # stopped by a signal mid-epoch, its step checkpoint written
+                return state
             seconds = time.perf_counter() - start
             validation = self.validate()
             self._check_finite(validation.loss, f"validation loss at epoch {epoch}")
@@ -234,6 +240,8 @@ class Trainer:
                     and state.epochs_since_improvement >= spec.early_stopping_epochs)
             if epoch % spec.save_interval_epochs == 0 or epoch == spec.epochs or stop:
                 self.save(state)
+            if not stop and epoch < spec.epochs and self._stop_agreed(state):
+                return state
             if stop:
                 self.logger.info(
                     f"early stopping: no improvement for {state.epochs_since_improvement} epochs "
@@ -290,6 +298,11 @@ class Trainer:
             if spec.save_interval_steps and global_step % spec.save_interval_steps == 0 and index < n_batches:
                 state.batch, state.epoch_loss_sum = index, epoch_sum.item()
                 self.save(state)
+                state.batch = 0
+            if self.stop is not None:
+                state.batch, state.epoch_loss_sum = index, epoch_sum.item()
+                if self._stop_agreed(state):
+                    return None  # state.batch stays: where the run stopped
                 state.batch = 0
         state.epoch_loss_sum = 0.0
         return distributed.mean_across_ranks(epoch_sum).item() / max(n_steps, 1)
@@ -431,8 +444,23 @@ class Trainer:
         for column, counts in validation.class_counts.items():
             self.logger.info(class_share_lines(column, counts, self.class_share_columns[column]))
 
+    def _stop_agreed(self, state: TrainState) -> bool:
+        """Whether a stop signal arrived (on any rank: they agree with one all-reduce, so
+        all stop after the same step); if so, the state is saved, once, where it stands."""
+        if self.stop is None:
+            return False
+        signum = torch.tensor(float(self.stop.signum or 0), device=self.device)
+        signum = int(distributed.max_across_ranks(signum).item())
+        if not signum:
+            return False
+        self.stopped = signum
+        if self.saved_at != (state.epoch, state.batch):
+            self.save(state)
+        return True
+
     def save(self, state: TrainState) -> None:
         # gathered on every rank (collective under FSDP), written by rank 0
+        self.saved_at = (state.epoch, state.batch)
         model_state = distributed.full_state_dict(self.model)
         optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
         if not distributed.is_main_process():

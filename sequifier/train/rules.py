@@ -19,6 +19,7 @@ from sequifier.export_format import onnx_size_problem
 from sequifier.model.dtypes import DTYPES, LAYER_TYPES
 from sequifier.model.rules import model_column_rules, model_spec_rules
 from sequifier.project import name_problem
+from sequifier.signals import signal_problems
 from sequifier.train import distributed, schedulers
 from sequifier.train.device import precision_problems
 from sequifier.train.loop import select_on_problems
@@ -56,6 +57,7 @@ def training_spec_rules(cfg: TrainConfig, p: Problems) -> None:
     p.check(t.max_grad_norm is None or t.max_grad_norm > 0, "training_spec.max_grad_norm",
             f"must be > 0, or null for no clipping, got {t.max_grad_norm}")
     p.check(t.max_ram_gb > 0, "training_spec.max_ram_gb", f"must be > 0, got {t.max_ram_gb}")
+    p.extend(signal_problems(t.stop_signals, "training_spec.stop_signals"))
     p.call(distributed.check_supported, t)
     optimizer_rules(t, p)
     schedulers.scheduler_rules(t, p)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from sequifier.gate import validate
 from sequifier.io_utils import clean_leftovers
 from sequifier.project import CHECKPOINTS, LOGS, MODELS, folder, resolve_path
 from sequifier.run_lock import model_lock
+from sequifier.signals import StopSignals, signal_name
 from sequifier.train import distributed
 from sequifier.train.checkpoint import (
     latest_checkpoint,
@@ -74,6 +76,8 @@ class TrainResult:
     # target -> baseline -> metrics on the validation split (sequifier.metrics)
     baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     summary_path: str | None = None  # logs/NAME-summary.json (rank 0 of a run writes it)
+    # the signal the run stopped on (SIGTERM, ...), its step checkpoint written; None: it ran to the end
+    stopped: str | None = None
 
     @property
     def best_metrics(self) -> dict[str, dict[str, float]]:
@@ -82,12 +86,22 @@ class TrainResult:
 
 
 def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
-    """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps)."""
+    """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps).
+
+    On a `training_spec.stop_signals` signal the loop saves a step checkpoint and the
+    summary and returns a result with `stopped` set (the CLI exits with status 75); outside
+    the loop a signal raises `signals.Stopped` (nothing partial is left either way).
+    """
     validate("train", cfg)  # on every rank, before any file is touched
-    if distributed.context().enabled or os.environ.get("RANK", "0") != "0":
-        return _run_train(cfg, export)  # a rank of a run whose launcher holds the lock
-    with model_lock(folder(cfg.project_root, CHECKPOINTS), cfg.model_name):
-        return _run_train(cfg, export)
+    with StopSignals(cfg.training_spec.stop_signals, graceful=False) as stop:
+        if distributed.context().enabled or os.environ.get("RANK", "0") != "0":
+            result = _run_train(cfg, export)  # a rank of a run whose launcher holds the lock
+        else:
+            with model_lock(folder(cfg.project_root, CHECKPOINTS), cfg.model_name):
+                result = _run_train(cfg, export)
+        if result.stopped is not None:  # a launcher's own handler (submitit: requeue) comes next
+            stop.hand_over(getattr(signal, result.stopped))
+        return result
 
 
 def _run_train(cfg: TrainConfig, export: bool) -> TrainResult:
@@ -200,17 +214,29 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             config_record=config_record(cfg),
         )
         trainer.last_checkpoint = resume_path
-        state = trainer.fit(state)
+        if spec.stop_signals:
+            trainer.stop = StopSignals(spec.stop_signals, graceful=True)
+            with trainer.stop:
+                state = trainer.fit(state)
+        else:
+            state = trainer.fit(state)
         result = TrainResult(
             model_name=cfg.model_name, best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
             last_epoch=state.epoch,
             checkpoint_path=trainer.last_checkpoint, resumed_from=resume_path, log_path=logger.path,
             history=list(state.history), baselines=baselines, objective=state.best_score,
+            stopped=signal_name(trainer.stopped) if trainer.stopped else None,
         )
+        if result.stopped:
+            where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"after epoch {state.epoch}"
+            logger.info(f"stopped by {result.stopped} at {where}: checkpoint {trainer.last_checkpoint}; run the "
+                        f"same command again to continue (models are exported when training ends)")
         # a resumed run that trained nothing leaves its models as they are, unless asked
         nothing_new = (resume is not None and state.epoch == start_epoch and not cfg.overwrite
                        and not exports_missing)
-        if export and not nothing_new:
+        if result.stopped:
+            pass  # the models of an unfinished run are exported when it is continued and ends
+        elif export and not nothing_new:
             export_model = model
             if distributed.is_sharded(model):  # export an unsharded copy of the weights
                 weights = distributed.full_state_dict(model)  # collective: every rank
@@ -221,8 +247,9 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
                 _export(cfg, export_model, layout, state, folders[MODELS], result, logger)
         elif nothing_new:
             _keep_exports(cfg, folders[MODELS], result)
-        logger.hparams(config_record(cfg), {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
-                                            "last_epoch": state.epoch})
+        if not result.stopped:
+            logger.hparams(config_record(cfg), {"best_val_loss": state.best_val_loss,
+                                                "best_epoch": state.best_epoch, "last_epoch": state.epoch})
         if distributed.is_main_process():
             result.summary_path = summary_path(folders[LOGS], cfg.model_name)
             summary = build_summary(result, baselines, logger.tensorboard_dir)

@@ -34,6 +34,8 @@ def build_summary(result, baselines: dict, tensorboard_dir: str | None) -> dict[
         "baselines": baselines,
         "models": {"best": list(result.best_model_paths), "last": list(result.last_model_paths)},
         "checkpoint": result.checkpoint_path,
+        # the signal an unfinished run stopped on (continue it by running it again), or null
+        "stopped": getattr(result, "stopped", None),
         "log": result.log_path,
         "tensorboard": tensorboard_dir,
         # per epoch: losses, learning rate, validation metrics (`sequifier plot` draws them)
@@ -59,6 +61,9 @@ def summary_lines(summary: dict[str, Any], targets, path: str) -> list[str]:
             lines += metric_lines(targets, summary["metrics"], summary["baselines"])
     models = summary["models"]["best"] + summary["models"]["last"]
     lines.append(f"  models: {', '.join(models) if models else 'none exported'}")
+    if summary.get("stopped"):
+        lines.append(f"  stopped by {summary['stopped']} before training ended: run the same command "
+                     "again to continue from the checkpoint")
     if summary["checkpoint"]:
         lines.append(f"  checkpoint: {summary['checkpoint']}")
     lines.append(f"  log: {summary['log']}")
