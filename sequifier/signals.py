@@ -9,7 +9,8 @@ leaving partial output.
   `STOPPED_STATUS`.
 * `graceful=True` (train's loop): the first signal only sets `signum`; the loop finishes
   its optimizer step, writes a step checkpoint and the summary, and the command exits
-  with `STOPPED_STATUS`; a second signal raises `Stopped` at once.
+  with `STOPPED_STATUS`; a second signal (more than `REPEAT_WINDOW_S` later) raises
+  `Stopped` at once.
 
 A handler that was installed before (submitit's requeue on SIGUSR2, for example) is
 called by `hand_over` once the stop is saved, so a launcher's own requeue still happens.
@@ -18,6 +19,7 @@ called by `hand_over` once the stop is saved, so a launcher's own requeue still 
 import logging
 import signal
 import threading
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from sequifier.config.schema import STOP_SIGNALS as DEFAULT_STOP_SIGNALS
@@ -26,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 # EX_TEMPFAIL: stopped by a signal after saving what it could; run the same command again
 STOPPED_STATUS = 75
+# A terminal's Ctrl-C, or SLURM, signals every process of a job, and a launcher (torchrun,
+# the spawning parent) passes the signal on to its ranks as well: a repeat this soon after
+# the first is that same stop, not a second one.
+REPEAT_WINDOW_S = 2.0
 # the signals a process cannot catch
 _UNCATCHABLE = ("SIGKILL", "SIGSTOP")
 
@@ -66,6 +72,7 @@ class StopSignals:
         self.graceful = graceful
         self.on_signal = on_signal  # instead of stopping here (a launcher forwards to its ranks)
         self.signum: Optional[int] = None  # the first signal received
+        self.first_at = 0.0
         self.previous: Dict[int, object] = {}
 
     @property
@@ -85,8 +92,11 @@ class StopSignals:
 
     def _handle(self, signum: int, frame) -> None:
         first = self.signum is None
+        now = time.monotonic()
         if first:
-            self.signum = signum
+            self.signum, self.first_at = signum, now
+        elif self.graceful and now - self.first_at < REPEAT_WINDOW_S:
+            return  # the same stop delivered twice (to the process group, and passed on by a launcher)
         if self.on_signal is not None:
             self.on_signal(signum)
             return

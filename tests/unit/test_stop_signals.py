@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers.train_data import log_text, make_config, make_project
 
+from sequifier import signals
 from sequifier.config.problems import Problems
 from sequifier.signals import Stopped
 from sequifier.train.loop import Trainer
@@ -79,10 +80,26 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path, mon
     before = sorted(os.listdir(os.path.join(root, "checkpoints")))
     signal_at_steps(monkeypatch, {2, 3})  # the second arrives before the first's stop is taken
     monkeypatch.setattr(Trainer, "_stop_agreed", lambda self, state: False)
+    monkeypatch.setattr(signals, "REPEAT_WINDOW_S", 0.0)
     with pytest.raises(Stopped, match="stopped by SIGTERM"):
         run_train(make_config(root, **settings), export=False)
     assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == before
     assert not glob.glob(os.path.join(root, "*", ".tmp-*"))
+
+
+def test_the_same_stop_delivered_twice_at_once_is_one_stop(tmp_path, monkeypatch):
+    # a terminal or SLURM signals every process, and a launcher passes the signal on too
+    signal_at_steps(monkeypatch, {2, 3})
+    monkeypatch.setattr(signals, "REPEAT_WINDOW_S", 60.0)
+    real, seen = Trainer._stop_agreed, []
+
+    def agreed(self, state):  # the first signal's stop is taken after step 3, not step 2
+        seen.append(self.stop.signum is not None)
+        return real(self, state) if len(seen) >= 3 else False
+
+    monkeypatch.setattr(Trainer, "_stop_agreed", agreed)
+    result = run_train(make_config(make_project(tmp_path, n_train=64, n_val=16), **SETTINGS), export=False)
+    assert result.stopped == "SIGTERM" and result.checkpoint_path.endswith("tiny-epoch-0001-batch-000006.pt")
 
 
 def test_no_stop_signals_leaves_signals_alone(tmp_path):
