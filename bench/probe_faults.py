@@ -22,6 +22,7 @@ suite. The last line gives the case total and the four counts.
 """
 
 import argparse
+import dataclasses
 import glob
 import hashlib
 import json
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -105,6 +106,16 @@ class Case:
     concurrent: bool = False  # two runs at once: one must refuse, one succeed
     second_args: Optional[List[str]] = None  # concurrent with other arguments: both must succeed
     env: Dict[str, str] = field(default_factory=dict)  # extra environment variables
+    # expect == "signal": (seconds after the trigger, signal) sent to the command's process
+    # (or, with to_group, its process group, as a terminal or SLURM does); the trigger is
+    # `signal_when` appearing (a glob in the project) or `kill_after` seconds
+    signals: List[Tuple[float, int]] = field(default_factory=list)
+    signal_when: Optional[str] = None
+    to_group: bool = False
+    # train cases: the same run uninterrupted under this model_name, whose final weights the
+    # stopped-and-rerun run must equal bit for bit
+    reference: Optional[str] = None
+    rerun_ok: bool = False  # expect == "error": a rerun without the fault must then succeed
 
 
 def write_csv(frame, project, name="data.csv"):
@@ -480,9 +491,128 @@ def concurrency_cases() -> List[Case]:
     ]
 
 
+SIGNAL_TRAIN = ["training_spec.epochs=3", "training_spec.batch_size=4", "training_spec.save_interval_steps=2",
+                "training_spec.enforce_determinism=true", "training_spec.dropout=0.1"]
+
+
+def final_weights(project: str, model_name: str):
+    import torch
+
+    path = os.path.join(project, "checkpoints", f"{model_name}-epoch-0003.pt")
+    return torch.load(path, weights_only=True)["model"] if os.path.exists(path) else None
+
+
+def same_weights_as(reference: str, model_name: str):
+    def check(project, result):
+        a, b = final_weights(project, reference), final_weights(project, model_name)
+        if a is None or b is None:
+            return f"no final checkpoint to compare ({reference}: {a is not None}, {model_name}: {b is not None})"
+        import torch
+
+        differ = [k for k in a if not torch.equal(a[k], b[k])]
+        return f"weights differ from the uninterrupted run in {differ[:3]}" if differ else None
+    return check
+
+
+def train_reference(name: str, extra: List[str]):
+    def setup(project):
+        r = cli("train", [f"model_name={name}"] + SIGNAL_TRAIN + extra, project)
+        assert r.returncode == 0, r.stderr[-500:]
+    return setup
+
+
+def signal_cases() -> List[Case]:
+    """SIGTERM and friends at random points of train (also while a checkpoint is written,
+    twice, under DDP), preprocess and infer; train must continue bit-identically."""
+    rng = np.random.default_rng(21)
+    cases = []
+    for i, t in enumerate(np.round(rng.uniform(4.0, 9.0, size=10), 2)):
+        signum = [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT][i % 3]
+        cases.append(Case(f"{signal.Signals(signum).name} train after {t}s, rerun continues bit-identically",
+                          "signal", "train", [f"model_name=sig{i}"] + SIGNAL_TRAIN, expect="signal",
+                          kill_after=float(t), signals=[(0.0, signum)], reference="ref",
+                          setup=train_reference("ref", []), check=same_weights_as("ref", f"sig{i}")))
+    for i in range(3):
+        cases.append(Case(f"SIGTERM train while a checkpoint is written (#{i + 1}), rerun", "signal", "train",
+                          [f"model_name=ckw{i}"] + SIGNAL_TRAIN + ["training_spec.save_interval_steps=1"],
+                          expect="signal", signal_when="checkpoints/.tmp-sequifier-*",
+                          signals=[(0.002 * i, signal.SIGTERM)], reference="ref",
+                          setup=train_reference("ref", []), check=same_weights_as("ref", f"ckw{i}")))
+    cases.append(Case("SIGTERM twice (3 s apart) stops train at once, rerun", "signal", "train",
+                      ["model_name=twice"] + SIGNAL_TRAIN, expect="signal", kill_after=5.0,
+                      signals=[(0.0, signal.SIGTERM), (3.0, signal.SIGTERM)], reference="ref",
+                      setup=train_reference("ref", []), check=same_weights_as("ref", "twice")))
+    ddp = ["training_spec.distributed=true", "training_spec.world_size=2", "training_spec.backend=gloo"]
+    for i, t in enumerate((8.0, 11.0)):
+        cases.append(Case(f"SIGTERM to the process group of DDP train after {t}s, rerun", "signal", "train",
+                          [f"model_name=dsig{i}"] + SIGNAL_TRAIN + ddp, expect="signal", kill_after=t,
+                          signals=[(0.0, signal.SIGTERM)], to_group=True, reference="dref",
+                          setup=train_reference("dref", ddp), check=same_weights_as("dref", f"dsig{i}")))
+    for t in (1.5, 2.5, 3.5):
+        cases.append(Case(f"SIGTERM preprocess (folder, pt shards) after {t}s, rerun", "signal", "preprocess",
+                          ["data_path=data/parts", "dataset_name=s", "write_format=pt", "merge_output=false"],
+                          expect="signal", kill_after=t, signals=[(0.0, signal.SIGTERM)], setup=parts_folder,
+                          check=outputs_exist("configs/metadata_configs/s.json", "data/s-split2")))
+        cases.append(Case(f"SIGTERM infer (probabilities) after {t}s, rerun", "signal", "infer",
+                          ["output_probabilities=true"], expect="signal", kill_after=t,
+                          signals=[(0.0, signal.SIGTERM)],
+                          check=outputs_exist("outputs/predictions/*", "outputs/probabilities/*")))
+    return cases
+
+
+def parts_folder(project: str, clash: bool = False) -> None:
+    """data/parts/: the base table cut into three files (with `clash`, a sequence in two)."""
+    frame = long_table(n_seq=600)
+    os.makedirs(os.path.join(project, "data", "parts"), exist_ok=True)
+    ids = sorted(frame["sequenceId"].unique())
+    for k in range(3):
+        part = frame[frame["sequenceId"].isin(ids[k::3])]
+        if clash and k == 2:
+            part = frame[frame["sequenceId"].isin(ids[k::3] + ids[:1])]
+        part.to_csv(os.path.join(project, "data", "parts", f"p{k}.csv"), index=False)
+
+
+def leftover_cases() -> List[Case]:
+    return [
+        Case("folder preprocess with a sequence id in two files", "leftovers", "preprocess",
+             ["data_path=data/parts", "dataset_name=parts"], setup=lambda p: parts_folder(p, clash=True)),
+        Case("stale preprocess work folder of a killed run", "leftovers", "preprocess",
+             ["dataset_name=stale"], expect="ok", setup=stale_work_folder,
+             check=outputs_exist("configs/metadata_configs/stale.json")),
+    ]
+
+
+def stale_work_folder(project: str) -> None:
+    work = os.path.join(project, "data", ".stale-preprocess-work", "windows")
+    os.makedirs(work)
+    with open(os.path.join(work, "0-split0.npy"), "wb") as f:
+        f.write(b"half a file")
+
+
+def disk_full_cases() -> List[Case]:
+    """A full disk during each kind of save of train; a rerun with space must then succeed."""
+    return [
+        Case("full disk logs/ (train: text log, TensorBoard, summary), rerun", "os", "train", ["model_name=fl"],
+             fs="full:logs", rerun_ok=True, check=outputs_exist("models/sequifier-fl-best.onnx")),
+        Case("full disk checkpoints/ (train, step checkpoints), rerun", "os", "train",
+             ["model_name=fs", "training_spec.save_interval_steps=1"], fs="full:checkpoints", rerun_ok=True,
+             check=outputs_exist("models/sequifier-fs-best.onnx")),
+        Case("full disk checkpoints/ (resumed train), rerun", "os", "train",
+             ["model_name=my-model", "training_spec.epochs=2"], fs="full:checkpoints", rerun_ok=True,
+             check=outputs_exist("checkpoints/my-model-epoch-0002.pt")),
+        Case("full disk models/ (train .pt export), rerun", "os", "train",
+             ["model_name=fp", "export_onnx=false", "export_pt=true"], fs="full:models", rerun_ok=True,
+             check=outputs_exist("models/sequifier-fp-best.pt")),
+        Case("full disk data/ (folder preprocess work folder), rerun", "os", "preprocess",
+             ["data_path=data/parts", "dataset_name=fd"], fs="full:data", rerun_ok=True, setup=parts_folder,
+             check=outputs_exist("configs/metadata_configs/fd.json")),
+    ]
+
+
 def all_cases() -> List[Case]:
     return (config_cases() + name_cases() + data_cases() + shard_cases() + idmap_cases()
-            + infer_data_cases() + fs_cases() + kill_cases() + concurrency_cases())
+            + infer_data_cases() + fs_cases() + kill_cases() + concurrency_cases()
+            + signal_cases() + leftover_cases() + disk_full_cases())
 
 
 # ---------------------------------------------------------------- running a case
@@ -508,7 +638,7 @@ def leftovers(project: str) -> List[str]:
     found = []
     for dirpath, dirnames, names in os.walk(project):
         for name in names + dirnames:
-            if name.startswith(".tmp-") or name.endswith(".part"):
+            if name.startswith(".tmp-") or name.endswith((".part", "-preprocess-work")):
                 found.append(os.path.relpath(os.path.join(dirpath, name), project))
     return found
 
@@ -562,6 +692,7 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
     before = snapshot(project)
     problems: List[str] = []
     kind = None
+    extra: Dict[str, object] = {}
     argv = command_line(case, project)
     if case.concurrent:
         first = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -601,10 +732,21 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
         elif result.returncode != 0:
             kind = "silent"
             problems.append("rerun after kill -9 failed: " + (result.stderr.strip().splitlines() or [""])[-1][:200])
+    elif case.expect == "signal":
+        kind, result, signalled = run_signalled(case, argv, project, env, problems)
+        if signalled is not None:
+            extra["first_exit"], extra["triggered"] = signalled
     else:
         result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=600)
         if case.expect == "error":
             kind = one_line_error(result)
+            if case.rerun_ok and kind is None:
+                # the check comes after: the fault is gone, the same command must now succeed
+                plain = command_line(dataclasses.replace(case, fs=None), project)
+                again = subprocess.run(plain, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+                if again.returncode != 0:
+                    kind = "traceback" if "Traceback (most recent call last)" in again.stderr else "silent"
+                    problems.append("rerun with space failed: " + (again.stderr.strip().splitlines() or [""])[-1][:200])
         elif result.returncode != 0:
             kind = "traceback" if "Traceback (most recent call last)" in result.stderr else "silent"
             problems.append((result.stderr.strip().splitlines() or [""])[-1][:200])
@@ -614,7 +756,7 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
             kind = kind or "silent"
             problems.append(message)
     lost = []
-    if case.expect == "error" or case.concurrent:
+    if (case.expect == "error" and not case.rerun_ok) or case.concurrent:
         after = snapshot(project)
         lost = [p for p, digest in before.items() if after.get(p) != digest and not p.startswith(".probe")]
     left = leftovers(project)
@@ -623,7 +765,59 @@ def run_case(case: Case, project: str) -> Dict[str, object]:
         left += json.load(open(report))
         os.remove(report)
     return {"name": case.name, "category": case.category, "kind": kind, "lost": lost, "leftovers": left,
-            "problems": problems, "last_line": (result.stderr.strip().splitlines() or [""])[-1][:240]}
+            "problems": problems, "last_line": (result.stderr.strip().splitlines() or [""])[-1][:240], **extra}
+
+
+STOPPED_STATUS = 75  # sequifier/signals.py
+
+
+def run_signalled(case: Case, argv: List[str], project: str, env, problems: List[str]):
+    """Run the command, signal it, check its exit, then rerun it: (kind, rerun result,
+    (first exit status, whether the trigger was seen))."""
+    proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    start, triggered = time.time(), False
+    while proc.poll() is None:
+        if case.signal_when:
+            triggered = bool(glob.glob(os.path.join(project, case.signal_when)))
+        else:
+            triggered = time.time() - start >= case.kill_after
+        if triggered or time.time() - start > 120:
+            break
+        time.sleep(0.002 if case.signal_when else 0.02)
+    sent_at = time.time()
+    for delay, signum in case.signals:
+        while time.time() - sent_at < delay:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            (os.killpg if case.to_group else os.kill)(proc.pid, signum)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        problems.append("the signalled command did not end within 300 s")
+        return "silent", subprocess.CompletedProcess(argv, -9, "", err), (None, triggered)
+    kind = None
+    if "Traceback (most recent call last)" in err:
+        kind = "traceback"
+    elif proc.returncode not in (0, STOPPED_STATUS):
+        kind = "silent"
+        problems.append(f"exit status {proc.returncode} after a signal (want 0 or {STOPPED_STATUS}): "
+                        + (err.strip().splitlines() or [""])[-1][:200])
+    left = leftovers(project)  # before the rerun, which would clean them
+    if left:
+        problems.append(f"leftovers after the signal: {left[:3]}")
+        kind = kind or "silent"
+    complete = proc.returncode == 0 and case.command != "train"  # outputs there: rerun with overwrite
+    result = subprocess.run(argv + (["overwrite=true"] if complete else []), cwd=project, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if "Traceback (most recent call last)" in result.stderr:
+        kind = "traceback"
+    elif result.returncode != 0:
+        kind = kind or "silent"
+        problems.append("rerun after the signal failed: " + (result.stderr.strip().splitlines() or [""])[-1][:200])
+    return kind, result, (proc.returncode, triggered)
 
 
 def main() -> None:
@@ -676,12 +870,22 @@ def main() -> None:
         "files_lost": sum(len(r["lost"]) for r in ran),
         "leftovers": sum(len(r["leftovers"]) for r in ran),
         "minutes": round((time.time() - start) / 60, 1),
+        "by_category": {c: sum(r["category"] == c for r in ran) for c in sorted({r["category"] for r in ran})},
     }
+    signalled = [r for r in ran if r["category"] == "signal"]
+    train_signalled = [r for r in signalled if "train" in r["name"]]
+    totals["signal_cases"] = len(signalled)
+    totals["signal_stopped_75"] = sum(r.get("first_exit") == 75 for r in signalled)
+    totals["signal_finished_first"] = sum(r.get("first_exit") == 0 for r in signalled)
+    totals["train_resumes_bit_identical"] = f"{sum(not r['kind'] for r in train_signalled)}/{len(train_signalled)}"
     print(json.dumps(totals, indent=2))
     print(f"cases {totals['cases']} (ran {totals['ran']}, skipped {totals['skipped']}): "
           f"tracebacks {totals['tracebacks']}, silent wrong results {totals['silent_wrong_results']}, "
           f"files lost {totals['files_lost']}, leftovers {totals['leftovers']} "
-          f"(not one line {totals['not_one_line']}, probe errors {totals['probe_errors']})")
+          f"(not one line {totals['not_one_line']}, probe errors {totals['probe_errors']}); "
+          f"signals {totals['signal_cases']} ({totals['signal_stopped_75']} stopped with 75, "
+          f"{totals['signal_finished_first']} finished first), train resumed bit-identically "
+          f"{totals['train_resumes_bit_identical']}")
     with open(os.path.join(work, "probe_results.json"), "w") as f:
         json.dump({"totals": totals, "cases": results}, f, indent=2)
     if not args.keep:

@@ -125,6 +125,18 @@ def _log_to_run_folder(error: SequifierError) -> None:
             handler.handle(record)
 
 
+def _stopped_error(stop: "Stopped", command: str) -> SequifierError:
+    kept = ("the last complete checkpoint is kept; run the same command again to continue from it"
+            if command == "train" else "no partial output was left; run the same command again")
+    return SequifierError(f"{stop} before {command} finished: {kept}")
+
+
+def report_stopped(stop: "Stopped", command: str) -> None:
+    """A command stopped at once by a signal: one line, exit status 75."""
+    print(f"sequifier: error: {_stopped_error(stop, command)}", file=sys.stderr)
+    sys.exit(STOPPED_STATUS)
+
+
 def make_task(command: str) -> Callable:
     def task(cfg):
         from sequifier.config.compose import to_dataclass
@@ -136,21 +148,12 @@ def make_task(command: str) -> Callable:
             if command == "train":  # sweep jobs must not share model files (multirun.py)
                 config.model_name = job_model_name(config.model_name)
             logger.info(f"sequifier {command}: started in {os.getcwd()}")
-            if command == "train":  # train installs training_spec.stop_signals itself
-                result = RUNNERS[command](config)  # each runner validates its config first
-            else:
-                with StopSignals(DEFAULT_STOP_SIGNALS, graceful=False):
-                    result = RUNNERS[command](config)
+            result = RUNNERS[command](config)  # each runner validates its config first
             logger.info(f"sequifier {command}: finished in {time.monotonic() - started:.1f} s")
             return result
         except Stopped as e:
-            kept = ("the last complete checkpoint is kept; run the same command again to continue from it"
-                    if command == "train" else "no partial output was left; run the same command again")
-            error = SequifierError(f"{e} before {command} finished: {kept}")
-            _log_to_run_folder(error)
-            for line in str(error).splitlines():
-                print(f"sequifier: error: {line}", file=sys.stderr)
-            sys.exit(STOPPED_STATUS)
+            _log_to_run_folder(_stopped_error(e, command))
+            report_stopped(e, command)
         except (SequifierError, OSError, RuntimeError) as e:
             error = as_user_error(e)
             if error is None:
@@ -236,7 +239,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     if command not in COMMANDS:
         report_and_exit(SequifierError(
             f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}, make, plot"))
-    run_command(command, rest, prog=f"sequifier {command}")
+    _run_stoppable(command, rest, prog=f"sequifier {command}")
+
+
+def _run_stoppable(command: str, args: List[str], prog: str) -> None:
+    """`run_command` with the stop signals raising `Stopped` from the start (training
+    replaces them with training_spec.stop_signals for its loop): whatever was being
+    written is rolled back, and the command exits with status 75."""
+    try:
+        with StopSignals(DEFAULT_STOP_SIGNALS, graceful=False):
+            run_command(command, args, prog)
+    except Stopped as e:
+        report_stopped(e, command)
 
 
 def plot_main(args: List[str]) -> None:
@@ -256,19 +270,19 @@ def plot_main(args: List[str]) -> None:
 
 
 def preprocess_main() -> None:
-    run_command("preprocess", sys.argv[1:], prog="sequifier-preprocess")
+    _run_stoppable("preprocess", sys.argv[1:], prog="sequifier-preprocess")
 
 
 def train_main() -> None:
-    run_command("train", sys.argv[1:], prog="sequifier-train")
+    _run_stoppable("train", sys.argv[1:], prog="sequifier-train")
 
 
 def infer_main() -> None:
-    run_command("infer", sys.argv[1:], prog="sequifier-infer")
+    _run_stoppable("infer", sys.argv[1:], prog="sequifier-infer")
 
 
 def evaluate_main() -> None:
-    run_command("evaluate", sys.argv[1:], prog="sequifier-evaluate")
+    _run_stoppable("evaluate", sys.argv[1:], prog="sequifier-evaluate")
 
 
 if __name__ == "__main__":

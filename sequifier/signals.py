@@ -73,6 +73,7 @@ class StopSignals:
         self.on_signal = on_signal  # instead of stopping here (a launcher forwards to its ranks)
         self.signum: Optional[int] = None  # the first signal received
         self.first_at = 0.0
+        self.handed_over = False
         self.previous: Dict[int, object] = {}
 
     @property
@@ -108,7 +109,12 @@ class StopSignals:
 
     def hand_over(self, signum: int) -> None:
         """Call the handler that was installed before ours (a launcher's requeue), if any."""
+        if self.handed_over:
+            return
+        self.handed_over = True
         handler = self.previous.get(signum)
-        ours = isinstance(getattr(handler, "__self__", None), StopSignals)  # an outer one hands over
-        if callable(handler) and handler is not signal.default_int_handler and not ours:
+        outer = getattr(handler, "__self__", None)
+        if isinstance(outer, StopSignals):  # ours, installed further out: it knows the launcher's
+            outer.hand_over(signum)
+        elif callable(handler) and handler is not signal.default_int_handler:
             handler(signum, None)

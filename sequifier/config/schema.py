@@ -146,7 +146,7 @@ class TrainingSpec:
     gradient_accumulation_steps: int = 1
     # Not in the original field list: signals on which training finishes its optimizer step,
     # writes a step checkpoint and the summary, and exits with status 75 (a second one stops
-    # at once); [] leaves every signal its default action. SIGUSR2 is submitit's.
+    # at once); []: no graceful stop, a signal stops at once. SIGUSR2 is submitit's.
     stop_signals: List[str] = field(default_factory=lambda: list(STOP_SIGNALS))
     early_stopping_epochs: Optional[int] = None
     log_interval: int = 10

@@ -13,7 +13,7 @@ from helpers.train_data import log_text, make_config, make_project
 
 from sequifier import signals
 from sequifier.config.problems import Problems
-from sequifier.signals import Stopped
+from sequifier.signals import DEFAULT_STOP_SIGNALS, Stopped, StopSignals
 from sequifier.train.loop import Trainer
 from sequifier.train.rules import training_spec_rules
 from sequifier.train.run import run_train
@@ -173,7 +173,7 @@ def test_preprocess_stopped_by_a_signal_leaves_nothing(tmp_path, monkeypatch, ca
         return real(*args)
 
     monkeypatch.setattr(preprocess, "make_metadata", signalled)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e, StopSignals(DEFAULT_STOP_SIGNALS, graceful=False):  # as the CLI
         cli.make_task("preprocess")(OmegaConf.structured(config(tmp_path, "data/items.csv")))
     assert e.value.code == 75
     assert capsys.readouterr().err.strip().splitlines() == [
@@ -181,3 +181,17 @@ def test_preprocess_stopped_by_a_signal_leaves_nothing(tmp_path, monkeypatch, ca
         "run the same command again"]
     assert os.listdir(tmp_path / "data") == ["items.csv"]
     assert not os.path.exists(tmp_path / "configs")
+
+
+def test_a_launchers_handler_is_called_once_after_the_stop_is_saved(tmp_path, monkeypatch):
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # submitit's, say
+    try:
+        signal_at_steps(monkeypatch, {2}, signal.SIGUSR2)
+        with StopSignals(DEFAULT_STOP_SIGNALS, graceful=False):  # the CLI's, around run_train's own
+            result = run_train(make_config(make_project(tmp_path, n_train=32, n_val=16),
+                                           **{"training_spec.epochs": 2}), export=False)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert result.stopped == "SIGUSR2" and os.path.exists(result.checkpoint_path)
+    assert calls == [signal.SIGUSR2]
