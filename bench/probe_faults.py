@@ -16,7 +16,7 @@ Counts: tracebacks, silent wrong results (wrong exit status or a failed check), 
 changed files, leftovers. Read-only folders and full disks use a private mount namespace
 (`unshare -m`, needs root); elsewhere those cases are skipped.
 
-usage: probe_faults.py [--keep DIR] [--only SUBSTRING] [--list]
+usage: probe_faults.py [--keep DIR] [--only SUBSTRING,...] [--category NAME,...] [--list]
 Slow (some 20 minutes on a quiet 2-core machine, 45 on a busy one): not part of the test
 suite. The last line gives the case total and the four counts.
 """
@@ -823,12 +823,15 @@ def run_signalled(case: Case, argv: List[str], project: str, env, problems: List
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="work folder to keep (default: a temporary one)")
-    parser.add_argument("--only", help="run the cases whose name contains this")
+    parser.add_argument("--only", help="run the cases whose name contains this (several: comma-separated)")
+    parser.add_argument("--category", help="run the cases of these categories (comma-separated)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
     cases = all_cases()
     if args.only:
-        cases = [c for c in cases if args.only in c.name]
+        cases = [c for c in cases if any(part in c.name for part in args.only.split(","))]
+    if args.category:
+        cases = [c for c in cases if c.category in args.category.split(",")]
     if args.list:
         for c in cases:
             print(f"{c.category:12} {c.name}")
