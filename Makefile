@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm,plot]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm,plot,mlflow]'
 	touch $@
 
 install-gpu: $(VENV)/.installed-gpu
@@ -30,7 +30,7 @@ $(VENV)/.installed-gpu: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_INDEX) $(TORCH_GPU_PIN)
 	$(PY) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'torch ' + torch.__version__ + ' in $(VENV) is a CPU build: remove $(VENV) (or pip install --force-reinstall torch from a CUDA wheel index) and run make install-gpu again')"
-	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm,plot,gpu]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,slurm,plot,mlflow,gpu]'
 	$(PY) -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
 	$(PY) -m pip install --quiet '$(ORT_GPU)'
 	$(PY) -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime', o.__version__, p); assert 'CUDAExecutionProvider' in p"

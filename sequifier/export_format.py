@@ -78,6 +78,13 @@ def parse_export_name(model_name: str, file_name: str) -> tuple[str, int | None]
     return match.group("tag"), None if match.group("epoch") is None else int(match.group("epoch"))
 
 
+def export_model_name(file_name: str) -> str | None:
+    """The model name in an export's file name (`sequifier-NAME-best-3.onnx` -> NAME), or None."""
+    match = re.fullmatch(rf"sequifier-(?P<name>.+)-({'|'.join(TAGS)})(-\d+)?(-embedding)?\.({'|'.join(EXTENSIONS)})",
+                         os.path.basename(file_name))
+    return match.group("name") if match else None
+
+
 def is_export_of(model_name: str, file_name: str) -> bool:
     """Whether `file_name` is one of `model_name`'s exports (stable or with an epoch)."""
     return parse_export_name(model_name, file_name) is not None

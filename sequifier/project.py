@@ -34,6 +34,11 @@ PROBABILITIES = os.path.join(OUTPUTS, "probabilities")
 EMBEDDINGS = os.path.join(OUTPUTS, "embeddings")
 EVALUATION = os.path.join(OUTPUTS, "evaluation")
 SWEEPS = os.path.join(OUTPUTS, "multirun", "train")  # as conf/train.yaml's hydra.sweep.dir
+# tracking: mlflow without tracking_uri / MLFLOW_TRACKING_URI: a SQLite store and its artifacts
+# (`mlflow ui --backend-store-uri sqlite:///outputs/mlflow/mlflow.db` from the project folder)
+TRACKING_STORE = os.path.join(OUTPUTS, "mlflow")
+TRACKING_DB = "mlflow.db"
+TRACKING_ARTIFACTS = "artifacts"
 # Bytes a name may take so that every file named after it (with prefixes such as
 # "sequifier-", suffixes such as "-best-0012.onnx") fits the file system's name limit.
 NAME_DECORATION = 64
@@ -148,6 +153,7 @@ RESULT_FILE = "job_result.json"  # in each job's folder: its status, loss, metri
 SWEEP_FILE = ".sequifier-sweeps.json"  # in the sweep folder: how many sweeps started there
 SWEEP_SUMMARY = "summary"  # summary.md and summary.csv in the sweep folder
 SWEEP_PICTURE = "curves.png"
+SWEEP_TRACKING = ".sequifier-tracking.json"  # in the sweep folder: its MLflow parent run
 
 
 def sweep_folders(project_root: str) -> List[str]:

@@ -211,6 +211,13 @@ class TrainConfig:
     # Not in the original field list: replace models/checkpoints of an earlier run with
     # the same model_name instead of refusing.
     overwrite: bool = False
+    # Not in the original field list: experiment tracking (sequifier/train/tracking.py).
+    # mlflow: the run is an MLflow run (params, metric histories, tags, artifacts);
+    # tracking_uri null: MLFLOW_TRACKING_URI, else the project's outputs/mlflow/mlflow.db;
+    # tracking_experiment null: the project folder's name.
+    tracking: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    tracking_experiment: Optional[str] = None
     model_spec: ModelSpec = field(default_factory=ModelSpec)
     training_spec: TrainingSpec = field(default_factory=TrainingSpec)
 
@@ -311,6 +318,12 @@ class EvaluateConfig:
     backtest_stride: Optional[int] = None
     output_quantiles: Optional[List[float]] = None
     calibration_data_path: Optional[str] = None
+    # Not in the original field list: mlflow logs each model's scores to its training run
+    # in the store (or to a new run tagged with the model when it has none); the store and
+    # experiment as in train (sequifier/train/tracking.py)
+    tracking: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    tracking_experiment: Optional[str] = None
 
 
 SCHEMAS = {"preprocess": PreprocessConfig, "train": TrainConfig, "infer": InferConfig,

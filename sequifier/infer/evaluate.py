@@ -27,6 +27,7 @@ from sequifier.config.metadata import Metadata, read_metadata
 from sequifier.config.schema import DEFAULT_TOP_K, EvaluateConfig
 from sequifier.data.windows import Windows, first_predicted_slot
 from sequifier.errors import SequifierError
+from sequifier.export_format import export_model_name
 from sequifier.gate import validate
 from sequifier.infer import backtest, outputs
 from sequifier.infer.baselines import (
@@ -138,6 +139,13 @@ def run_evaluate(cfg: EvaluateConfig) -> list[str]:
     if len(jobs) > 1:
         texts[project.comparison_path(root, split)] = markdown(reports, f"Models compared on {split}")
     outputs.write_tables(tables, cfg.write_format, texts)  # one set: all files or none
+    if cfg.tracking is not None:  # to each model's training run (sequifier/train/tracking.py)
+        from sequifier.train.tracking import log_evaluation
+
+        log_evaluation(cfg, split, [
+            (export_model_name(job.path), job.path, report,
+             [project.evaluation_path(root, job.name, split, "metrics", ext) for ext in ("json", "md")])
+            for job, report in zip(jobs, reports)])
     for report in reports:
         logger.info("\n" + markdown([report], f"{os.path.basename(report['model'])} on {split}"))
     for path in planned:

@@ -122,6 +122,9 @@ def evaluate_rules(cfg: EvaluateConfig, p: Problems) -> None:
     from sequifier.infer.backtest import backtest_rules  # the backtest's options live with it
 
     backtest_rules(cfg, p)
+    from sequifier.train.tracking import tracking_rules  # the tracker's options live with it
+
+    tracking_rules(cfg, p)
 
 
 def evaluate_metadata_rules(cfg: EvaluateConfig, metadata: Metadata, p: Problems) -> None:

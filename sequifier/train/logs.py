@@ -12,7 +12,8 @@ Console lines go through `logging` (logger `sequifier.train`), so under the CLI 
 in Hydra's run folder too (`outputs/runs/train/.../train.log`) in Hydra's one format. A
 resumed run appends to the text log and TensorBoard folder of the run it continues
 (`continues`). At the end `hparams` records the run's settings and final metrics in
-TensorBoard's HParams tab, so the jobs of a sweep compare side by side.
+TensorBoard's HParams tab, so the jobs of a sweep compare side by side. With `tracking:
+mlflow` the same scalars go to the run's MLflow run too (train/tracking.py).
 """
 
 import logging
@@ -36,9 +37,11 @@ logger = logging.getLogger("sequifier.train")
 
 class TrainLogger:
     def __init__(self, logs_dir: str, model_name: str, enabled: bool = True,
-                 tensorboard: bool = True, continues: dict | None = None):
-        """`continues`: the `paths` of the run a resumed run continues (from its checkpoint)."""
+                 tensorboard: bool = True, continues: dict | None = None, tracker=None):
+        """`continues`: the `paths` of the run a resumed run continues (from its checkpoint);
+        `tracker`: the run's MLflow run (train/tracking.py), which gets the same scalars."""
         self.enabled = enabled
+        self.tracker = tracker
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.path = os.path.join(logs_dir, f"sequifier-{model_name}-{stamp}.txt")
         self.tensorboard_dir = os.path.join(logs_dir, "tensorboard", model_name, stamp)
@@ -73,8 +76,12 @@ class TrainLogger:
 
     @property
     def paths(self) -> dict[str, str]:
-        """The text log and TensorBoard folder, for the checkpoint (a resume continues them)."""
-        return {"text": self.path, "tensorboard": self.tensorboard_dir}
+        """The text log, TensorBoard folder and MLflow run, for the checkpoint (a resume
+        continues them)."""
+        paths = {"text": self.path, "tensorboard": self.tensorboard_dir}
+        if self.tracker is not None:
+            paths.update(self.tracker.record)
+        return paths
 
     def hparams(self, settings: dict, metrics: dict[str, float]) -> None:
         """The run's settings (flattened dotted keys) and final metrics in the HParams tab."""
@@ -85,6 +92,8 @@ class TrainLogger:
             self._writer.add_hparams(flat, {f"hparams/{k}": v for k, v in metrics.items()}, run_name=".")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.tracker is not None:  # buffered: written in batches, never per step
+            self.tracker.metrics(values, step)
         if self._writer is None:
             return
         # TensorBoard writes in a thread of its own and raises its failures on a later call

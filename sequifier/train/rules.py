@@ -25,6 +25,7 @@ from sequifier.train.device import precision_problems
 from sequifier.train.loop import select_on_problems
 from sequifier.train.losses import criterion_rules, loss_rules
 from sequifier.train.optimizers import optimizer_rules
+from sequifier.train.tracking import tracking_rules
 
 
 def train_rules(cfg: TrainConfig, p: Problems) -> None:
@@ -39,6 +40,7 @@ def train_rules(cfg: TrainConfig, p: Problems) -> None:
     p.positive(cfg.inference_batch_size, "inference_batch_size")
     model_spec_rules(cfg.model_spec, p)
     training_spec_rules(cfg, p)
+    tracking_rules(cfg, p)
 
 
 def training_spec_rules(cfg: TrainConfig, p: Problems) -> None:

@@ -32,7 +32,7 @@ from sequifier.train.checkpoint import (
     load_checkpoint,
     set_rng_states,
 )
-from sequifier.train.data import check_rank_division, host_batches, make_batch_sources
+from sequifier.train.data import check_rank_division, host_batches, make_batch_sources, split_path
 from sequifier.train.device import (
     autocast_dtype,
     configure_matmul,
@@ -56,6 +56,7 @@ from sequifier.train.resume import (
 from sequifier.train.schedulers import CUSTOM_SCHEDULERS, build_scheduler, total_scheduler_steps
 from sequifier.train.scoring import measure_baselines, scored_targets, training_statistics
 from sequifier.train.summary import build_summary, summary_lines, summary_path, write_summary
+from sequifier.train.tracking import finish_train_run, start_train_run
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TrainResult:
     summary_path: str | None = None  # logs/NAME-summary.json (rank 0 of a run writes it)
     # the signal the run stopped on (SIGTERM, ...), its step checkpoint written; None: it ran to the end
     stopped: str | None = None
+    tracking: dict[str, str] | None = None  # tracking: mlflow: the MLflow run (train/tracking.py)
 
     @property
     def best_metrics(self) -> dict[str, dict[str, float]]:
@@ -85,39 +87,40 @@ class TrainResult:
         return next((r.val_metrics for r in self.history if r.epoch == self.best_epoch), {})
 
 
-def run_train(cfg: TrainConfig, export: bool = True) -> TrainResult:
+def run_train(cfg: TrainConfig, export: bool = True, tracking_context: dict | None = None) -> TrainResult:
     """Train `cfg`'s model; `export=False` skips the final model export (tests, sweeps).
 
     On a `training_spec.stop_signals` signal the loop saves a step checkpoint and the
     summary and returns a result with `stopped` set (the CLI exits with status 75); outside
     the loop a signal raises `signals.Stopped` (nothing partial is left either way).
+    `tracking_context`: a sweep job's MLflow parent run and tags (sequifier/multirun.py).
     """
     validate("train", cfg)  # on every rank, before any file is touched
     with StopSignals(cfg.training_spec.stop_signals, graceful=False) as stop:
         if distributed.context().enabled or os.environ.get("RANK", "0") != "0":
-            result = _run_train(cfg, export)  # a rank of a run whose launcher holds the lock
+            result = _run_train(cfg, export, tracking_context)  # a rank of a run whose launcher holds the lock
         else:
             with model_lock(folder(cfg.project_root, CHECKPOINTS), cfg.model_name):
-                result = _run_train(cfg, export)
+                result = _run_train(cfg, export, tracking_context)
         if result.stopped is not None:  # a launcher's own handler (submitit: requeue) comes next
             stop.hand_over(getattr(signal, result.stopped))
         return result
 
 
-def _run_train(cfg: TrainConfig, export: bool) -> TrainResult:
+def _run_train(cfg: TrainConfig, export: bool, tracking_context: dict | None = None) -> TrainResult:
     spec = cfg.training_spec
     metadata = read_metadata(resolve_path(cfg.project_root, cfg.metadata_config_path))
     if distributed.needs_launch(spec):  # start (or join, under torchrun) the DDP ranks
         if not distributed.launched_by_torchrun():  # torchrun's ranks check for themselves
             check_rank_division(cfg, metadata, spec.world_size)
-        return distributed.launch(run_train, (cfg, export), spec)
+        return distributed.launch(run_train, (cfg, export, tracking_context), spec)
     device = resolve_device(distributed.rank_device(spec.device))
     if device.type == "cuda":  # the current device is what FSDP's mesh, compile and kernels use
         torch.cuda.set_device(device)
     folders = {name: folder(cfg.project_root, name) for name in (CHECKPOINTS, MODELS, LOGS)}
     resume, stale = _resume_or_stale(cfg, folders)
     with determinism(spec.enforce_determinism):
-        return _train(cfg, metadata, device, folders, resume, stale, export)
+        return _train(cfg, metadata, device, folders, resume, stale, export, tracking_context)
 
 
 @dataclass
@@ -130,7 +133,8 @@ class Resume:
 
 
 def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: dict[str, str],
-           resume: Resume | None, stale: list[str], export: bool) -> TrainResult:
+           resume: Resume | None, stale: list[str], export: bool,
+           tracking_context: dict | None = None) -> TrainResult:
     from sequifier.model.transformer import ColumnLayout, build_model, tied_parameter_saving
 
     spec = cfg.training_spec
@@ -173,6 +177,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
     if resume is not None:
         state = _restore(resume, model, optimizer, scheduler, scaler)
     start_epoch = state.epoch
+    # the MLflow run starts before anything is removed: a store failing now loses nothing
+    tracker = _start_tracking(cfg, metadata, resume, tracking_context)
     # only now, with data, model and losses built, are the replaced run's files removed
     if stale and distributed.is_main_process():
         for path in stale:
@@ -182,7 +188,8 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
         forward_model = torch.compile(forward_model)
 
     logger = TrainLogger(folders[LOGS], cfg.model_name, enabled=distributed.is_main_process(),
-                         continues=resume.checkpoint.get("logs") if resume is not None else None)
+                         continues=resume.checkpoint.get("logs") if resume is not None else None,
+                         tracker=tracker)
     try:
         n_params = sum(p.numel() for p in model.parameters())
         tied = (f" ({tied_parameter_saving(model):,} fewer than untied: tie_embeddings "
@@ -226,6 +233,7 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             checkpoint_path=trainer.last_checkpoint, resumed_from=resume_path, log_path=logger.path,
             history=list(state.history), baselines=baselines, objective=state.best_score,
             stopped=signal_name(trainer.stopped) if trainer.stopped else None,
+            tracking=tracker.record if tracker is not None else None,
         )
         if result.stopped:
             where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"after epoch {state.epoch}"
@@ -256,12 +264,28 @@ def _train(cfg: TrainConfig, metadata: Metadata, device: torch.device, folders: 
             write_summary(result.summary_path, summary)
             for line in summary_lines(summary, targets, result.summary_path):
                 logger.info(line)
-    except BaseException:
+            if tracker is not None:  # a stopped run's MLflow run is KILLED until a rerun continues it
+                finish_train_run(tracker, summary, result.summary_path, config_record(cfg),
+                                 result.best_model_paths, stopped=result.stopped is not None)
+    except BaseException as e:
+        if tracker is not None:  # the MLflow run ends FAILED (KILLED on Ctrl-C), its metrics kept
+            finish_train_run(tracker, {}, None, {}, [], failed=e)
         with contextlib.suppress(Exception):  # the run's own error is the one to report
             logger.close()
         raise
     logger.close()
     return result
+
+
+def _start_tracking(cfg: TrainConfig, metadata: Metadata, resume: Resume | None,
+                    context: dict | None):
+    """The run's MLflow run (rank 0 only), or None without `tracking`."""
+    if cfg.tracking is None or not distributed.is_main_process():
+        return None
+    data = [resolve_path(cfg.project_root, cfg.metadata_config_path)]
+    data += [split_path(cfg, metadata, k) for k in (0, 1)]
+    return start_train_run(cfg, config_record(cfg), data, resume.checkpoint.get("logs") if resume else None,
+                           resume.path if resume else None, context)
 
 
 def _unused_setting_notes(spec, device: torch.device, amp_dtype: torch.dtype | None,

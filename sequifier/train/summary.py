@@ -38,6 +38,8 @@ def build_summary(result, baselines: dict, tensorboard_dir: str | None) -> dict[
         "stopped": getattr(result, "stopped", None),
         "log": result.log_path,
         "tensorboard": tensorboard_dir,
+        # tracking: mlflow: {mlflow_run_id, mlflow_tracking_uri}; null without tracking
+        "tracking": result.tracking,
         # per epoch: losses, learning rate, validation metrics (`sequifier plot` draws them)
         "history": [asdict(r) for r in result.history],
     }
@@ -70,6 +72,9 @@ def summary_lines(summary: dict[str, Any], targets, path: str) -> list[str]:
     if summary["tensorboard"]:
         lines.append(f"  TensorBoard: {summary['tensorboard']} "
                      f"(tensorboard --logdir {os.path.dirname(os.path.dirname(summary['tensorboard']))})")
+    tracked = summary.get("tracking")
+    if tracked:
+        lines.append(f"  MLflow run: {tracked['mlflow_run_id']} ({tracked['mlflow_tracking_uri']})")
     lines.append(f"  this summary: {path}")
     return lines
 
