@@ -57,9 +57,11 @@ def _run_preprocess(cfg):
 
 
 def _run_train(cfg):
+    from sequifier.multirun import job_tracking_context
     from sequifier.train.run import run_train
 
-    result = run_train(cfg)
+    # a tracked sweep's job is a child of the sweep's MLflow run
+    result = run_train(cfg, tracking_context=job_tracking_context() if cfg.tracking else None)
     if result.stopped:  # a step checkpoint and the summary are written
         logger.info(f"sequifier train: stopped by {result.stopped}, checkpoint {result.checkpoint_path}; "
                     f"run the same command again to continue (exit status {STOPPED_STATUS})")

@@ -33,7 +33,9 @@ from sequifier.project import (
     LOGS,
     RESULT_FILE,
     SWEEP_FILE,
+    SWEEP_PICTURE,
     SWEEP_SUMMARY,
+    SWEEP_TRACKING,
     folder,
     read_results,
     sweep_number,
@@ -138,7 +140,19 @@ class SweepSummary(Callback):
     """Per-job result files and the sweep's summary table (see module docstring)."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        start_sweep(str(config.hydra.sweep.dir))
+        sweep_dir = str(config.hydra.sweep.dir)
+        start_sweep(sweep_dir)
+        if config.get("tracking") is not None:  # the sweep's MLflow parent run
+            from sequifier.errors import SequifierError
+            from sequifier.train.tracking import start_sweep_run
+
+            try:
+                record = start_sweep_run(config, f"{config.model_name}-{sweep_tag(sweep_dir)}", sweep_dir)
+            except SequifierError:
+                # Hydra turns a callback's error into a warning and starts the jobs; each
+                # job's gate refuses the same settings with its one line, before any file
+                return
+            atomic_write_text(os.path.join(sweep_dir, SWEEP_TRACKING), json.dumps(record))
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus
@@ -179,6 +193,38 @@ class SweepSummary(Callback):
             logger.info("sweep summary (%s):\n%s",
                      os.path.join(str(config.hydra.sweep.dir), f"{SWEEP_SUMMARY}.md"), table)
             _plot_sweep(str(config.hydra.sweep.dir), str(config.get("project_root", ".")))
+        _end_sweep_tracking(str(config.hydra.sweep.dir))
+
+
+def sweep_tracking_record(sweep_dir: str) -> Optional[Dict[str, str]]:
+    """The sweep's MLflow parent run, if it is tracked."""
+    try:
+        with open(os.path.join(sweep_dir, SWEEP_TRACKING)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def job_tracking_context() -> Dict[str, Any]:
+    """A sweep job's MLflow parent run and tags ({} outside a tracked sweep)."""
+    if not in_multirun():
+        return {}
+    from sequifier.train.tracking import sweep_context
+
+    hydra_cfg = HydraConfig.get()
+    return sweep_context(sweep_tracking_record(str(hydra_cfg.sweep.dir)), hydra_cfg.job.num,
+                         " ".join(hydra_cfg.overrides.task))
+
+
+def _end_sweep_tracking(sweep_dir: str) -> None:
+    record = sweep_tracking_record(sweep_dir)
+    if record is None:
+        return
+    from sequifier.train.tracking import end_sweep_run
+
+    losses = [r["best_val_loss"] for r in read_results(sweep_dir) if _number(r.get("best_val_loss")) is not None]
+    files = [os.path.join(sweep_dir, name) for name in (f"{SWEEP_SUMMARY}.md", f"{SWEEP_SUMMARY}.csv", SWEEP_PICTURE)]
+    end_sweep_run(record, files, min(losses) if losses else None)
 
 
 def _plot_sweep(sweep_dir: str, project_root: str) -> None:

@@ -473,7 +473,9 @@ def start_train_run(cfg, config_record: dict, data_paths: list[str], continue_ru
     commit = git_commit(cfg.project_root)
     if commit is not None:
         tags[TAG_GIT] = commit
-    run, continued = start_run(dest, cfg.model_name, tags, continue_run, context.get("parent_run"))
+    # a job's parent is the sweep's run when both are in this store
+    parent = context.get("parent_run") if context.get("parent_uri") == dest.uri else None
+    run, continued = start_run(dest, cfg.model_name, tags, continue_run, parent)
     run.tags({**tags, TAG_RESUMED: str(resumed_from is not None).lower(),
               **({"sequifier.resumed_from": resumed_from} if resumed_from else {})})
     if resumed_from is not None and not continued:
@@ -588,3 +590,44 @@ def log_evaluation(cfg, split: str, evaluated: list[tuple[str | None, str, dict,
             where = "the new run" if created else "the model's training run"
             logger.info(f"tracking: evaluation of {os.path.basename(model_path)} logged to {where} {run_id} "
                         f"({dest.uri})")
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def start_sweep_run(cfg, name: str, sweep_dir: str) -> dict[str, str]:
+    """The parent run of a sweep (its jobs' runs are its children); its record, kept in the
+    sweep folder for the jobs (launched in other processes or machines). `cfg`: the
+    sweep's composed config (project_root and the tracking fields)."""
+    p = Problems()
+    tracking_rules(cfg, p)
+    p.raise_if_any()
+    dest = destination(cfg.project_root, cfg.tracking_uri, cfg.tracking_experiment)
+    run, _ = start_run(dest, name, {"sequifier.sweep_of": str(cfg.model_name), "sequifier.sweep": sweep_dir})
+    logger.info(f"tracking: the sweep is MLflow run {run.run_id} (experiment '{dest.experiment}', {dest.uri}); "
+                "each job is a child run")
+    return run.record
+
+
+def sweep_context(record: dict | None, job: int, overrides: str) -> dict:
+    """What a sweep job's train run needs: the parent run and the job's tags."""
+    if not record:
+        return {}
+    return {"parent_run": record[RECORD_RUN], "parent_uri": record[RECORD_URI],
+            "tags": {"sequifier.sweep_job": str(job), "sequifier.overrides": overrides}}
+
+
+def end_sweep_run(record: dict, files: list[str], best: float | None) -> None:
+    """The sweep's summary table and curves as the parent run's artifacts; FINISHED."""
+    dest = Destination(record[RECORD_URI], "tracking_uri", "", False)
+    try:
+        run = TrackedRun(_client(dest.uri), record[RECORD_RUN], dest)
+    except Exception as e:  # noqa: BLE001  the jobs' runs are complete; only the parent's end is lost
+        logger.warning(f"tracking: MLflow failed to open {dest.uri} at the sweep's end ({_first_line(e)})")
+        return
+    if best is not None:
+        run.metrics({"best_val_loss": best}, 0)
+    for path in files:
+        if os.path.exists(path):
+            run.artifact(path)
+    run.end("FINISHED")
