@@ -374,10 +374,9 @@ class TrackedRun:
     def params(self, values: dict[str, str]) -> None:
         """New params; a param the run already has with another value (a resume that changed
         a setting) becomes a tag `sequifier.changed.KEY: OLD -> NEW`, as MLflow params are fixed."""
-        try:
-            existing = self.client.get_run(self.run_id).data.params
-        except Exception as e:  # noqa: BLE001
-            self._guard("read the run's params", _raise, e)
+        existing: dict[str, str] = {}
+        if not self._guard("read the run's params",
+                           lambda: existing.update(self.client.get_run(self.run_id).data.params)):
             return
         new = [self._Param(k, v) for k, v in values.items() if k not in existing]
         changed = {f"sequifier.changed.{k}": param_value(f"{existing[k]} -> {v}")
@@ -405,10 +404,6 @@ class TrackedRun:
         """FINISHED, FAILED or KILLED, after the buffered metrics."""
         self.flush()
         self._guard(f"mark the run {status}", self.client.set_terminated, self.run_id, status)
-
-
-def _raise(error: BaseException) -> None:
-    raise error
 
 
 def start_run(dest: Destination, run_name: str, tags: dict[str, str], continue_run: dict | None = None,

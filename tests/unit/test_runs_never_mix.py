@@ -38,12 +38,12 @@ def test_train_holds_the_lock(tmp_path, monkeypatch):
     seen = []
     original = run_module._run_train
 
-    def probe(cfg, export):
+    def probe(cfg, export, *rest):
         with pytest.raises(SequifierError, match="in progress"):
             with model_lock(os.path.join(root, "checkpoints"), cfg.model_name):
                 pass
         seen.append(True)
-        return original(cfg, export)
+        return original(cfg, export, *rest)
 
     monkeypatch.setattr(run_module, "_run_train", probe)
     run_module.run_train(make_config(root, **{"training_spec.epochs": 1}), export=False)

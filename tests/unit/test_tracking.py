@@ -244,3 +244,16 @@ def test_metric_keys_mlflow_refuses_are_rewritten():
     assert tracking.metric_key("epoch/validation/hr@10/itemId") == "epoch/validation/hr_at_10/itemId"
     assert tracking.metric_key("epoch/validation/mae/Preis (€)") == "epoch/validation/mae/Preis ___"
     assert tracking.metric_key("größe.über/x-y:z") == "größe.über/x-y:z"
+
+
+@pytest.mark.slow
+def test_under_ddp_only_rank_0_logs_one_run(tmp_path, empty_store, monkeypatch):
+    monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    root = project_with_store(tmp_path, empty_store)
+    result = run_train(make_config(root, tracking="mlflow", **{"training_spec.distributed": True,
+                                                                "training_spec.world_size": 2,
+                                                                "training_spec.backend": "gloo"}), export=False)
+    client = client_of(result)
+    (run,) = client.search_runs([client.get_experiment_by_name("project").experiment_id])
+    assert run.info.run_id == result.tracking["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert history(client, run.info.run_id, "epoch/validation_loss") == [(r.epoch, r.val_loss) for r in result.history]
