@@ -19,6 +19,7 @@ mlflow` the same scalars go to the run's MLflow run too (train/tracking.py).
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -60,11 +61,14 @@ class TrainLogger:
             self.tensorboard_dir = os.path.join(logs_dir, "tensorboard", model_name, f"{stamp}-{suffix}")
             suffix += 1
         # open for the whole run, closed in close(); line-buffered so a crash keeps the log
-        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
+        with _writing(self.path):
+            self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
+            _quiet_event_writer_threads()
+            with _writing(self.tensorboard_dir):
+                self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
 
     def info(self, message: str) -> None:
         if not self.enabled:
@@ -126,6 +130,22 @@ class TrainLogger:
             if file is not None:
                 with _writing(self.path):
                     file.close()
+
+
+def _quiet_event_writer_threads() -> None:
+    """TensorBoard writes events in a thread of its own; a failed write (a full disk) ends
+    that thread with a printed traceback, and the next call in the run raises the same
+    error, which `_writing` reports as one line. Only that thread's error is kept quiet."""
+    if getattr(threading.excepthook, "_sequifier", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+            previous(args)
+
+    hook._sequifier = True
+    threading.excepthook = hook
 
 
 @contextmanager

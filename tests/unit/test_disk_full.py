@@ -111,3 +111,35 @@ def test_full_disk_while_logging_names_the_log(tmp_path, monkeypatch, target):
     where = "sequifier-tiny-" if target == "text" else "tensorboard/tiny/"
     assert str(e.value).startswith(f"cannot write '{root}/logs/") and where in str(e.value)
     assert str(e.value).endswith("no space left on the device; free some space and run again")
+
+
+def test_full_disk_when_tensorboard_starts_is_one_line_without_a_thread_traceback(tmp_path, monkeypatch, capsys):
+    from tensorboard.summary.writer import record_writer
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)  # written by TensorBoard's thread
+    with pytest.raises(SequifierError) as e:
+        logs.TrainLogger(str(tmp_path / "logs"), "tiny")
+    assert str(e.value).startswith(f"cannot write '{tmp_path}/logs/tensorboard/tiny/")
+    assert str(e.value).endswith("no space left on the device; free some space and run again")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_only_the_event_writer_threads_os_errors_are_kept_quiet(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", printed.append)
+    logs._quiet_event_writer_threads()
+
+    class _AsyncWriterThread(threading.Thread):  # TensorBoard's writer thread, by name
+        pass
+
+    threading.excepthook(SimpleNamespace(exc_value=OSError(errno.ENOSPC, "full"), thread=_AsyncWriterThread()))
+    assert printed == []  # the run raises it again as one line
+    other = SimpleNamespace(exc_value=ValueError("a bug"), thread=_AsyncWriterThread())
+    threading.excepthook(other)
+    assert printed == [other]
