@@ -298,6 +298,12 @@ def _exit_spawned_rank(status: int = 0) -> None:
     os._exit(status)
 
 
+def _forward(ranks, signum: int) -> None:
+    for process in ranks.processes if ranks is not None else []:
+        if process.is_alive():
+            os.kill(process.pid, signum)
+
+
 def needs_launch(spec: TrainingSpec) -> bool:
     """True in the process that must start (or join) the ranks of a distributed run."""
     return spec.distributed and not _context.enabled
@@ -336,17 +342,16 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
     spawn_log = logging.getLogger("torch.multiprocessing.spawn")
     level = spawn_log.level
     spawn_log.setLevel(logging.ERROR)
+    # the parent passes a stop signal on to the ranks (they agree on the step to stop after)
+    ranks = None
+    forwarding = StopSignals(spec.stop_signals, graceful=True, on_signal=lambda signum: _forward(ranks, signum))
     try:
-        ranks = mp.start_processes(_spawned_rank, args=(fn, args, spec.world_size, backend, _free_port(),
-                                                        results, _log_targets()),
-                                   nprocs=spec.world_size, join=False, start_method="spawn")
-
-        def forward(signum: int) -> None:  # every rank stops after the same step (they agree)
-            for process in ranks.processes:
-                if process.is_alive():
-                    os.kill(process.pid, signum)
-
-        with StopSignals(spec.stop_signals, graceful=True, on_signal=forward):
+        with forwarding:
+            ranks = mp.start_processes(_spawned_rank, args=(fn, args, spec.world_size, backend, _free_port(),
+                                                            results, _log_targets()),
+                                       nprocs=spec.world_size, join=False, start_method="spawn")
+            if forwarding.signum is not None:  # arrived while the ranks were being started
+                _forward(ranks, forwarding.signum)
             while not ranks.join():
                 pass
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
@@ -355,6 +360,8 @@ def launch(fn: Callable[..., Any], args: tuple, spec: TrainingSpec) -> Any:
             raise SequifierError(status[1]) from None
         if status is not None and status[0] == "stopped":
             raise Stopped(status[1]) from None
+        if forwarding.signum is not None:  # a rank still starting up ended on the signal itself
+            raise Stopped(forwarding.signum) from None
         raise RuntimeError(f"a distributed training process failed:\n{e}") from None
     finally:
         spawn_log.setLevel(level)

@@ -195,3 +195,24 @@ def test_a_launchers_handler_is_called_once_after_the_stop_is_saved(tmp_path, mo
         signal.signal(signal.SIGUSR2, previous)
     assert result.stopped == "SIGUSR2" and os.path.exists(result.checkpoint_path)
     assert calls == [signal.SIGUSR2]
+
+
+def test_a_rank_ended_by_the_signal_while_starting_is_a_stop_not_a_failure(monkeypatch):
+    import torch.multiprocessing as mp
+
+    from sequifier.config.schema import TrainingSpec
+    from sequifier.train import distributed
+
+    class Ranks:  # a rank that the process group's SIGTERM ended before its handlers were set
+        processes = []
+
+        def join(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the launcher got it too
+            raise mp.ProcessExitedException("process 1 terminated with signal SIGTERM", 1, 1, os.getpid(),
+                                            signal_name="SIGTERM")
+
+    monkeypatch.setattr(mp, "start_processes", lambda *a, **kw: Ranks())
+    spec = TrainingSpec(device="cpu", epochs=1, batch_size=4, learning_rate=0.1, criterion={},
+                        save_interval_epochs=1, distributed=True, world_size=2, backend="gloo")
+    with pytest.raises(Stopped, match="stopped by SIGTERM"):
+        distributed.launch(print, (), spec)
