@@ -22,7 +22,8 @@ I/O contract of every export (also in docs/model.md):
 - metadata (ONNX metadata_props, JSON-encoded strings; .pt: the saved dict's "info"):
   sequifier_format, model_type, input_columns, target_columns, target_column_types,
   column_types, seq_length, known_ahead_columns (inputs that hold the value at the
-  predicted position, i.e. one slot later: data/known_ahead.py), with_dropout,
+  predicted position, i.e. one slot later: data/known_ahead.py), direct_horizon (steps
+  forecast in one forward pass, or null: data/masked_future.py), with_dropout,
   output_names, position_output_names, query_output_names, query_position_output_names,
   class_vector_names, plus the
   caller's extra entries (train adds model_name, tag, epoch, best_epoch, best_val_loss).
@@ -220,6 +221,7 @@ def export_info(
         column_types=dict(layout.column_types),
         seq_length=int(layout.seq_length),
         known_ahead_columns=list(layout.known_ahead_columns),
+        direct_horizon=layout.direct_horizon,
         with_dropout=bool(with_dropout),
         output_names=dict(zip(output_keys(model_type, layout.target_columns), output_names(layout, model_type))),
     )

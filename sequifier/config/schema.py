@@ -101,6 +101,9 @@ class ModelSpec:
     # an input and a target reuse its input embedding table. true = every such column,
     # a list = those columns, false = none (OmegaConf cannot type a bool-or-list union).
     tie_embeddings: Any = False
+    # Not in the original field list: train to forecast this many steps in one forward
+    # pass (direct multi-step; data/masked_future.py); null = autoregressive forecasts only.
+    direct_horizon: Optional[int] = None
 
 
 # The optimizer and scheduler blocks: `name` plus the class's keyword arguments, checked

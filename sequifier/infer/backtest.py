@@ -109,6 +109,7 @@ class Forecasts:
     values: dict
     log_prob: dict
     seconds: float
+    method: str = "autoregressive"  # or "direct" (infer/forecasting.py method_for)
 
 
 def origins(series: Series, horizon: int, stride: int, min_history: int) -> np.ndarray:
@@ -172,16 +173,22 @@ def forecast(job, metadata: Metadata, series: Series, origin_index: np.ndarray, 
     categorical = [t for t in model.target_columns if model.target_column_types[t] == "categorical"]
     log_prob = {t: np.empty((len(origin_index), horizon), dtype=np.float64) for t in categorical}
 
-    def run(inputs):  # evaluate's runners give every position ([b, L, ...]): the engine wants the last
+    every = getattr(job.runner, "every_position", False)  # evaluate's runners: [b, L, ...]
+
+    def run_tail(inputs, n):
         out = {}
         for k, v in job.runner.run(inputs).items():
-            v = np.asarray(v)
-            v = v[:, -1] if v.ndim == (3 if k in categorical else 2) else v
+            v = np.asarray(v)[:, -n:] if every else np.asarray(v)[:, None]
             vectors = getattr(job.runner, "class_vectors", {}).get(k) if k in categorical else None
             if vectors is not None:  # the runner gives query vectors: score them (catalog.py)
-                v = np.concatenate([logits for _, _, logits in logit_chunks(v, vectors)])
+                rows = v.reshape(-1, v.shape[-1])
+                v = np.concatenate([logits for _, _, logits in logit_chunks(rows, vectors)])
+                v = v.reshape(len(inputs[next(iter(inputs))]), n, -1)
             out[k] = v
         return out
+
+    def run(inputs):  # the last position's outputs
+        return {k: v[:, 0] for k, v in run_tail(inputs, 1).items()}
 
     def on_step(begin, end, step, raw):  # the model's log-probability of each truth
         for t in categorical:
@@ -193,9 +200,11 @@ def forecast(job, metadata: Metadata, series: Series, origin_index: np.ndarray, 
     predictions = forecasting.forecast(
         run, model, {c: windows[c][:, :length] for c in model.input_columns},
         {c: windows[c][:, length:] for c in model.known_ahead_columns if c in model.input_columns},
-        horizon, on_step=on_step if categorical else None, batch_size=batch_size)
+        horizon, on_step=on_step if categorical else None, batch_size=batch_size,
+        run_tail=run_tail if every else None)
     return Forecasts(origin_index, index[:, length:], predictions, log_prob,
-                     time.perf_counter() - start_time)
+                     time.perf_counter() - start_time,
+                     forecasting.method_for(model, horizon) if every else "autoregressive")
 
 
 # ---------------------------------------------------------------- scoring
@@ -327,6 +336,8 @@ def run_backtest(job, metadata: Metadata, plan: Plan, series: Series, calibratio
             f"items of history, so no origin can be backtested; use a shorter forecast_horizon "
             "(or seasonal_period), or a longer split")
     forecasts = forecast(job, metadata, series, found, plan.horizon, batch_size)
+    logger.info(f"{job.name}: backtest of {len(found):,} origins x {plan.horizon} steps, "
+                f"{forecasts.method} ({forecasts.index.size / max(forecasts.seconds, 1e-9):,.0f} steps/s)")
     reals = [t for t in info.target_columns if info.target_column_types[t] == "real"]
     cal = None
     if calibration is not None and reals and plan.quantiles:
@@ -350,7 +361,7 @@ def run_backtest(job, metadata: Metadata, plan: Plan, series: Series, calibratio
         targets[t] = report
     steps = int(forecasts.index.size)
     return {
-        "horizon": plan.horizon, "stride": plan.stride, "seasonal_period": plan.period,
+        "horizon": plan.horizon, "method": forecasts.method, "stride": plan.stride, "seasonal_period": plan.period,
         "seasonal_period_source": plan.period_source, "origins": int(len(found)),
         "forecast_steps": steps, "seconds": round(forecasts.seconds, 4),
         "steps_per_second": round(steps / forecasts.seconds, 1) if forecasts.seconds > 0 else None,
@@ -364,8 +375,8 @@ def markdown_lines(backtest: dict, model: str) -> list[str]:
     lines = ["", f"## Backtest of {model}: {backtest['horizon']} steps ahead",
              "",
              f"{backtest['origins']} origins, one every {backtest['stride']} items of each sequence; "
-             f"{backtest['forecast_steps']:,} forecast steps ({backtest['steps_per_second'] or 0:,.0f} "
-             f"per second). Seasonal period: "
+             f"{backtest['forecast_steps']:,} forecast steps, {backtest.get('method', 'autoregressive')} "
+             f"({backtest['steps_per_second'] or 0:,.0f} per second). Seasonal period: "
              + (f"{backtest['seasonal_period']} items ({backtest['seasonal_period_source']})."
                 if backtest["seasonal_period"] else f"none ({backtest['seasonal_period_source']})."),
              "Skill = 1 - model error / best baseline error: above 0 the model beats every "

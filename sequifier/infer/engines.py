@@ -137,8 +137,12 @@ def predict_last(job: ModelJob, metadata: Metadata, history: dict[str, np.ndarra
     top: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     scored: dict = {}  # per categorical target: score_rows of the current step's rows
 
+    every = getattr(job.runner, "every_position", False)  # opened for a direct forecast
+
     def run(inputs: dict[str, np.ndarray]) -> dict:
         raw = job.runner.run(inputs)
+        if every:
+            raw = {k: np.asarray(v)[:, -1] for k, v in raw.items()}
         for column in categorical:  # bounded chunks: never a dense [rows, catalogue] table kept
             seen = seen_ids(inputs[column]) if top_k is not None and top_k.exclude_seen else None
             scored[column] = score_rows(job, metadata, column, raw[column], chooser, with_probabilities,
@@ -155,10 +159,19 @@ def predict_last(job: ModelJob, metadata: Metadata, history: dict[str, np.ndarra
                     top[column] = tuple(np.empty((n, steps) + b.shape[1:], b.dtype) for b in best)
                 top[column][0][start:end, step], top[column][1][start:end, step] = best
 
+    def run_tail(inputs: dict[str, np.ndarray], n: int) -> dict:
+        return {k: np.asarray(v)[:, -n:] for k, v in job.runner.run(inputs).items()}
+
     predictions = forecasting.forecast(
         run, forecasting.ForecastModel.of(info), history, future_known, steps,
-        choose=lambda column, out: scored[column][0], on_step=keep, batch_size=batch_size)
+        choose=lambda column, out: scored[column][0], on_step=keep, batch_size=batch_size,
+        run_tail=run_tail if every else None)
     return predictions, probabilities, top
+
+
+def forecasts_directly(info, steps: int) -> bool:
+    """Whether infer forecasts `steps` in one forward pass (infer/forecasting.py)."""
+    return forecasting.method_for(forecasting.ForecastModel.of(info), steps) == "direct"
 
 
 def every_position_batches(job: ModelJob, inputs: dict[str, np.ndarray], first_slot: np.ndarray,

@@ -22,6 +22,12 @@ forecast sees exactly what training showed the model. Each target that is also a
 input is fed back as the next step's input; every other input must be known ahead
 (the engine refuses ordinary non-target inputs when H > 1, since nothing gives their
 future values).
+
+A model trained with `direct_horizon` (data/masked_future.py) forecasts up to that many
+steps in one forward pass instead: the window of the last step, with the fed-back
+inputs masked, and the outputs of its last H positions. The engine takes that path when
+the caller gives `run_tail` (every-position outputs) and the horizon fits the model's
+direct horizon; `method` can force either path.
 """
 
 from dataclasses import dataclass
@@ -29,11 +35,14 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from sequifier.data import masked_future
 from sequifier.data.known_ahead import KNOWN_AHEAD_SHIFT
 from sequifier.errors import SequifierError
 
 # run(inputs {column: [b, L]}) -> {target: logits [b, n_classes] | values [b]}
 Run = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+# run_tail(inputs {column: [b, L]}, n) -> {target: outputs of the last n positions [b, n, ...]}
+RunTail = Callable[[Dict[str, np.ndarray], int], Dict[str, np.ndarray]]
 # choose(column, logits [b, n_classes]) -> ids [b]
 Choose = Callable[[str, np.ndarray], np.ndarray]
 # on_step(start, end, step, raw outputs of that step for sequences start..end-1)
@@ -49,13 +58,35 @@ class ForecastModel:
     target_column_types: Dict[str, str]
     seq_length: int
     known_ahead_columns: Sequence[str] = ()
+    direct_horizon: Optional[int] = None
 
     @staticmethod
     def of(info) -> "ForecastModel":
         """From anything with these attributes (infer's ModelInfo, a ColumnLayout)."""
         return ForecastModel(list(info.input_columns), list(info.target_columns),
                              dict(info.target_column_types), int(info.seq_length),
-                             list(getattr(info, "known_ahead_columns", None) or []))
+                             list(getattr(info, "known_ahead_columns", None) or []),
+                             getattr(info, "direct_horizon", None))
+
+
+METHODS = ("auto", "autoregressive", "direct")
+
+
+def method_for(model: ForecastModel, horizon: int, method: str = "auto") -> str:
+    """'direct' or 'autoregressive': how `forecast` rolls `model` over `horizon` steps.
+    auto: direct when the model was trained for at least this horizon (real targets only:
+    training refuses direct_horizon with categorical targets, which infer scores a step
+    at a time)."""
+    fits = (model.direct_horizon is not None and horizon <= model.direct_horizon
+            and all(kind == "real" for kind in model.target_column_types.values()))
+    if method == "direct" and not fits:
+        raise SequifierError(
+            f"forecast_method: direct needs a model trained with model_spec.direct_horizon >= "
+            f"{horizon} (this one: {model.direct_horizon}); use autoregressive or auto, or train "
+            f"with direct_horizon: {horizon}")
+    if method == "autoregressive" or horizon == 1 or not fits:
+        return "autoregressive"
+    return "direct"
 
 
 def horizon_problems(horizon: Optional[int], forecast: bool, autoregression: bool,
@@ -99,14 +130,16 @@ def unforecastable_inputs(model: ForecastModel) -> list:
 def forecast(run: Run, model: ForecastModel, history: Dict[str, np.ndarray],
              future_known: Dict[str, np.ndarray], horizon: int,
              choose: Optional[Choose] = None, on_step: Optional[OnStep] = None,
-             batch_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+             batch_size: Optional[int] = None, run_tail: Optional[RunTail] = None,
+             method: str = "auto") -> Dict[str, np.ndarray]:
     """Forecast `horizon` steps after each sequence's history.
 
     `run` is a model runner's `run` (ONNX or .pt; last-position outputs), `model` its
     columns (`ForecastModel.of(runner.info)`), `history` and `future_known` as in the
     module docstring. Returns {target: [N, horizon]}: int64 ids for categorical targets
     (`choose`, default argmax), float32 standardised values for real ones. `on_step`
-    sees each step's raw outputs (logits for probabilities or intervals).
+    sees each step's raw outputs (logits for probabilities or intervals). With `run_tail`,
+    a model trained for the horizon forecasts directly (`method_for`).
     """
     length = int(model.seq_length)
     if horizon < 1:
@@ -132,7 +165,25 @@ def forecast(run: Run, model: ForecastModel, history: Dict[str, np.ndarray],
             raise ValueError(f"forecast: history['{column}'] is {values.shape}, expected {(n, length)}")
     choose = choose or argmax_ids
     size = n if batch_size is None else max(1, int(batch_size))
+    direct = run_tail is not None and method_for(model, horizon, method) == "direct"
+    masked = masked_future.masked_columns(model.input_columns, model.target_columns, known)
     out: Dict[str, np.ndarray] = {}
+
+    def keep(start: int, end: int, step: int, raw: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Store one step's forecasts of sequences start..end-1; returns them."""
+        if on_step is not None:
+            on_step(start, end, step, raw)
+        chosen_by_column = {}
+        for column in model.target_columns:
+            if model.target_column_types[column] == "categorical":
+                chosen = np.asarray(choose(column, raw[column]), dtype=np.int64)
+            else:
+                chosen = np.asarray(raw[column], dtype=np.float32).reshape(-1)
+            if column not in out:
+                out[column] = np.empty((n, horizon), dtype=chosen.dtype)
+            out[column][start:end, step] = chosen
+            chosen_by_column[column] = chosen
+        return chosen_by_column
     for start in range(0, n, size):
         end = min(start + size, n)
         # one buffer per input: the history, then the future positions (predicted or given)
@@ -144,21 +195,21 @@ def forecast(run: Run, model: ForecastModel, history: Dict[str, np.ndarray],
             else:
                 ahead = np.zeros((end - start, horizon), dtype=past.dtype)
             buffers[column] = np.concatenate([past, ahead], axis=1)
-        for step in range(horizon):
-            inputs = {c: np.ascontiguousarray(
+        def step_inputs(step: int, buffers=buffers) -> Dict[str, np.ndarray]:
+            return {c: np.ascontiguousarray(
                 buffers[c][:, step + (KNOWN_AHEAD_SHIFT if c in known else 0):][:, :length])
                 for c in model.input_columns}
-            raw = run(inputs)
-            if on_step is not None:
-                on_step(start, end, step, raw)
+
+        if direct:  # the last step's window, fed-back inputs masked: one pass for all steps
+            inputs = masked_future.mask_tail(step_inputs(horizon - 1), masked,
+                                             masked_future.first_masked_position(length, horizon))
+            tail = run_tail(inputs, horizon)
+            for step in range(horizon):
+                keep(start, end, step, {k: v[:, step] for k, v in tail.items()})
+            continue
+        for step in range(horizon):
+            chosen = keep(start, end, step, run(step_inputs(step)))
             for column in model.target_columns:
-                if model.target_column_types[column] == "categorical":
-                    chosen = np.asarray(choose(column, raw[column]), dtype=np.int64)
-                else:
-                    chosen = np.asarray(raw[column], dtype=np.float32).reshape(-1)
-                if column not in out:
-                    out[column] = np.empty((n, horizon), dtype=chosen.dtype)
-                out[column][start:end, step] = chosen
                 if column in buffers and column not in known:
-                    buffers[column][:, length + step] = chosen
+                    buffers[column][:, length + step] = chosen[column]
     return out

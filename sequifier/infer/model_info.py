@@ -33,6 +33,9 @@ class ModelInfo:
     position_output_names: dict[str, str] | None = None
     # inputs given at the predicted position (data/known_ahead.py; older exports: none)
     known_ahead_columns: list[str] = field(default_factory=list)
+    # steps the model forecasts in one forward pass (data/masked_future.py); None: only
+    # autoregressively (older exports too)
+    direct_horizon: int | None = None
     # per categorical target: its query outputs (last / every position) and the names of
     # its class vectors and biases (exports that score catalogues in chunks have them)
     query_output_names: dict[str, str] | None = None
@@ -86,6 +89,7 @@ def info_from_props(props: dict[str, object], path: str) -> ModelInfo:
             dict(_decode(position_names)) if isinstance(position_names, str) else position_names
         ),
         known_ahead_columns=list(_decode(props.get("known_ahead_columns", "[]")) or []),
+        direct_horizon=_decode(props.get("direct_horizon", "null")),
         query_output_names=optional("query_output_names"),
         query_position_output_names=optional("query_position_output_names"),
         class_vector_names=optional("class_vector_names"),

@@ -34,7 +34,15 @@ from sequifier.data.windows import Windows, first_predicted_slot
 from sequifier.errors import SequifierError, shown
 from sequifier.gate import validate
 from sequifier.infer import outputs, recommend
-from sequifier.infer.engines import Chooser, TopK, embed, predict_every_position, predict_last, sampling_settings
+from sequifier.infer.engines import (
+    Chooser,
+    TopK,
+    embed,
+    forecasts_directly,
+    predict_every_position,
+    predict_last,
+    sampling_settings,
+)
 from sequifier.infer.models import (
     ModelJob,
     check_config_matches_model,
@@ -181,6 +189,12 @@ def _open(cfg: InferConfig, metadata: Metadata, path: str) -> ModelJob:
                      training_config_path=resolve_path(cfg.project_root, cfg.training_config_path),
                      model_type=cfg.model_type, seed=cfg.seed, infer_with_dropout=cfg.infer_with_dropout,
                      every_position=cfg.positions == "scored")
+    if cfg.forecast and cfg.positions != "scored" and forecasts_directly(job.info, prediction_steps(cfg)):
+        # a direct forecast reads the outputs of the window's last H positions
+        job = open_model(path, metadata, device=cfg.device,
+                         training_config_path=resolve_path(cfg.project_root, cfg.training_config_path),
+                         model_type=cfg.model_type, seed=cfg.seed, infer_with_dropout=cfg.infer_with_dropout,
+                         every_position=True)
     check_config_matches_model(cfg, job.info, path)
     check_metadata_matches_model(metadata, job.info, path)
     problems = recommend.model_problems(cfg, job.info, metadata.n_classes, path)
@@ -237,6 +251,10 @@ def _infer_model(cfg: InferConfig, metadata: Metadata, job: ModelJob, windows: W
         else:
             future_known = typed_inputs(metadata, {c: windows.values[c][:, first_slot + length:]
                                                    for c in info.known_ahead_columns})
+        if cfg.forecast and steps > 1:
+            how = "in one forward pass (direct)" if getattr(job.runner, "every_position", False) \
+                else "autoregressively, a forward pass per step"
+            logger.info(f"{job.name}: forecasting {steps} steps {how}")
         predictions, probabilities, top = predict_last(job, metadata, history, future_known, steps,
                                                        cfg.inference_batch_size, chooser, cfg.output_probabilities,
                                                        top_k)

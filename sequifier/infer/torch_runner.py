@@ -44,6 +44,7 @@ class TorchRunner:
         from sequifier.export import QueryHead, make_head, set_dropout_active
 
         self.device = torch_device(device)
+        self.every_position = every_position
         model, info = _load(path, training_config_path, model_type, metadata)
         self.info = info
         if every_position and info.model_type != "generative":
@@ -115,6 +116,7 @@ def _load(path: str, training_config_path: str, model_type: str, metadata: Metad
         can_sample_dropout=dropout > 0,
         n_classes=dict(layout.n_classes),
         known_ahead_columns=list(layout.known_ahead_columns),
+        direct_horizon=layout.direct_horizon,
     )
     return model, info
 

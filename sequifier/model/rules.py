@@ -10,6 +10,7 @@ from typing import List
 from sequifier.config.metadata import Metadata
 from sequifier.config.problems import Problems
 from sequifier.config.schema import ModelSpec
+from sequifier.data import masked_future
 from sequifier.model import embedding_sizes
 from sequifier.model.layers import ACTIVATIONS, NORMALIZATIONS
 from sequifier.model.transformer import ATTENTION_TYPES, POSITIONAL_ENCODINGS, kv_heads, tie_embeddings_problems
@@ -39,8 +40,20 @@ def model_spec_rules(m: ModelSpec, p: Problems) -> None:
 
 def model_column_rules(m: ModelSpec, inputs: List[str], targets: List[str], metadata: Metadata,
                        p: Problems) -> None:
-    """The rules that need the data's columns: embedding widths and tied embeddings."""
+    """The rules that need the data's columns: embedding widths, tied embeddings and the
+    direct horizon."""
     known = [c for c in inputs if c in metadata.column_types]
     p.call(embedding_sizes.feature_embedding_dims, embedding_sizes.initial_embedding_dim(m), known,
            metadata.column_types, metadata.n_classes, m.feature_embedding_dims)
     p.extend(tie_embeddings_problems(m.tie_embeddings, inputs, targets, metadata.column_types))
+    if m.direct_horizon is not None:
+        problems = masked_future.horizon_problems(m.direct_horizon, metadata.seq_length)
+        p.extend(problems)
+        known_ahead = metadata.known_ahead_columns or []
+        categorical = [t for t in targets if metadata.column_types.get(t) == "categorical"]
+        if categorical:
+            p.add("model_spec.direct_horizon", f"direct forecasts are for real targets, and {categorical} "
+                  "are categorical (forecast a step at a time); remove direct_horizon")
+        elif not problems and not masked_future.masked_columns(inputs, targets, known_ahead):
+            p.add("model_spec.direct_horizon", f"no target ({', '.join(targets)}) is also an input, so "
+                  "a forecast feeds nothing back and every step is already direct; remove direct_horizon")

@@ -10,7 +10,7 @@ whole real sequence.
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from sequifier.config.metadata import Metadata
 from sequifier.config.schema import ModelSpec, TrainConfig
+from sequifier.data import masked_future
 from sequifier.data.known_ahead import known_ahead_inputs
 from sequifier.errors import SequifierError, shown
 from sequifier.model import embedding_sizes
@@ -52,6 +53,16 @@ class ColumnLayout:
     # inputs given at the predicted position (slot j+1 beside the others' slot j;
     # data/known_ahead.py); exports of older versions have none
     known_ahead_columns: List[str] = field(default_factory=list)
+    # steps a direct forecast covers in one forward pass (data/masked_future.py); None:
+    # the model sees no masked inputs
+    direct_horizon: Optional[int] = None
+
+    @property
+    def masked_columns(self) -> List[str]:
+        """Inputs that a direct forecast masks (none without direct_horizon)."""
+        if self.direct_horizon is None:
+            return []
+        return masked_future.masked_columns(self.input_columns, self.target_columns, self.known_ahead_columns)
 
     @staticmethod
     def from_config(cfg: TrainConfig, metadata: Metadata) -> "ColumnLayout":
@@ -81,6 +92,7 @@ class ColumnLayout:
             target_column_types={c: known[c] for c in target_columns},
             seq_length=int(metadata.seq_length if cfg.seq_length is None else cfg.seq_length),
             known_ahead_columns=known_ahead_inputs(input_columns, metadata.known_ahead_columns),
+            direct_horizon=cfg.model_spec.direct_horizon,
         )
 
     def to_dict(self) -> dict:
@@ -144,7 +156,9 @@ class ColumnEmbedding(nn.Module):
     """Embeds each input column and concatenates them to [B, L, initial_embedding_dim].
 
     categorical: a lookup table of n_classes rows; real: Linear(1, width), or the
-    standardised value itself when the width is 1.
+    standardised value itself when the width is 1. The `layout.masked_columns` of a direct
+    model also have a learned vector that replaces the embedding of a masked cell
+    (MASKED_ID / NaN; data/masked_future.py).
     """
 
     def __init__(self, layout: ColumnLayout, dims: Dict[str, int], max_concat_length: int):
@@ -158,11 +172,16 @@ class ColumnEmbedding(nn.Module):
                 self.tables[column] = Embedding(layout.n_classes[column], dims[column])
             elif dims[column] > 1:
                 self.projections[column] = Linear(1, dims[column])
+        self.masks = nn.ParameterDict({c: nn.Parameter(torch.zeros(dims[c])) for c in layout.masked_columns})
 
     def forward(self, inputs: Dict[str, Tensor]) -> Tensor:
         parts = []
         for column in self.columns:
             value = inputs[column]
+            masked = None
+            if column in self.masks:
+                masked = value < 0 if column in self.tables else torch.isnan(value)
+                value = torch.where(masked, torch.zeros_like(value), value)
             if column in self.tables:
                 part = self.tables[column](value)
             elif column in self.projections:
@@ -170,7 +189,10 @@ class ColumnEmbedding(nn.Module):
             else:
                 part = value.unsqueeze(-1)
             # The residual stream is float32 whatever the layers' dtypes.
-            parts.append(part.float())
+            part = part.float()
+            if masked is not None:
+                part = torch.where(masked.unsqueeze(-1), self.masks[column].float(), part)
+            parts.append(part)
         return concat_chunked(parts, dim=-1, max_length=self.max_concat_length)
 
 

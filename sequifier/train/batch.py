@@ -5,12 +5,13 @@ train/streamed_batches.py) build their batches with `make_batch`.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from sequifier.data.known_ahead import input_slots
+from sequifier.data.masked_future import MASKED_ID, MASKED_REAL
 from sequifier.errors import SequifierError
 
 
@@ -65,6 +66,26 @@ def pinned_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     that copy has finished."""
     out = torch.empty((len(index),) + tuple(values.shape[1:]), dtype=values.dtype, pin_memory=True)
     return torch.index_select(values, 0, index, out=out)
+
+
+def mask_future(batch: Batch, columns: Sequence[str], horizon: int, seed: Sequence[int]) -> Batch:
+    """`batch` with the inputs of `columns` masked after a random cut per window, drawn
+    uniformly from the last `horizon` input positions (data/masked_future.py): what a
+    model with `direct_horizon` trains on. The cuts depend only on `seed` (e.g. the run's
+    seed, the epoch and the batch index), so a resumed run draws the same ones."""
+    if not columns:
+        return batch
+    size, length = batch.inputs[columns[0]].shape
+    rng = np.random.default_rng(list(seed))
+    cuts = torch.from_numpy(rng.integers(length - horizon, length, size=size))
+    after = (torch.arange(length).unsqueeze(0) > cuts.unsqueeze(1)).to(batch.inputs[columns[0]].device)
+    inputs = dict(batch.inputs)
+    for column in columns:
+        value = inputs[column]
+        fill = MASKED_REAL if value.is_floating_point() else MASKED_ID
+        inputs[column] = value.masked_fill(after, fill)
+    # `previous` (the baselines' previous value) keeps the unmasked inputs
+    return replace(batch, inputs=inputs)
 
 
 def check_window_length(window_length: int, seq_length: int, path: str) -> None:

@@ -20,7 +20,7 @@ from sequifier.config.schema import TrainingSpec
 from sequifier.errors import SequifierError
 from sequifier.model.transformer import query_key
 from sequifier.train import distributed
-from sequifier.train.batch import Batch
+from sequifier.train.batch import Batch, mask_future
 from sequifier.train.checkpoint import checkpoint_file, prune_checkpoints, save_checkpoint
 from sequifier.train.device import autocast_context
 from sequifier.train.logs import TrainLogger, class_share_lines, format_losses, metric_lines, metric_scalars
@@ -277,7 +277,7 @@ class Trainer:
                                        f"epoch {epoch}")
         index = done  # micro-batches of this epoch done
         for group in _groups(batches, k):
-            loss, grad_norm = self.optimizer_step(group)
+            loss, grad_norm = self.optimizer_step(self.masked(group, epoch, index))
             index += len(group)
             step = -(-index // k)  # optimizer steps of this epoch done
             if self.scheduler is not None and spec.scheduler_step_on == "batch":
@@ -306,6 +306,16 @@ class Trainer:
                 state.batch = 0
         state.epoch_loss_sum = 0.0
         return distributed.mean_across_ranks(epoch_sum).item() / max(n_steps, 1)
+
+    def masked(self, group: list[Batch], epoch: int, done: int) -> list[Batch]:
+        """A direct model's micro-batches with their fed-back inputs masked
+        (data/masked_future.py); the cuts follow (seed, epoch, micro-batch number), so a
+        resumed run draws the same ones. Targets and their weights are unchanged."""
+        layout = self.model.layout
+        if layout.direct_horizon is None:
+            return group
+        return [mask_future(batch, layout.masked_columns, layout.direct_horizon, (self.spec.seed, epoch, done + i + 1))
+                for i, batch in enumerate(group)]
 
     def optimizer_step(self, group: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the micro-batches of `group`: (its loss, detached; [pre-clip
