@@ -129,3 +129,5 @@ def evaluate_rules(cfg: EvaluateConfig, p: Problems) -> None:
 
 def evaluate_metadata_rules(cfg: EvaluateConfig, metadata: Metadata, p: Problems) -> None:
     read_format_rule(cfg.read_format, cfg.data_path is None or cfg.baseline_data_path is None, metadata, p)
+    # the backtest forecasts as infer does: the same limit
+    p.extend(horizon_limit_problems(cfg.forecast_horizon, metadata.seq_length))

@@ -205,7 +205,7 @@ def test_seasonal_period_from_time_positions():
 
 @pytest.mark.parametrize("overrides, line", [
     ({"forecast_horizon": 0}, "forecast_horizon: must be >= 1"),
-    ({"forecast_horizon": 500}, "forecast_horizon: no sequence of the split has 500 items"),
+    ({"forecast_horizon": 500}, "forecast_horizon: must be 1..4 (the model's seq_length), got 500"),
     ({"seasonal_period": 400}, "seasonal_period: 400 items is longer than the history available"),
     ({"forecast_horizon": 2, "output_quantiles": [0.1, 1.0]}, "output_quantiles: [1.0] outside (0, 1)"),
     ({"backtest_stride": 2}, "backtest_stride: is set but forecast_horizon is not"),
