@@ -7,9 +7,11 @@ day_of_week (categorical, known ahead); untrained (speed does not depend on the
 weights), exported to ONNX with sequifier.export and run with sequifier's ONNX runner.
 
 Timed: `forecast` of H=48 steps for N sequences (random history and future values),
-batch_size sequences per forward pass. Reported: forecast steps per second (N * H /
-seconds), median of --runs runs. The engine's own work (building each step's inputs) is
-numpy over the batch; the forward passes are most of the time.
+batch_size sequences per forward pass, by both methods: `autoregressive` (a forward pass
+per step) and `direct` (the same model exported with `direct_horizon: 48`: one pass over
+the masked window, outputs of the last 48 positions). Reported per method: forecast steps
+per second (N * H / seconds), median of --runs runs. The engine's own work (building each
+step's inputs) is numpy over the batch; the forward passes are most of the time.
 
 usage: python bench/bench_forecast_engine.py [--runs 3] [--sequences 512] [--batch 256] [--cores 2]
 """
@@ -30,7 +32,7 @@ from bench_infer import pin_cores  # noqa: E402
 SEQ_LENGTH, HORIZON = 96, 48
 
 
-def model_file(folder: str) -> str:
+def model_file(folder: str, direct_horizon=None) -> str:
     import torch
 
     from sequifier.config.schema import ModelSpec
@@ -43,10 +45,10 @@ def model_file(folder: str) -> str:
                       "day_of_week": "categorical"},
         n_classes={"half_hour": 50, "day_of_week": 9}, target_columns=["demand"],
         target_column_types={"demand": "real"}, seq_length=SEQ_LENGTH,
-        known_ahead_columns=["temperature", "half_hour", "day_of_week"])
+        known_ahead_columns=["temperature", "half_hour", "day_of_week"], direct_horizon=direct_horizon)
     torch.manual_seed(0)
     model = SequifierModel(ModelSpec(dim_model=64, n_head=4, num_layers=2, dim_feedforward=128), layout)
-    path = os.path.join(folder, "engine.onnx")
+    path = os.path.join(folder, f"engine-{direct_horizon}.onnx")
     export_onnx(model, path, "generative", 2, with_dropout=False)
     return path
 
@@ -73,21 +75,32 @@ def main() -> None:
     from sequifier.infer import forecasting
     from sequifier.infer.model_runner import OnnxRunner
 
+    history, future = inputs(args.sequences, np.random.default_rng(0))
     with tempfile.TemporaryDirectory() as folder:
-        runner = OnnxRunner(model_file(folder), "cpu", 0)
-        model = forecasting.ForecastModel.of(runner.info)
-        history, future = inputs(args.sequences, np.random.default_rng(0))
-        forecasting.forecast(runner.run, model, history, future, 2, batch_size=args.batch)  # warm-up
-        seconds = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            forecasting.forecast(runner.run, model, history, future, HORIZON, batch_size=args.batch)
-            seconds.append(time.perf_counter() - start)
-    steps = args.sequences * HORIZON
-    median = statistics.median(seconds)
-    print(f"forecast engine: {steps / median:,.0f} forecast steps/s (median of {args.runs}; "
-          f"{args.sequences} sequences x {HORIZON} steps, seq_length {SEQ_LENGTH}, batch {args.batch}, "
-          f"{args.cores} cores; runs {', '.join(f'{s:.2f}' for s in seconds)} s)")
+        for method, direct_horizon in (("autoregressive", None), ("direct", HORIZON)):
+            path = model_file(folder, direct_horizon)
+            runner = OnnxRunner(path, "cpu", 0, every_position=direct_horizon is not None)
+            model = forecasting.ForecastModel.of(runner.info)
+            if direct_horizon is None:
+                run, run_tail = runner.run, None
+            else:
+                def run_tail(i, n, runner=runner):
+                    return {k: v[:, -n:] for k, v in runner.run(i).items()}
+
+                def run(i, runner=runner):
+                    return {k: v[:, -1] for k, v in runner.run(i).items()}
+            forecasting.forecast(run, model, history, future, 2, batch_size=args.batch)  # warm-up
+            seconds = []
+            for _ in range(args.runs):
+                start = time.perf_counter()
+                forecasting.forecast(run, model, history, future, HORIZON, batch_size=args.batch,
+                                     run_tail=run_tail)
+                seconds.append(time.perf_counter() - start)
+            steps = args.sequences * HORIZON
+            median = statistics.median(seconds)
+            print(f"forecast engine, {method}: {steps / median:,.0f} forecast steps/s (median of {args.runs}; "
+                  f"{args.sequences} sequences x {HORIZON} steps, seq_length {SEQ_LENGTH}, batch {args.batch}, "
+                  f"{args.cores} cores; runs {', '.join(f'{s:.2f}' for s in seconds)} s)", flush=True)
 
 
 if __name__ == "__main__":
