@@ -430,6 +430,11 @@ def long_table_from_raw(path: str, table: pa.Table, columns: List[str], keys: Ke
 
     table = table.combine_chunks()
     table, future = split_future_rows(path, table, columns, keys, known_ahead)
+    if table.num_rows == 0 and future is not None and future.num_rows:
+        raise SequifierError(
+            f"input file '{path}': every row is a future row (only the known-ahead columns "
+            f"{list(known_ahead)} filled), so there is no history to learn from; preprocess the "
+            "table with the observed rows, and give rows like these to infer as future_data_path")
     table, missing = apply_missing_values(path, table, missing_values or MissingValues(), keys.names)
     if table.num_rows == 0:
         raise SequifierError(f"input file '{path}': missing_values dropped every row; check the "

@@ -154,6 +154,18 @@ def test_bad_known_ahead_and_time_feature_settings_are_one_line_and_write_nothin
     assert sorted(os.listdir(os.path.join(str(tmp_path), "data"))) == ["t.csv"]
 
 
+def test_a_table_of_only_future_rows_says_so_in_one_line(tmp_path):
+    t = pd.date_range("2024-05-01", periods=5, freq="30min")  # every row: temperature only
+    frame = pd.DataFrame({"ts": t, "region": "nord", "demand": np.nan, "temperature": np.arange(5.0)})
+    path = write_input(frame, os.path.join(str(tmp_path), "data", "d.csv"))
+    with pytest.raises(SequifierError) as e:
+        run_preprocess(config(tmp_path, path, seq_length=L, split_ratios=[1.0], stride_by_split=[1],
+                              sequence_id_column="region", position_column="ts",
+                              known_ahead_columns=["temperature"]))
+    assert "every row is a future row" in str(e.value) and "future_data_path" in str(e.value)
+    assert "\n" not in str(e.value) and not os.path.exists(os.path.join(str(tmp_path), "configs"))
+
+
 def test_a_known_ahead_target_is_one_error_line(project):
     root = project[0]
     cfg = train_config(root, targets=("demand", "temperature"))
