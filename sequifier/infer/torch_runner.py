@@ -161,6 +161,7 @@ def _model_from_config(node: dict, source: str, metadata: Metadata, path: str, s
             target_columns=list(node["target_columns"]),
             target_column_types=dict(node.get("target_column_types") or {}),  # default: metadata's
             seq_length=node.get("seq_length"),
+            model_spec=spec,  # direct_horizon: the masked inputs' vectors
         )
     except Exception as e:  # noqa: BLE001 - missing keys / wrong types in the config
         raise SequifierError(

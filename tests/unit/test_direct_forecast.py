@@ -264,3 +264,15 @@ def test_a_direct_horizon_with_a_categorical_target_is_refused(project):
     cfg.training_spec.criterion = {"demand": "MSELoss", "half_hour": "CrossEntropyLoss"}
     with pytest.raises(SequifierError, match=r"direct forecasts are for real targets, and \['half_hour'\]"):
         validate("train", cfg)
+
+
+def test_a_checkpoint_of_a_direct_model_loads_with_its_mask_vectors(project):
+    root, metadata, onnx, _ = project
+    folder = os.path.join(str(root), "checkpoints")
+    checkpoint = os.path.join(folder, sorted(f for f in os.listdir(folder) if f.endswith(".pt"))[-1])
+    runner = load_runner(checkpoint, "cpu", "", "generative", metadata, False, 0, every_position=True)
+    assert runner.info.direct_horizon == H
+    inputs = {"demand": np.zeros((1, L), np.float32), "temperature": np.zeros((1, L), np.float32),
+              "half_hour": np.full((1, L), 3)}
+    inputs = masked_future.mask_tail(inputs, ["demand"], masked_future.first_masked_position(L, H))
+    assert np.isfinite(runner.run(inputs)["demand"]).all()
