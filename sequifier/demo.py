@@ -117,7 +117,7 @@ FORECAST_TRAIN = {
     "export_generative_model": True, "export_embedding_model": False, "inference_batch_size": 64,
     "overwrite": True,
     "model_spec": {"dim_model": 32, "n_head": 4, "num_layers": 2, "dim_feedforward": 64, "direct_horizon": 48},
-    "training_spec": {"device": "cpu", "epochs": 3, "batch_size": 64, "learning_rate": 0.003,
+    "training_spec": {"device": "cpu", "epochs": 6, "batch_size": 64, "learning_rate": 0.003,
                       "criterion": {"demand_gw": "MSELoss"}, "save_interval_epochs": 1,
                       "log_interval": 50, "continue_training": False},
 }
