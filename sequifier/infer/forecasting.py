@@ -69,9 +69,6 @@ class ForecastModel:
                              getattr(info, "direct_horizon", None))
 
 
-METHODS = ("auto", "autoregressive", "direct")
-
-
 def method_for(model: ForecastModel, horizon: int, method: str = "auto") -> str:
     """'direct' or 'autoregressive': how `forecast` rolls `model` over `horizon` steps.
     auto: direct when the model was trained for at least this horizon (real targets only:
@@ -81,8 +78,8 @@ def method_for(model: ForecastModel, horizon: int, method: str = "auto") -> str:
             and all(kind == "real" for kind in model.target_column_types.values()))
     if method == "direct" and not fits:
         raise SequifierError(
-            f"forecast_method: direct needs a model trained with model_spec.direct_horizon >= "
-            f"{horizon} (this one: {model.direct_horizon}); use autoregressive or auto, or train "
+            f"forecast: method 'direct' needs a model trained with model_spec.direct_horizon >= "
+            f"{horizon} (this one: {model.direct_horizon}); use 'autoregressive' or 'auto', or train "
             f"with direct_horizon: {horizon}")
     if method == "autoregressive" or horizon == 1 or not fits:
         return "autoregressive"
